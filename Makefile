@@ -1,0 +1,49 @@
+# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make lint`
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+RUNTIME_VENV := .venv-runtime# runtime dependencies only: what `pip install charsdk` gives users
+DEV_VENV := .venv# runtime + training + test dependencies
+
+SHARED_CORPUS := ../shared/corpora/nietzsche.txt
+CORPUS ?= $(if $(wildcard $(SHARED_CORPUS)),$(SHARED_CORPUS))# empty: download the book's text
+NAME ?= nietzsche
+RECIPE ?= book
+ARTIFACTS ?= artifacts
+EPOCHS ?=
+FRESH ?=
+GEN_ARGS ?= --length 400 --temperature 0.5
+
+.PHONY: gen test train export ship lint clean
+
+$(RUNTIME_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install --quiet --editable .
+	touch $@
+
+$(DEV_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEV_VENV)
+	$(DEV_VENV)/bin/pip install --quiet --editable '.[train,test]'
+	touch $@
+
+gen: $(RUNTIME_VENV)/.installed
+	$(RUNTIME_VENV)/bin/charsdk gen $(GEN_ARGS)
+
+test: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+train: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.fit --name $(NAME) --recipe $(RECIPE) --artifacts $(ARTIFACTS) \
+		$(if $(CORPUS),--corpus $(CORPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FRESH),--fresh)
+
+export: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS)
+
+# Copy an exported model into the package as charsdk/models/$(NAME)/ (nietzsche is the default).
+ship:
+	mkdir -p charsdk/models/$(NAME)
+	cp $(ARTIFACTS)/$(NAME)/model.onnx $(ARTIFACTS)/$(NAME)/vocab.json charsdk/models/$(NAME)/
+
+lint: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/ruff check charsdk train tests
+
+clean:
+	rm -rf $(RUNTIME_VENV) $(DEV_VENV) build dist *.egg-info

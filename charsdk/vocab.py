@@ -1,0 +1,166 @@
+"""vocab.json: the contract between training and every runtime.
+
+It holds everything needed to drive model.onnx: the characters in index order, the context
+length, the casing rule, the ONNX input/output names and the sha256 of the ONNX file it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, ModelError
+
+FORMAT = "charsdk-model"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state tensor: fed as `input`, returned updated as `output`, width `size`."""
+
+    input: str
+    output: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Vocab:
+    chars: tuple[str, ...]
+    maxlen: int
+    lowercase: bool
+    states: tuple[StateSpec, ...]
+    onnx_file: str = "model.onnx"
+    onnx_sha256: str = ""
+    input_name: str = "x"
+    probs_name: str = "probs"
+    default_seed_text: str = ""
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
+            raise ModelError("vocab.json: 'chars' must be distinct single characters")
+        object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def normalize(self, text: str) -> str:
+        """Apply the casing the model was trained with."""
+        return text.lower() if self.lowercase else text
+
+    def encode(self, text: str) -> np.ndarray:
+        text = self.normalize(text)
+        unknown = sorted({c for c in text if c not in self._index})
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            raise InputError(
+                f"seed text has {len(unknown)} character(s) this model does not know: {shown}; "
+                "remove them from the seed text"
+            )
+        return np.fromiter((self._index[c] for c in text), dtype=np.int64, count=len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def one_hot(self, ids) -> np.ndarray:
+        """[1, len(ids), size] float32, the ONNX input layout."""
+        ids = np.asarray(ids, dtype=np.int64)
+        x = np.zeros((1, len(ids), self.size), dtype=np.float32)
+        x[0, np.arange(len(ids)), ids] = 1.0
+        return x
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "chars": list(self.chars),
+            "maxlen": self.maxlen,
+            "lowercase": self.lowercase,
+            "onnx": {
+                "file": self.onnx_file,
+                "sha256": self.onnx_sha256,
+                "input": {"name": self.input_name, "shape": ["batch", "time", self.size]},
+                "probs": {"name": self.probs_name, "shape": ["batch", self.size]},
+                "states": [
+                    {"input": s.input, "output": s.output, "shape": ["batch", s.size]}
+                    for s in self.states
+                ],
+            },
+            "default_seed_text": self.default_seed_text,
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, data) -> Vocab:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ModelError("vocab.json is not a charsdk model description ('format' is missing)")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelError(
+                f"vocab.json has format_version {version!r}; this charsdk reads version "
+                f"{FORMAT_VERSION}: re-export the model or upgrade charsdk"
+            )
+        try:
+            onnx = data["onnx"]
+            chars, maxlen, file = data["chars"], data["maxlen"], onnx["file"]
+            if not (isinstance(chars, list) and chars and all(isinstance(c, str) for c in chars)):
+                raise TypeError("'chars' must be a non-empty list of strings")
+            if not (isinstance(maxlen, int) and maxlen > 0):
+                raise TypeError("'maxlen' must be a positive integer")
+            if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+                raise TypeError("'onnx.file' must be a plain file name inside the model directory")
+            states = tuple(
+                StateSpec(str(s["input"]), str(s["output"]), int(s["shape"][1]))
+                for s in onnx["states"]
+            )
+            return cls(
+                chars=tuple(chars),
+                maxlen=maxlen,
+                lowercase=bool(data["lowercase"]),
+                states=states,
+                onnx_file=file,
+                onnx_sha256=str(onnx["sha256"]),
+                input_name=str(onnx["input"]["name"]),
+                probs_name=str(onnx["probs"]["name"]),
+                default_seed_text=str(data.get("default_seed_text", "")),
+                training=dict(data.get("training", {})),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"vocab.json is invalid: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocab:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(f"{path} is missing: a model directory needs vocab.json") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path} is not valid JSON ({exc}): re-export the model") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_atomic(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers see the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+

@@ -1,0 +1,55 @@
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+WORDS = (
+    "the of and to a in that it is was he for on are as with his they at be this from have or by "
+    "one had not but what all were when we there can an your which their said if do will each "
+    "about how up out them then she many some so these would other into has more her two like him "
+    "see time could no make than first been its who now people my made over did down only way find "
+    "use may water long little very after words called just where most know"
+).split()
+
+
+def make_text(n_chars: int, seed: int = 0) -> str:
+    """Sentences of common words: small, varied, deterministic training text."""
+    rng = random.Random(seed)
+    sentences, size = [], 0
+    while size < n_chars:
+        words = rng.choices(WORDS, k=rng.randint(4, 12))
+        sentence = " ".join(words).capitalize() + rng.choice([". ", ", ", "! ", "? "])
+        sentences.append(sentence)
+        size += len(sentence)
+    return "".join(sentences)[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(make_text(15000), encoding="utf-8")
+    return path
+
+
+TINY = ["--maxlen", "20", "--step", "3", "--units", "32", "--batch-size", "64",
+        "--learning-rate", "0.01", "--sample-length", "40"]
+
+
+@pytest.fixture(scope="session")
+def trained_dir(small_corpus, tmp_path_factory) -> Path:
+    """A tiny model trained for 2 epochs on the small corpus and exported (real TF, real tf2onnx)."""
+    from train import export, fit
+
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    args = ["--corpus", str(small_corpus), "--name", "tiny", "--artifacts", str(artifacts),
+            "--epochs", "2", *TINY]
+    assert fit.main(args) == 0
+    assert export.main(["--name", "tiny", "--artifacts", str(artifacts)]) == 0
+    return artifacts / "tiny"
+
+
+def run_python(code: str, *args, executable=sys.executable):
+    import subprocess
+
+    return subprocess.run([executable, "-c", code, *args], capture_output=True, text=True, timeout=300)

@@ -1,0 +1,53 @@
+import json
+
+from typer.testing import CliRunner
+
+from charsdk import Generator, __version__
+from charsdk.cli import app
+
+runner = CliRunner()
+
+
+def test_gen_prints_what_the_api_generates():
+    result = runner.invoke(app, ["gen", "--seed-text", "the will to ", "--length", "80",
+                                 "--temperature", "0.8", "--seed", "3"])
+    assert result.exit_code == 0
+    expected = Generator.load().generate("the will to ", length=80, temperature=0.8, seed=3)
+    assert result.stdout == expected + "\n"
+
+
+def test_gen_with_a_model_directory_and_window_mode(trained_dir):
+    result = runner.invoke(app, ["gen", "--model", str(trained_dir), "--seed-text", "the ",
+                                 "--length", "30", "--seed", "1", "--mode", "window"])
+    assert result.exit_code == 0
+    assert result.stdout == Generator.load(trained_dir).generate(
+        "the ", length=30, seed=1, mode="window") + "\n"
+
+
+def test_version_and_help():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"charsdk {__version__}"
+    result = runner.invoke(app, ["gen", "--help"])
+    assert result.exit_code == 0
+    for option in ("--model", "--seed-text", "--length", "--temperature", "--seed"):
+        assert option in result.stdout
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path):
+    for args, message in [
+        (["gen", "--model", str(tmp_path / "missing")], "does not exist"),
+        (["gen", "--temperature", "-2"], "temperature"),
+        (["gen", "--seed-text", "\u2603"], "does not know"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("charsdk: error:") and message in lines[0]
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_info_describes_the_model():
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["format_version"] == 1 and data["maxlen"] == 60 and len(data["chars"]) == 57

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from charsdk import Generator, InputError, ModelError
+from charsdk.generator import default_model_dir
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return Generator.load()
+
+
+def test_the_shipped_model_loads_and_generates(generator):
+    assert generator.path == default_model_dir()
+    text = generator.generate("the meaning of life is ", length=300, temperature=0.5, seed=0)
+    assert len(text) == 300 and set(text) <= set(generator.vocab.chars)
+    assert generator.vocab.training["holdout_bits_per_char"] < 2.6
+
+
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+def test_same_seed_same_text(generator, mode):
+    a = generator.generate("to be ", length=120, temperature=1.0, seed=42, mode=mode)
+    assert a == generator.generate("to be ", length=120, temperature=1.0, seed=42, mode=mode)
+    assert a != generator.generate("to be ", length=120, temperature=1.0, seed=43, mode=mode)
+
+
+def test_greedy_ignores_the_seed(generator):
+    texts = {generator.generate("the ", length=80, temperature=0, seed=s) for s in range(3)}
+    assert len(texts) == 1
+
+
+def test_stream_yields_what_generate_returns(generator):
+    chars = list(generator.stream("will ", length=50, temperature=0.7, seed=5))
+    assert all(len(c) == 1 for c in chars)
+    assert "".join(chars) == generator.generate("will ", length=50, temperature=0.7, seed=5)
+
+
+def test_stateful_and_window_agree_while_the_text_fits_the_window(generator):
+    # Within maxlen characters both modes see the whole text from a zero state.
+    n = generator.vocab.maxlen - 10
+    a = generator.generate("truth ", length=n, temperature=0, mode="stateful")
+    b = generator.generate("truth ", length=n, temperature=0, mode="window")
+    assert a == b
+
+
+def test_upper_case_seed_is_lower_cased(generator):
+    assert generator.generate("THE WILL", length=60, seed=1) == generator.generate(
+        "the will", length=60, seed=1)
+
+
+def test_length_zero_and_empty_seed(generator):
+    assert generator.generate("abc", length=0) == ""
+    assert len(generator.generate("", length=20, seed=0)) == 20
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"temperature": -1}, "temperature"), ({"length": -1}, "length"), ({"mode": "x"}, "mode"),
+     ({"seed_text": "caf\u00e9 \u2603"}, "does not know")],
+)
+def test_bad_arguments_raise_input_error(generator, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        generator.generate(**{"seed_text": "the ", **kwargs})
+
+
+def copy_model(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    for name in ("model.onnx", "vocab.json"):
+        (target / name).write_bytes((default_model_dir() / name).read_bytes())
+    return target
+
+
+def test_broken_model_directories_are_refused(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        Generator.load(tmp_path / "nope")
+    model = copy_model(tmp_path)
+    (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes()[:1000])
+    with pytest.raises(ModelError, match="sha256"):
+        Generator.load(model)
+    (model / "vocab.json").unlink()
+    with pytest.raises(ModelError, match="vocab.json is missing"):
+        Generator.load(model)
+
+
+def test_corrupt_onnx_with_matching_hash_is_a_model_error(tmp_path):
+    import json
+
+    from charsdk.generator import sha256_of
+
+    model = copy_model(tmp_path)
+    (model / "model.onnx").write_bytes(b"not an onnx file" * 10)
+    data = json.loads((model / "vocab.json").read_text())
+    data["onnx"]["sha256"] = sha256_of(model / "model.onnx")
+    (model / "vocab.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="cannot be loaded by onnxruntime"):
+        Generator.load(model)
+
+
+def test_vocab_width_must_match_the_onnx_input(tmp_path):
+    import json
+
+    model = copy_model(tmp_path)
+    data = json.loads((model / "vocab.json").read_text())
+    data["chars"] = data["chars"][:-1]
+    (model / "vocab.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="do not belong together"):
+        Generator.load(model)
+
+
+def test_one_generator_serves_threads(generator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [generator.generate("we ", length=100, temperature=1.0, seed=s) for s in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda s: generator.generate("we ", length=100, temperature=1.0, seed=s),
+                            range(8)))
+    assert got == expected
+
+
+def test_probabilities_are_a_distribution(generator):
+    probs, _ = generator._run(generator.vocab.one_hot(generator.vocab.encode("the ")),
+                              generator._zero_state(1))
+    assert probs.shape == (generator.vocab.size,)
+    assert abs(float(np.sum(probs)) - 1) < 1e-5

@@ -1,0 +1,44 @@
+"""charsdk as users get it: no TensorFlow, and a real wheel in a clean virtual environment."""
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+from charsdk import Generator
+from tests.conftest import run_python
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_using_charsdk_never_imports_tensorflow():
+    result = run_python(
+        "import sys, charsdk\n"
+        "from charsdk.cli import app\n"
+        "charsdk.Generator.load().generate('the ', length=20, seed=0)\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]\n"
+        "assert not heavy, heavy\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_wheel_installs_and_generates_in_a_clean_venv(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
+                    str(tmp_path / "dist"), str(ROOT)], check=True, timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("charsdk-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "charsdk/models/nietzsche/model.onnx" in names
+    assert "charsdk/models/nietzsche/vocab.json" in names
+    assert not [n for n in names if n.startswith(("train/", "tests/", "artifacts/"))]
+
+    venv.create(tmp_path / "venv", with_pip=True)
+    bin_dir = tmp_path / "venv" / "bin"
+    subprocess.run([bin_dir / "pip", "install", "--quiet", str(wheel)], check=True, timeout=600)
+    result = subprocess.run([bin_dir / "charsdk", "gen", "--seed-text", "the ", "--length", "60",
+                             "--seed", "9"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == Generator.load().generate("the ", length=60, seed=9) + "\n"
+    check = run_python("import importlib.util as u; print(u.find_spec('tensorflow') is None)",
+                       executable=str(bin_dir / "python"))
+    assert check.stdout.strip() == "True"

@@ -1,0 +1,94 @@
+"""Tiny train -> export -> generate, for real: TensorFlow, tf2onnx and onnxruntime."""
+
+import json
+
+import numpy as np
+import pytest
+
+from charsdk import Generator
+from charsdk.generator import sha256_of
+from tests.conftest import TINY
+
+
+def test_training_writes_checkpoints_and_a_log(trained_dir):
+    assert (trained_dir / "best.keras").stat().st_size > 0
+    assert (trained_dir / "last.keras").stat().st_size > 0
+    log = json.loads((trained_dir / "log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    for entry in log["epochs"]:
+        assert entry["loss"] > 0 and entry["val_loss"] > 0 and entry["wall_s"] > 0
+        assert entry["val_bits_per_char"] == pytest.approx(entry["val_loss"] / np.log(2))
+    best = min(log["epochs"], key=lambda e: e["val_loss"])
+    assert log["best_epoch"] == best["epoch"]
+
+
+def test_export_writes_a_consistent_pair(trained_dir):
+    vocab = json.loads((trained_dir / "vocab.json").read_text())
+    assert vocab["onnx"]["sha256"] == sha256_of(trained_dir / "model.onnx")
+    assert vocab["maxlen"] == 20 and vocab["lowercase"] is True
+    log = json.loads((trained_dir / "log.json").read_text())
+    assert vocab["chars"] == log["corpus"]["vocab"]
+    summary = vocab["training"]
+    assert summary["best_epoch"] == log["best_epoch"]
+    assert summary["holdout_bits_per_char"] == pytest.approx(
+        log["epochs"][log["best_epoch"] - 1]["val_bits_per_char"], abs=1e-4)
+    assert [s["input"] for s in vocab["onnx"]["states"]] == ["h0", "c0"]
+    assert not (trained_dir / ".export-staging").exists()
+
+
+def test_onnxruntime_matches_keras(trained_dir, small_corpus):
+    import keras
+
+    from train.corpus import load_corpus
+    from train.export import check_parity
+
+    corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
+    model = keras.models.load_model(trained_dir / "best.keras")
+    parity = check_parity(model, Generator.load(trained_dir), corpus)
+    assert parity["window_max_abs_diff"] <= 1e-5
+    assert parity["step_max_abs_diff"] <= 1e-5
+
+
+def test_export_refuses_a_mismatch_and_keeps_the_previous_pair(trained_dir, monkeypatch):
+    from train import export
+
+    before = {p.name: p.read_bytes() for p in (trained_dir / "model.onnx", trained_dir / "vocab.json")}
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all now counts as a mismatch
+    with pytest.raises(export.ExportError, match="disagree"):
+        export.export(trained_dir)
+    after = {p.name: p.read_bytes() for p in (trained_dir / "model.onnx", trained_dir / "vocab.json")}
+    assert after == before
+    assert not (trained_dir / ".export-staging").exists()
+
+
+def test_generated_text_uses_the_model_vocabulary(trained_dir):
+    generator = Generator.load(trained_dir)
+    for mode in ("stateful", "window"):
+        text = generator.generate("the people", length=200, temperature=0.5, seed=1, mode=mode)
+        assert len(text) == 200 and set(text) <= set(generator.vocab.chars)
+
+
+def test_a_trained_model_beats_uniform_guessing(trained_dir):
+    log = json.loads((trained_dir / "log.json").read_text())
+    vocab_size = len(log["corpus"]["vocab"])
+    assert log["epochs"][-1]["val_bits_per_char"] < np.log2(vocab_size) - 1
+
+
+def test_training_again_resumes_after_the_last_epoch(small_corpus, tmp_path):
+    from train import fit
+
+    args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), *TINY]
+    assert fit.main([*args, "--epochs", "1"]) == 0
+    assert fit.main([*args, "--epochs", "2"]) == 0
+    log = json.loads((tmp_path / "r" / "log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    assert log["epochs"][1]["wall_s"] > log["epochs"][0]["wall_s"]
+
+
+def test_resuming_with_another_recipe_is_refused(small_corpus, tmp_path, capsys):
+    from train import fit
+
+    args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), *TINY]
+    assert fit.main([*args, "--epochs", "1"]) == 0
+    assert fit.main([*args, "--epochs", "1", "--maxlen", "10"]) == 2
+    assert "another recipe or corpus" in capsys.readouterr().err

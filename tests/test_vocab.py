@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+
+from charsdk import ModelError, Vocab
+from charsdk.errors import InputError
+from charsdk.vocab import StateSpec
+
+
+def make_vocab(**kw):
+    base = dict(chars=tuple(" abc."), maxlen=10, lowercase=True,
+                states=(StateSpec("h0", "h0_out", 8), StateSpec("c0", "c0_out", 8)),
+                onnx_sha256="0" * 64, default_seed_text="abc", training={"best_epoch": 3})
+    return Vocab(**{**base, **kw})
+
+
+def test_round_trip_through_json(tmp_path):
+    vocab = make_vocab()
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocab.load(tmp_path / "vocab.json") == vocab
+    data = json.loads((tmp_path / "vocab.json").read_text())
+    assert data["format_version"] == 1 and data["chars"] == list(" abc.")
+    assert data["onnx"]["input"] == {"name": "x", "shape": ["batch", "time", 5]}
+
+
+def test_encode_decode_and_one_hot():
+    vocab = make_vocab()
+    ids = vocab.encode("Abc. cab")  # upper case follows the model's lower-casing
+    assert vocab.decode(ids) == "abc. cab"
+    x = vocab.one_hot(ids)
+    assert x.shape == (1, 8, 5) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0].argmax(-1), ids)
+
+
+def test_unknown_characters_are_named():
+    with pytest.raises(InputError, match=r"'x', 'z'"):
+        make_vocab().encode("abzcx")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"format_version": 99}, "format_version 99"),
+        ({"format": "other"}, "not a charsdk model"),
+        ({"chars": "abc"}, "'chars'"),
+        ({"maxlen": 0}, "'maxlen'"),
+    ],
+)
+def test_invalid_vocab_is_refused(change, message):
+    with pytest.raises(ModelError, match=message):
+        Vocab.from_dict({**make_vocab().to_dict(), **change})
+
+
+@pytest.mark.parametrize("name", ["../model.onnx", "/etc/passwd", "sub/model.onnx", ".."])
+def test_onnx_file_cannot_point_outside_the_model_directory(name):
+    data = make_vocab().to_dict()
+    data["onnx"]["file"] = name
+    with pytest.raises(ModelError, match="plain file name"):
+        Vocab.from_dict(data)
+
+
+def test_broken_json_is_a_model_error(tmp_path):
+    (tmp_path / "vocab.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        Vocab.load(tmp_path / "vocab.json")

@@ -1,0 +1,141 @@
+"""Export the best checkpoint: `python -m train.export --name NAME` writes model.onnx + vocab.json.
+
+The ONNX graph takes one-hot x [batch, time, vocab] and the LSTM state, and returns the
+next-character distribution after the last step and the new state. Before anything is moved into
+place, onnxruntime (through charsdk, as users run it) must agree with Keras on real windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from charsdk import Generator
+from charsdk.generator import sha256_of
+from charsdk.vocab import Vocab
+
+from .corpus import CorpusError, load_corpus
+
+OPSET = 17
+TOLERANCE = 1e-5  # max abs difference of probabilities between Keras and onnxruntime
+
+
+class ExportError(Exception):
+    pass
+
+
+def export(model_dir: Path, opset: int = OPSET) -> dict:
+    """Convert model_dir/best.keras; returns the parity figures. Raises ExportError on mismatch."""
+    import keras
+    import tf2onnx
+
+    from .model import inference_function
+
+    log = json.loads((model_dir / "log.json").read_text())
+    recipe, corpus_info = log["recipe"], log["corpus"]
+    try:
+        corpus = load_corpus(corpus_info["path"], maxlen=recipe["maxlen"],
+                             holdout=recipe["holdout"], lowercase=recipe["lowercase"])
+    except CorpusError as exc:
+        raise ExportError(f"the training corpus is needed to check the export: {exc}") from None
+    if corpus.sha256 != corpus_info["sha256"]:
+        raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
+
+    model = keras.models.load_model(model_dir / "best.keras")
+    step, states = inference_function(model)
+    staging = model_dir / ".export-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    onnx_path = staging / "model.onnx"
+    tf2onnx.convert.from_function(step, input_signature=step.input_signature, opset=opset,
+                                  output_path=str(onnx_path))
+
+    best = log["epochs"][log["best_epoch"] - 1]
+    holdout_text = corpus.text[corpus.split :]
+    seed_start = holdout_text.find(" ") + 1
+    vocab = Vocab(
+        chars=corpus.chars,
+        maxlen=recipe["maxlen"],
+        lowercase=recipe["lowercase"],
+        states=states,
+        onnx_sha256=sha256_of(onnx_path),
+        default_seed_text=holdout_text[seed_start : seed_start + recipe["maxlen"]],
+        training={
+            "recipe_name": log["recipe_name"],
+            "recipe": recipe,
+            "corpus_sha256": corpus.sha256,
+            "corpus_chars": len(corpus.text),
+            "epochs_trained": len(log["epochs"]),
+            "best_epoch": log["best_epoch"],
+            "holdout_bits_per_char": round(best["val_bits_per_char"], 4),
+            "train_wall_s": best["wall_s"],
+            "parameters": int(model.count_params()),
+            "opset": opset,
+        },
+    )
+    vocab.save(staging / "vocab.json")
+
+    try:
+        parity = check_parity(model, Generator.load(staging), corpus)
+        if parity["max_abs_diff"] > TOLERANCE:
+            raise ExportError(f"onnxruntime and Keras disagree by {parity['max_abs_diff']:.2e} "
+                              f"(> {TOLERANCE}): the export is wrong and was not installed")
+        # The ONNX file first: a kill in between leaves a pair that load refuses (sha256 differs).
+        os.replace(onnx_path, model_dir / "model.onnx")
+        os.replace(staging / "vocab.json", model_dir / "vocab.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return parity
+
+
+def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped: int = 4) -> dict:
+    """Keras vs onnxruntime on held-out windows: whole window from a zero state, and step by step."""
+    maxlen, vocab = generator.vocab.maxlen, generator.vocab
+    holdout = corpus.holdout_ids
+    starts = np.linspace(0, len(holdout) - maxlen - 1, windows).astype(int)
+    x = np.stack([vocab.one_hot(holdout[s : s + maxlen])[0] for s in starts])
+    keras_probs = model.predict(x, verbose=0, batch_size=len(x))
+    (onnx_probs,) = generator.session.run(
+        [vocab.probs_name], {vocab.input_name: x, **generator._zero_state(len(x))}
+    )
+    whole = float(np.abs(onnx_probs - keras_probs).max())
+
+    stepwise = 0.0
+    for row in range(stepped):
+        state = generator._zero_state(1)
+        for t in range(maxlen):
+            probs, state = generator._run(x[row : row + 1, t : t + 1], state)
+        stepwise = max(stepwise, float(np.abs(probs - keras_probs[row]).max()))
+    return {"window_max_abs_diff": whole, "step_max_abs_diff": stepwise,
+            "max_abs_diff": max(whole, stepwise)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default="nietzsche")
+    p.add_argument("--artifacts", default="artifacts")
+    args = p.parse_args(argv)
+    model_dir = Path(args.artifacts) / args.name
+    if not (model_dir / "best.keras").exists() or not (model_dir / "log.json").exists():
+        print(f"export: error: {model_dir} has no trained checkpoint: run make train NAME={args.name}",
+              file=sys.stderr)
+        return 2
+    try:
+        parity = export(model_dir)
+    except ExportError as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {model_dir}/model.onnx and vocab.json; Keras vs onnxruntime max abs difference: "
+          f"window {parity['window_max_abs_diff']:.1e}, step by step {parity['step_max_abs_diff']:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Train a recipe on a corpus: `python -m train.fit --corpus FILE --name NAME [--epochs N ...]`.
+
+Writes under artifacts/<name>/: best.keras (lowest held-out loss), last.keras (to resume),
+log.json (per-epoch loss, held-out bits/char, wall time). Running it again resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from charsdk.vocab import write_atomic
+
+from .config import RECIPES, Recipe, make_recipe
+from .corpus import Corpus, CorpusError, load_corpus
+
+TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m train.fit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", help="UTF-8 text file (default: download the book's Nietzsche text)")
+    p.add_argument("--name", default="nietzsche", help="artifacts/<name>/ receives the results")
+    p.add_argument("--artifacts", default="artifacts", help="parent directory of <name>/")
+    p.add_argument("--recipe", default="book", choices=sorted(RECIPES))
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    for name in ("epochs", "maxlen", "step", "batch_size", "seed", "sample_length"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--units", type=lambda s: tuple(int(u) for u in s.split(",")),
+                   help="LSTM widths, comma-separated, e.g. 256,256")
+    return p.parse_args(argv)
+
+
+def save_model_atomic(model, path: Path) -> None:
+    """A kill mid-save leaves the previous checkpoint intact."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = {k: getattr(args, k) for k in
+                 ("epochs", "maxlen", "step", "batch_size", "seed", "sample_length",
+                  "learning_rate", "units")}
+    recipe = make_recipe(args.recipe, **overrides)
+    try:
+        corpus = load_corpus(args.corpus, maxlen=recipe.maxlen, holdout=recipe.holdout,
+                             lowercase=recipe.lowercase)
+    except CorpusError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.artifacts) / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    return fit(corpus, args.recipe, recipe, out, fresh=args.fresh)
+
+
+def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool = False) -> int:
+    import keras
+
+    from .data import window_dataset
+    from .model import build_model, inference_function
+
+    log_path, last_path, best_path = out / "log.json", out / "last.keras", out / "best.keras"
+    log = {
+        "recipe_name": recipe_name,
+        "recipe": recipe.to_dict(),
+        "corpus": {"path": corpus.path, "sha256": corpus.sha256, "chars": len(corpus.text),
+                   "vocab": list(corpus.chars), "train_chars": corpus.split},
+        "epochs": [],
+    }
+    if not fresh and last_path.exists() and log_path.exists():
+        previous = json.loads(log_path.read_text())
+        same = {k: previous[k] for k in ("recipe", "corpus")} == {k: log[k] for k in ("recipe", "corpus")}
+        if not same:
+            print(f"train: error: {out} holds a run with another recipe or corpus: "
+                  "pass --fresh (FRESH=1) to start over, or choose another NAME", file=sys.stderr)
+            return 2
+        log = previous
+        model = keras.models.load_model(last_path)
+        print(f"Resuming {out} after epoch {len(log['epochs'])}")
+    else:
+        keras.utils.set_random_seed(recipe.seed)
+        model = build_model(len(corpus.chars), recipe)
+    model.summary()
+
+    common = dict(maxlen=recipe.maxlen, vocab_size=len(corpus.chars), batch_size=recipe.batch_size)
+    train = window_dataset(corpus.train_ids, step=recipe.step, shuffle=True, seed=recipe.seed, **common)
+    # Held-out: every window of the last 10%, as in the reference table.
+    holdout = window_dataset(corpus.holdout_ids, step=1, shuffle=False, **{**common, "batch_size": 1024})
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.started
+            loss, val_loss = float(logs["loss"]), float(logs["val_loss"])
+            entries = log["epochs"]
+            best = min((e["val_loss"] for e in entries), default=math.inf)
+            entries.append({
+                "epoch": epoch + 1,
+                "loss": loss,
+                "val_loss": val_loss,
+                "val_bits_per_char": val_loss / math.log(2),
+                "epoch_s": round(seconds, 2),
+                "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
+            })
+            if math.isfinite(val_loss) and val_loss < best:
+                save_model_atomic(self.model, best_path)
+                log["best_epoch"] = epoch + 1
+            save_model_atomic(self.model, last_path)
+            write_atomic(log_path, json.dumps(log, indent=2) + "\n")
+            print(f"\nepoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
+                  f"(best epoch {log.get('best_epoch')})")
+            print_samples(self.model, corpus, recipe, epoch)
+
+    def print_samples(model, corpus, recipe, epoch):
+        step_fn, states = inference_function(model)  # a copy of this epoch's weights
+        rng = np.random.default_rng(recipe.seed + epoch)
+        start = int(rng.integers(0, corpus.split - recipe.maxlen))
+        seed_ids = corpus.ids[start : start + recipe.maxlen]
+        print(f'--- seed: "{corpus.text[start:start + recipe.maxlen]}"')
+        for temperature in TEMPERATURES:
+            text = sample_text(step_fn, states, seed_ids, len(corpus.chars), temperature,
+                               recipe.sample_length, rng)
+            print(f"--- temperature {temperature}:\n{''.join(corpus.chars[i] for i in text)}")
+        sys.stdout.flush()
+
+    done = len(log["epochs"])
+    if done >= recipe.epochs:
+        print(f"{out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
+        return 0
+    model.fit(
+        train,
+        validation_data=holdout,
+        initial_epoch=done,
+        epochs=recipe.epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd()],
+        verbose="auto",
+    )
+    if "best_epoch" not in log:
+        print("train: error: no epoch finished with a finite held-out loss", file=sys.stderr)
+        return 1
+    best = log["epochs"][log["best_epoch"] - 1]
+    print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> {best_path}")
+    return 0
+
+
+def sample_text(step_fn, states, seed_ids, vocab_size, temperature, length, rng) -> list[int]:
+    """The book's per-epoch sample, but one LSTM step per character with the state carried."""
+    from charsdk.sampling import sample
+
+    state = [np.zeros((1, s.size), np.float32) for s in states]
+    x = np.eye(vocab_size, dtype=np.float32)[np.asarray(seed_ids, dtype=np.int64)][None]
+    out = []
+    for _ in range(length):
+        result = step_fn(x, *state)
+        state = [result[s.output] for s in states]
+        index = sample(result["probs"].numpy()[0], temperature, rng)
+        out.append(index)
+        x = np.zeros((1, 1, vocab_size), np.float32)
+        x[0, 0, index] = 1.0
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

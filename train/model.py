@@ -1,0 +1,63 @@
+"""The Keras model, and the inference function that export and the per-epoch samples share."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from charsdk.vocab import StateSpec
+
+from .config import Recipe
+
+
+def build_model(vocab_size: int, recipe: Recipe) -> keras.Model:
+    """Stacked LSTMs on one-hot characters, softmax over the next character (the book: one LSTM(128))."""
+    inputs = keras.Input((None, vocab_size), name="chars")
+    x = inputs
+    for i, units in enumerate(recipe.units):
+        x = keras.layers.LSTM(units, return_sequences=i < len(recipe.units) - 1)(x)
+    outputs = keras.layers.Dense(vocab_size, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=recipe.learning_rate),
+        loss="sparse_categorical_crossentropy",
+    )
+    return model
+
+
+def inference_function(model: keras.Model):
+    """tf.function (x, *state) -> {probs, *state_out} with the model's weights.
+
+    One graph serves a whole window from a zero state and one character from a carried state:
+    x is one-hot [batch, time, vocab]; probs is the next-character distribution after the last step.
+    """
+    vocab_size = model.input_shape[-1]
+    lstms, dense = [], None
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.LSTM):
+            config = {**layer.get_config(), "return_sequences": True, "return_state": True}
+            copy = keras.layers.LSTM.from_config({**config, "name": f"lstm_{len(lstms)}"})
+            copy.build((None, None, layer.input.shape[-1]))
+            copy.set_weights(layer.get_weights())
+            lstms.append(copy)
+        elif isinstance(layer, keras.layers.Dense):
+            dense = layer
+        elif not isinstance(layer, (keras.layers.InputLayer, keras.layers.Dropout)):
+            raise TypeError(f"cannot export layer {layer.name} of type {type(layer).__name__}")
+    states = []
+    for i, lstm in enumerate(lstms):
+        states += [StateSpec(f"h{i}", f"h{i}_out", lstm.units), StateSpec(f"c{i}", f"c{i}_out", lstm.units)]
+    signature = [tf.TensorSpec([None, None, vocab_size], tf.float32, name="x")] + [
+        tf.TensorSpec([None, s.size], tf.float32, name=s.input) for s in states
+    ]
+
+    @tf.function(input_signature=signature)
+    def step(x, *state):
+        outputs, sequence = {}, x
+        for i, lstm in enumerate(lstms):
+            sequence, h, c = lstm(sequence, initial_state=[state[2 * i], state[2 * i + 1]])
+            outputs[f"h{i}_out"], outputs[f"c{i}_out"] = h, c
+        outputs["probs"] = dense(sequence[:, -1])
+        return outputs
+
+    return step, tuple(states)
