@@ -1,4 +1,4 @@
-# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make lint`
+# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make bench` · `make lint`
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 RUNTIME_VENV := .venv-runtime# runtime dependencies only: what `pip install charsdk` gives users
 DEV_VENV := .venv# runtime + training + test dependencies
@@ -12,7 +12,7 @@ EPOCHS ?=
 FRESH ?=
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship lint clean
+.PHONY: gen test train export ship bench lint clean
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -40,7 +40,11 @@ export: $(DEV_VENV)/.installed
 # Copy an exported model into the package as charsdk/models/$(NAME)/ (nietzsche is the default).
 ship:
 	mkdir -p charsdk/models/$(NAME)
-	cp $(ARTIFACTS)/$(NAME)/model.onnx $(ARTIFACTS)/$(NAME)/vocab.json charsdk/models/$(NAME)/
+	cp $(addprefix $(ARTIFACTS)/$(NAME)/,model.onnx sampler.onnx vocab.json) charsdk/models/$(NAME)/
+
+# Generation speed: the book's Keras loop against charsdk on the same weights (table + JSON in artifacts/).
+bench: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.bench --name $(NAME) --artifacts $(ARTIFACTS)
 
 lint: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check charsdk train tests

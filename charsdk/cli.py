@@ -5,24 +5,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from . import __version__
-from .errors import CharsdkError
+from .errors import CharsdkError, InputError
 from .generator import Generator
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Generate text with a character-level LSTM exported to ONNX.")
 
-ModelOption = typer.Option(
-    None, "--model", "-m", help="Model directory (model.onnx + vocab.json). Default: shipped model."
-)
+MODEL = typer.Option(None, "--model", "-m",
+                     help="Model directory (model.onnx, sampler.onnx, vocab.json). Default: shipped model.")
+THREADS = typer.Option(1, "--threads", help="onnxruntime intra-op threads.")
+ON_UNKNOWN = typer.Option("error", "--on-unknown",
+                          help="error: name characters the model does not know; skip: drop them.")
+PROVIDERS = typer.Option(None, "--provider",
+                         help="onnxruntime execution provider, repeatable, e.g. CUDAExecutionProvider.")
 
 
-def _fail(exc: CharsdkError):
+def _fail(exc: Exception):
     typer.echo(f"charsdk: error: {exc}", err=True)
     raise typer.Exit(2)
+
+
+def _load(model, threads, providers) -> Generator:
+    return Generator.load(model, threads=threads, providers=providers or None)
 
 
 def _show_version(value: bool):
@@ -32,38 +40,76 @@ def _show_version(value: bool):
 
 
 @app.callback()
-def main(
-    version: bool = typer.Option(
-        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
-    ),
-):
+def main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                      help="Print the version and exit.")):
     """Generate text with a character-level LSTM exported to ONNX."""
 
 
 @app.command()
 def gen(
-    model: Optional[Path] = ModelOption,
-    seed_text: Optional[str] = typer.Option(
-        None, "--seed-text", "-s", help="Text to continue. Default: the model's stored seed."
-    ),
+    model: Path | None = MODEL,
+    seed_text: str | None = typer.Option(None, "--seed-text", "-s",
+                                            help="Text to continue. Default: the model's stored seed."),
     length: int = typer.Option(400, "--length", "-n", help="Characters to generate."),
-    temperature: float = typer.Option(0.5, "--temperature", "-t", help="0 = greedy; higher = wilder."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: same seed, same text."),
+    temperature: list[float] = typer.Option(
+        [0.5], "--temperature", "-t", help="0 = greedy, higher = wilder; repeat for one sample each."),
+    samples: int = typer.Option(1, "--samples", help="Independent samples per temperature (batched)."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely characters (0 = all)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Keep the smallest set of mass p (1 = all)."),
+    stop: list[str] = typer.Option([], "--stop", help="End a sample at this string; repeatable."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed: same seed, same text."),
     mode: str = typer.Option("stateful", "--mode", help="stateful or window."),
+    on_unknown: str = ON_UNKNOWN,
+    threads: int = THREADS,
+    provider: list[str] = PROVIDERS,
 ):
-    """Generate text and write it to stdout as it is produced."""
+    """Generate text to stdout; a single sample is printed as it is produced."""
     try:
-        generator = Generator.load(model)
-        for char in generator.stream(seed_text, length, temperature, seed, mode):
-            sys.stdout.write(char)
-            sys.stdout.flush()
+        generator = _load(model, threads, provider)
+        options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode,
+                       on_unknown=on_unknown)
+        if len(temperature) == 1 and samples == 1:
+            for char in generator.stream(seed_text, length, temperature[0], **options):
+                sys.stdout.write(char)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return
+        texts = generator.generate(seed_text, length, temperature, n=samples, **options)
     except CharsdkError as exc:
         _fail(exc)
-    sys.stdout.write("\n")
+    for i, text in enumerate(texts):
+        sys.stdout.write(f"--- temperature {temperature[i // samples]}, sample {i % samples + 1}\n"
+                         f"{text}\n")
+
+
+@app.command("eval")
+def evaluate(
+    text_file: Path = typer.Argument(..., help="UTF-8 text to score."),
+    model: Path | None = MODEL,
+    mode: str = typer.Option("window", "--mode", help="window or stateful."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    on_unknown: str = ON_UNKNOWN,
+    threads: int = THREADS,
+    provider: list[str] = PROVIDERS,
+):
+    """Bits per character (and perplexity) of a model on a text."""
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(InputError(f"cannot read {text_file} as UTF-8 text: {exc}"))
+    try:
+        result = _load(model, threads, provider).evaluate(text, mode=mode, on_unknown=on_unknown)
+    except CharsdkError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"{result['bits_per_char']:.4f} bits/char, perplexity {result['perplexity']:.3f} "
+                   f"({result['chars_scored']} characters, {result['mode']} mode)")
 
 
 @app.command()
-def info(model: Optional[Path] = ModelOption):
+def info(model: Path | None = MODEL):
     """Describe a model: characters, context length, I/O names, training summary."""
     try:
         generator = Generator.load(model)

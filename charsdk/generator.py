@@ -1,10 +1,11 @@
-"""Text generation with onnxruntime: prime on the seed text, then sample one character at a time."""
+"""Text generation with onnxruntime: prime on the seed text, then sample characters in chunks."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -12,11 +13,14 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError, ModelError
-from .sampling import check_temperature, sample
+from .sampling import SamplingOptions, draw, reweight
 from .vocab import Vocab
 
 DEFAULT_MODEL = "nietzsche"
 MODES = ("stateful", "window")
+FIRST_CHUNK = 16  # characters in the first onnxruntime call: the first ones show quickly
+PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score it as 1e-30
+CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
 
 
 def default_model_dir() -> Path:
@@ -28,135 +32,232 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class Generator:
-    """A loaded model: `Generator.load(dir).generate("seed text")`."""
+def _open_session(path: Path, sha256: str, threads: int, providers) -> ort.InferenceSession:
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: re-export the model")
+    if sha256_of(path) != sha256:
+        raise ModelError(
+            f"{path} does not match the sha256 recorded in vocab.json: the files come from "
+            "different exports (a stale or mixed pair); re-export the model so they belong together"
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path} cannot be loaded by onnxruntime: {first_line}") from None
 
-    def __init__(self, vocab: Vocab, session: ort.InferenceSession, path: Path):
+
+class Generator:
+    """A loaded model: `Generator.load(dir).generate("seed text")`. Safe to share between threads."""
+
+    def __init__(self, vocab: Vocab, model: ort.InferenceSession, sampler: ort.InferenceSession,
+                 path: Path):
         self.vocab = vocab
-        self.session = session
+        self.model = model  # one step function: (x, state) -> (probs, state)
+        self.sampler = sampler  # a Loop of sample-then-step, many characters per call
         self.path = path
+        self._codes = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike | None = None, *, threads: int = 1, providers=None
-    ) -> Generator:
-        """Load model.onnx + vocab.json from `path` (default: the shipped Nietzsche model).
+    def load(cls, path: str | os.PathLike | None = None, *, threads: int = 1,
+             providers: Sequence[str] | None = None) -> Generator:
+        """Load a model directory (default: the shipped Nietzsche model).
 
-        `threads` sets onnxruntime's intra-op threads: one is fastest for a single small LSTM.
+        `threads`: onnxruntime intra-op threads (one is fastest for a small LSTM);
+        `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"] with onnxruntime-gpu.
         """
         path = Path(path) if path is not None else default_model_dir()
         if not path.is_dir():
             raise ModelError(f"model directory {path} does not exist: pass a directory that holds "
-                             "model.onnx and vocab.json")
+                             "model.onnx, sampler.onnx and vocab.json")
         vocab = Vocab.load(path / "vocab.json")
-        onnx_path = path / vocab.onnx_file
-        if not onnx_path.is_file():
-            raise ModelError(f"{onnx_path} is missing: re-export the model")
-        if sha256_of(onnx_path) != vocab.onnx_sha256:
-            raise ModelError(
-                f"{onnx_path} does not match the sha256 recorded in vocab.json: the two files come "
-                "from different exports; re-export the model so they belong together"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(
-                str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own types for corrupt files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{onnx_path} cannot be loaded by onnxruntime: {first_line}") from None
-        width = session.get_inputs()[0].shape[-1]
+        model = _open_session(path / vocab.onnx_file, vocab.onnx_sha256, threads, providers)
+        sampler = _open_session(path / vocab.sampler_file, vocab.sampler_sha256, threads, providers)
+        width = model.get_inputs()[0].shape[-1]
         if width != vocab.size:
             raise ModelError(
-                f"vocab.json lists {vocab.size} characters but {onnx_path.name} takes {width}: "
-                "the two files do not belong together; re-export the model"
+                f"vocab.json lists {vocab.size} characters but {vocab.onnx_file} takes {width}: "
+                "the files do not belong together; re-export the model"
             )
-        return cls(vocab, session, path)
+        return cls(vocab, model, sampler, path)
+
+    # -- the graphs ---------------------------------------------------------------------------
 
     def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
         return {s.input: np.zeros((batch, s.size), np.float32) for s in self.vocab.states}
 
     def _run(self, x: np.ndarray, state: dict[str, np.ndarray]):
-        """One graph call: distribution after the last step of `x`, and the state it leaves."""
+        """model.onnx: the distribution after the last step of x [B, T, V], and the state it leaves."""
         names = [self.vocab.probs_name] + [s.output for s in self.vocab.states]
-        probs, *new = self.session.run(names, {self.vocab.input_name: x, **state})
-        return probs[0], {s.input: v for s, v in zip(self.vocab.states, new)}
+        probs, *new = self.model.run(names, {self.vocab.input_name: x, **state})
+        return probs, {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
 
-    def stream(
-        self,
-        seed_text: str | None = None,
-        length: int = 400,
-        temperature: float = 0.5,
-        seed: int | None = None,
-        mode: str = "stateful",
-    ) -> Iterator[str]:
-        """Yield generated characters one by one as they are produced.
-
-        mode "stateful" runs the seed once and carries the LSTM state (one step per character);
-        "window" predicts every character from the last `maxlen` characters and a zero state,
-        exactly as the model was trained.
-        """
-        temperature = check_temperature(temperature)
-        if length < 0:
-            raise InputError(f"length must be >= 0, got {length}")
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if seed_text is None:
-            seed_text = self.vocab.default_seed_text
-        ids = self.vocab.encode(seed_text)
-        rng = np.random.default_rng(seed)
-        steps = self._window_steps if mode == "window" else self._stateful_steps
-        return self._sample_chars(steps(ids), length, temperature, rng)
-
-    def _sample_chars(self, steps, length, temperature, rng) -> Iterator[str]:
-        if length == 0:
-            return
-        probs = next(steps)
-        for n in range(length):
-            index = sample(probs, temperature, rng)
-            yield self.vocab.chars[index]
-            if n + 1 < length:
-                probs = steps.send(index)
-
-    def _stateful_steps(self, ids: np.ndarray):
-        """Coroutine: yields a distribution, receives the character drawn from it."""
+    def _prime(self, ids: np.ndarray, batch: int):
         # An empty seed is one all-zero input from the zero state: "no character yet".
         x = self.vocab.one_hot(ids) if len(ids) else np.zeros((1, 1, self.vocab.size), np.float32)
         probs, state = self._run(x, self._zero_state(1))
-        step = np.zeros((1, 1, self.vocab.size), np.float32)
-        previous = 0
-        while True:
-            index = yield probs
-            step[0, 0, previous] = 0.0
-            step[0, 0, index] = 1.0
-            previous = index
-            probs, state = self._run(step, state)
+        return np.repeat(probs, batch, 0), {k: np.repeat(v, batch, 0) for k, v in state.items()}
 
-    def _window_steps(self, ids: np.ndarray):
-        maxlen, size = self.vocab.maxlen, self.vocab.size
-        context = list(ids[-maxlen:])
-        window = np.zeros((1, maxlen, size), np.float32)
-        zero = self._zero_state(1)
-        while True:
-            n = max(len(context), 1)
-            window[:] = 0.0
-            window[0, np.arange(len(context)), context] = 1.0
-            probs, _ = self._run(window[:, :n], zero)
-            context.append((yield probs))
-            del context[:-maxlen]
+    def _stateful_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
+        """Chunks of drawn ids [k, B]: sampler.onnx samples and steps k times per call."""
+        probs, state = self._prime(ids, len(options))
+        settings = {
+            "inv_temperature": np.array([o.inv_temperature for o in options]),
+            "top_k": np.array([o.top_k for o in options], np.int64),
+            "top_p": np.array([o.top_p for o in options]),
+            "use_filter": np.array(any(o.filters for o in options)),
+        }
+        names = ["probs_out"] + [s.output for s in self.vocab.states] + ["ids"]
+        for uniforms in uniform_chunks:
+            probs, *new, drawn = self.sampler.run(names, {"probs": probs, **state,
+                                                          "uniforms": uniforms, **settings})
+            state = {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
+            yield drawn
 
-    def generate(
-        self,
-        seed_text: str | None = None,
-        length: int = 400,
-        temperature: float = 0.5,
-        seed: int | None = None,
-        mode: str = "stateful",
-    ) -> str:
-        """The `length` characters that follow `seed_text` (the model's default seed if None).
+    def _window_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
+        """Chunks of drawn ids [k, B]: each predicted from the last maxlen characters, zero state."""
+        batch, maxlen, size = len(options), self.vocab.maxlen, self.vocab.size
+        inv_t = np.array([o.inv_temperature for o in options])
+        top_k = np.array([o.top_k for o in options], np.int64)
+        top_p = np.array([o.top_p for o in options])
+        context = np.zeros((batch, maxlen), np.int64)
+        filled = min(len(ids), maxlen)
+        if filled:
+            context[:, -filled:] = ids[-filled:]
+        window = np.zeros((batch, maxlen, size), np.float32)
+        rows, cols = np.arange(batch)[:, None], np.arange(maxlen)[None, :]
+        zero = self._zero_state(batch)
+        for uniforms in uniform_chunks:
+            drawn = np.empty(uniforms.shape, np.int64)
+            for step, u in enumerate(uniforms):
+                width = max(filled, 1)
+                window[:, :width] = 0.0
+                if filled:
+                    window[rows, cols[:, :filled], context[:, maxlen - filled :]] = 1.0
+                probs, _ = self._run(window[:, :width], zero)
+                drawn[step] = draw(reweight(probs, inv_t, top_k, top_p), u)
+                context[:, :-1] = context[:, 1:]
+                context[:, -1] = drawn[step]
+                filled = min(filled + 1, maxlen)
+            yield drawn
 
-        temperature 0 is greedy; the same `seed` gives the same text.
+    # -- the public API -----------------------------------------------------------------------
+
+    def _texts(self, seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
+               on_unknown) -> Iterator[list[str]]:
+        """For each chunk, the new text of every stream (stop strings cut, held back until safe)."""
+        if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
+            raise InputError(f"length must be an integer >= 0, got {length!r}")
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise InputError(f"n must be an integer >= 1, got {n!r}")
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        stop = [stop] if isinstance(stop, str) else list(stop or ())
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise InputError("stop must be a list of non-empty strings")
+        options = [SamplingOptions.check(t, top_k, top_p) for t in temperatures for _ in range(n)]
+        seed_text = self.vocab.default_seed_text if seed_text is None else seed_text
+        ids = self.vocab.encode(seed_text, on_unknown)
+        if length == 0:
+            return
+        # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
+        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(options))]
+        sizes = [FIRST_CHUNK] + [CHUNK] * math.ceil(max(length - FIRST_CHUNK, 0) / CHUNK)
+        sizes = [k for k in np.diff(np.minimum(np.cumsum([0] + sizes), length)) if k > 0]
+        uniform_chunks = (np.stack([r.random(k) for r in rngs], axis=1) for k in sizes)
+        chunks = (self._window_ids if mode == "window" else self._stateful_ids)(
+            ids, options, uniform_chunks)
+
+        hold = max((len(s) for s in stop), default=1) - 1  # a stop string may span two chunks
+        texts, sent, done = [""] * len(options), [0] * len(options), [False] * len(options)
+        produced = 0
+        for drawn in chunks:
+            produced += len(drawn)
+            pieces = np.ascontiguousarray(self._codes[drawn.T])
+            out = []
+            for b, row in enumerate(pieces):
+                if not done[b]:
+                    searched = max(len(texts[b]) - hold, 0)
+                    texts[b] += row.tobytes().decode("utf-32-le")
+                    cuts = [i for i in (texts[b].find(s, searched) for s in stop) if i >= 0]
+                    if cuts:
+                        texts[b], done[b] = texts[b][: min(cuts)], True
+                end = len(texts[b]) if done[b] or produced == length else len(texts[b]) - hold
+                out.append(texts[b][sent[b] : max(end, sent[b])])
+                sent[b] = max(end, sent[b])
+            yield out
+            if all(done):
+                return
+
+    def stream(self, seed_text: str | None = None, length: int = 400, temperature: float = 0.5,
+               *, top_k: int = 0, top_p: float = 1.0, stop: str | Sequence[str] = (),
+               seed: int | None = None, mode: str = "stateful",
+               on_unknown: str = "error") -> Iterator[str]:
+        """Yield the generated characters as they are produced (see `generate`)."""
+        for (piece,) in self._texts(seed_text, length, [temperature], 1, top_k, top_p, stop, seed,
+                                    mode, on_unknown):
+            yield from piece
+
+    def generate(self, seed_text: str | None = None, length: int = 400,
+                 temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
+                 top_p: float = 1.0, stop: str | Sequence[str] = (), seed: int | None = None,
+                 mode: str = "stateful", on_unknown: str = "error") -> str | list[str]:
+        """The `length` characters that follow `seed_text` (None: the model's stored seed).
+
+        temperature: 0 is greedy; a list gives `n` samples per temperature. n > 1 or a list of
+        temperatures returns a list, all streams sampled together in batched calls.
+        top_k / top_p: keep only the k most likely characters / the smallest set of mass p.
+        stop: strings that end a sample (not included). seed: same seed, same text.
+        on_unknown: "error" (default) names seed characters the model does not know; "skip" drops them.
+        mode: "stateful" carries the LSTM state (one step per character); "window" predicts each
+        character from the last `maxlen` characters and a zero state, as the model was trained.
         """
-        return "".join(self.stream(seed_text, length, temperature, seed, mode))
+        temperatures = [temperature] if np.isscalar(temperature) else list(temperature)
+        if not temperatures:
+            raise InputError("temperature must be a number or a non-empty list of numbers")
+        texts = [""] * (len(temperatures) * n)
+        for pieces in self._texts(seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
+                                  on_unknown):
+            texts = [t + p for t, p in zip(texts, pieces, strict=True)]
+        return texts[0] if np.isscalar(temperature) and n == 1 else texts
+
+    def evaluate(self, text: str, mode: str = "window", on_unknown: str = "error",
+                 batch: int = 256) -> dict:
+        """Bits per character on `text`, scoring every position that has `maxlen` characters before it.
+
+        "window" predicts each from exactly those characters and a zero state (as in training);
+        "stateful" reads the text from its start, carrying the state.
+        """
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        ids, maxlen = self.vocab.encode(text, on_unknown), self.vocab.maxlen
+        if len(ids) <= maxlen:
+            raise InputError(f"the text needs more than {maxlen} characters to be scored, "
+                             f"it has {len(ids)}")
+        targets = np.arange(maxlen, len(ids))
+        logp = np.empty(len(targets))
+        if mode == "window":
+            offsets = np.arange(-maxlen, 0)
+            for lo in range(0, len(targets), batch):
+                positions = targets[lo : lo + batch]
+                x = np.zeros((len(positions), maxlen, self.vocab.size), np.float32)
+                x[np.arange(len(positions))[:, None], offsets[None, :] + maxlen,
+                  ids[positions[:, None] + offsets[None, :]]] = 1.0
+                probs, _ = self._run(x, self._zero_state(len(positions)))
+                logp[lo : lo + batch] = np.log(np.maximum(
+                    probs[np.arange(len(positions)), ids[positions]], PROBABILITY_FLOOR))
+        else:
+            probs, state = self._run(self.vocab.one_hot(ids[:maxlen]), self._zero_state(1))
+            step = np.zeros((1, 1, self.vocab.size), np.float32)
+            for i, t in enumerate(targets):
+                logp[i] = math.log(max(float(probs[0, ids[t]]), PROBABILITY_FLOOR))
+                if t + 1 < len(ids):
+                    step[:] = 0.0
+                    step[0, 0, ids[t]] = 1.0
+                    probs, state = self._run(step, state)
+        bits = float(-logp.mean() / math.log(2))
+        return {"mode": mode, "chars_scored": int(len(targets)), "bits_per_char": bits,
+                "perplexity": float(2**bits)}

@@ -37,6 +37,8 @@ class Vocab:
     states: tuple[StateSpec, ...]
     onnx_file: str = "model.onnx"
     onnx_sha256: str = ""
+    sampler_file: str = "sampler.onnx"
+    sampler_sha256: str = ""
     input_name: str = "x"
     probs_name: str = "probs"
     default_seed_text: str = ""
@@ -55,16 +57,21 @@ class Vocab:
         """Apply the casing the model was trained with."""
         return text.lower() if self.lowercase else text
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, on_unknown: str = "error") -> np.ndarray:
+        """Character ids; characters the model does not know raise InputError, or are dropped
+        with on_unknown="skip"."""
+        if on_unknown not in ("error", "skip"):
+            raise InputError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
         text = self.normalize(text)
         unknown = sorted({c for c in text if c not in self._index})
-        if unknown:
+        if unknown and on_unknown == "error":
             shown = ", ".join(repr(c) for c in unknown[:10])
             raise InputError(
-                f"seed text has {len(unknown)} character(s) this model does not know: {shown}; "
-                "remove them from the seed text"
+                f"the text has {len(unknown)} character(s) this model does not know: {shown}; "
+                "remove them, or skip them (on_unknown='skip', --on-unknown skip)"
             )
-        return np.fromiter((self._index[c] for c in text), dtype=np.int64, count=len(text))
+        ids = [self._index[c] for c in text if c in self._index]
+        return np.array(ids, dtype=np.int64)
 
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
@@ -93,6 +100,7 @@ class Vocab:
                     for s in self.states
                 ],
             },
+            "sampler": {"file": self.sampler_file, "sha256": self.sampler_sha256},
             "default_seed_text": self.default_seed_text,
             "training": self.training,
         }
@@ -108,14 +116,15 @@ class Vocab:
                 f"{FORMAT_VERSION}: re-export the model or upgrade charsdk"
             )
         try:
-            onnx = data["onnx"]
-            chars, maxlen, file = data["chars"], data["maxlen"], onnx["file"]
+            onnx, sampler = data["onnx"], data["sampler"]
+            chars, maxlen = data["chars"], data["maxlen"]
             if not (isinstance(chars, list) and chars and all(isinstance(c, str) for c in chars)):
                 raise TypeError("'chars' must be a non-empty list of strings")
-            if not (isinstance(maxlen, int) and maxlen > 0):
+            if not (isinstance(maxlen, int) and not isinstance(maxlen, bool) and maxlen > 0):
                 raise TypeError("'maxlen' must be a positive integer")
-            if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
-                raise TypeError("'onnx.file' must be a plain file name inside the model directory")
+            for key, file in (("onnx", onnx["file"]), ("sampler", sampler["file"])):
+                if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+                    raise TypeError(f"'{key}.file' must be a plain file name inside the model directory")
             states = tuple(
                 StateSpec(str(s["input"]), str(s["output"]), int(s["shape"][1]))
                 for s in onnx["states"]
@@ -123,10 +132,12 @@ class Vocab:
             return cls(
                 chars=tuple(chars),
                 maxlen=maxlen,
-                lowercase=bool(data["lowercase"]),
+                lowercase=_boolean(data["lowercase"], "lowercase"),
                 states=states,
-                onnx_file=file,
+                onnx_file=onnx["file"],
                 onnx_sha256=str(onnx["sha256"]),
+                sampler_file=sampler["file"],
+                sampler_sha256=str(sampler["sha256"]),
                 input_name=str(onnx["input"]["name"]),
                 probs_name=str(onnx["probs"]["name"]),
                 default_seed_text=str(data.get("default_seed_text", "")),
@@ -148,6 +159,12 @@ class Vocab:
 
     def save(self, path: str | os.PathLike) -> None:
         write_atomic(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def _boolean(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"'{name}' must be true or false")
+    return value
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -24,12 +24,39 @@ def test_gen_with_a_model_directory_and_window_mode(trained_dir):
         "the ", length=30, seed=1, mode="window") + "\n"
 
 
+def test_gen_with_several_temperatures_and_samples():
+    result = runner.invoke(app, ["gen", "-s", "the ", "-n", "40", "-t", "0.2", "-t", "1.0",
+                                 "--samples", "2", "--seed", "5", "--top-p", "0.9"])
+    assert result.exit_code == 0
+    texts = Generator.load().generate("the ", 40, [0.2, 1.0], n=2, seed=5, top_p=0.9)
+    assert result.stdout.count("--- temperature") == 4
+    for text in texts:
+        assert f"\n{text}\n" in result.stdout
+
+
+def test_eval_reports_bits_per_char(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("the will to truth, which is to tempt us to many a hazardous enterprise, the "
+                    "famous truthfulness of which all philosophers have hitherto spoken")
+    result = runner.invoke(app, ["eval", str(path), "--json", "--mode", "stateful"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    expected = Generator.load().evaluate(path.read_text(), mode="stateful")
+    assert data == expected
+    result = runner.invoke(app, ["eval", str(path)])
+    assert result.exit_code == 0 and "bits/char" in result.stdout
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe bad")
+    result = runner.invoke(app, ["eval", str(tmp_path / "bad.txt")])
+    assert result.exit_code == 2 and "UTF-8" in result.stderr
+
+
 def test_version_and_help():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"charsdk {__version__}"
     result = runner.invoke(app, ["gen", "--help"])
     assert result.exit_code == 0
-    for option in ("--model", "--seed-text", "--length", "--temperature", "--seed"):
+    for option in ("--model", "--seed-text", "--length", "--temperature", "--seed", "--top-k",
+                   "--top-p", "--stop", "--samples", "--mode", "--threads", "--provider"):
         assert option in result.stdout
 
 

@@ -14,7 +14,7 @@ def test_the_shipped_model_loads_and_generates(generator):
     assert generator.path == default_model_dir()
     text = generator.generate("the meaning of life is ", length=300, temperature=0.5, seed=0)
     assert len(text) == 300 and set(text) <= set(generator.vocab.chars)
-    assert generator.vocab.training["holdout_bits_per_char"] < 2.6
+    assert generator.vocab.training["holdout_bits_per_char_window"] < 2.6
 
 
 @pytest.mark.parametrize("mode", ["stateful", "window"])
@@ -43,6 +43,52 @@ def test_stateful_and_window_agree_while_the_text_fits_the_window(generator):
     assert a == b
 
 
+def test_longer_texts_extend_shorter_ones_whatever_the_chunking(generator):
+    for mode in ("stateful", "window"):
+        short = generator.generate("the ", length=40, temperature=1.0, seed=3, mode=mode)
+        long = generator.generate("the ", length=300, temperature=1.0, seed=3, mode=mode)
+        assert long.startswith(short)
+
+
+def test_n_samples_and_temperature_lists_return_lists(generator):
+    texts = generator.generate("we ", length=50, temperature=[0.2, 1.0], n=3, seed=4)
+    assert isinstance(texts, list) and len(texts) == 6 and len(set(texts)) > 1
+    assert all(len(t) == 50 for t in texts)
+    # stream i depends on (seed, i) only: the first of n is the single sample
+    assert texts[0] == generator.generate("we ", length=50, temperature=0.2, seed=4)
+    assert generator.generate("we ", length=50, n=1, temperature=[0.5], seed=4) == [
+        generator.generate("we ", length=50, temperature=0.5, seed=4)]
+
+
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+def test_stop_strings_end_a_sample(generator, mode):
+    full = generator.generate("the ", length=400, temperature=1.0, seed=8, mode=mode)
+    stop = full[150:153]
+    cut = generator.generate("the ", length=400, temperature=1.0, seed=8, mode=mode, stop=[stop, "@"])
+    assert cut == full[: full.index(stop)]
+    streamed = "".join(generator.stream("the ", length=400, temperature=1.0, seed=8, mode=mode,
+                                        stop=stop))
+    assert streamed == cut
+
+
+def test_top_k_one_is_greedy(generator):
+    assert generator.generate("the ", length=80, temperature=1.5, top_k=1, seed=1) == \
+        generator.generate("the ", length=80, temperature=0)
+
+
+def test_evaluate_scores_text_in_both_modes(generator):
+    text = ("it is the business of the very few to be independent; it is a privilege of the strong. "
+            "and whoever attempts it, even with the best right, but without being obliged to do so, ")
+    window = generator.evaluate(text, mode="window")
+    stateful = generator.evaluate(text, mode="stateful")
+    for result in (window, stateful):
+        assert result["chars_scored"] == len(text) - generator.vocab.maxlen
+        assert 0.5 < result["bits_per_char"] < 4
+        assert result["perplexity"] == pytest.approx(2 ** result["bits_per_char"])
+    with pytest.raises(InputError, match="more than 60"):
+        generator.evaluate("too short")
+
+
 def test_upper_case_seed_is_lower_cased(generator):
     assert generator.generate("THE WILL", length=60, seed=1) == generator.generate(
         "the will", length=60, seed=1)
@@ -56,7 +102,9 @@ def test_length_zero_and_empty_seed(generator):
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"temperature": -1}, "temperature"), ({"length": -1}, "length"), ({"mode": "x"}, "mode"),
-     ({"seed_text": "caf\u00e9 \u2603"}, "does not know")],
+     ({"seed_text": "caf\u00e9 \u2603"}, "does not know"), ({"top_p": 0}, "top_p"),
+     ({"top_k": -2}, "top_k"), ({"n": 0}, "n must be"), ({"temperature": []}, "temperature"),
+     ({"stop": [""]}, "stop")],
 )
 def test_bad_arguments_raise_input_error(generator, kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -66,7 +114,7 @@ def test_bad_arguments_raise_input_error(generator, kwargs, message):
 def copy_model(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
-    for name in ("model.onnx", "vocab.json"):
+    for name in ("model.onnx", "sampler.onnx", "vocab.json"):
         (target / name).write_bytes((default_model_dir() / name).read_bytes())
     return target
 

@@ -30,6 +30,7 @@ def test_wheel_installs_and_generates_in_a_clean_venv(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "charsdk/models/nietzsche/model.onnx" in names
     assert "charsdk/models/nietzsche/vocab.json" in names
+    assert "charsdk/models/nietzsche/sampler.onnx" in names
     assert not [n for n in names if n.startswith(("train/", "tests/", "artifacts/"))]
 
     venv.create(tmp_path / "venv", with_pip=True)

@@ -25,13 +25,18 @@ def test_training_writes_checkpoints_and_a_log(trained_dir):
 def test_export_writes_a_consistent_pair(trained_dir):
     vocab = json.loads((trained_dir / "vocab.json").read_text())
     assert vocab["onnx"]["sha256"] == sha256_of(trained_dir / "model.onnx")
+    assert vocab["sampler"]["sha256"] == sha256_of(trained_dir / "sampler.onnx")
+    assert vocab["training"]["checkpoint_sha256"] == sha256_of(trained_dir / "best.keras")
     assert vocab["maxlen"] == 20 and vocab["lowercase"] is True
     log = json.loads((trained_dir / "log.json").read_text())
     assert vocab["chars"] == log["corpus"]["vocab"]
     summary = vocab["training"]
     assert summary["best_epoch"] == log["best_epoch"]
-    assert summary["holdout_bits_per_char"] == pytest.approx(
-        log["epochs"][log["best_epoch"] - 1]["val_bits_per_char"], abs=1e-4)
+    best = log["epochs"][log["best_epoch"] - 1]["val_bits_per_char"]
+    assert summary["holdout_bits_per_char_during_training"] == pytest.approx(best, abs=1e-4)
+    # onnxruntime scoring every held-out window agrees with TensorFlow's figure during training
+    assert summary["holdout_bits_per_char_window"] == pytest.approx(best, abs=1e-3)
+    assert summary["holdout_bits_per_char_stateful"] > 0
     assert [s["input"] for s in vocab["onnx"]["states"]] == ["h0", "c0"]
     assert not (trained_dir / ".export-staging").exists()
 
@@ -47,16 +52,18 @@ def test_onnxruntime_matches_keras(trained_dir, small_corpus):
     parity = check_parity(model, Generator.load(trained_dir), corpus)
     assert parity["window_max_abs_diff"] <= 1e-5
     assert parity["step_max_abs_diff"] <= 1e-5
+    assert parity["sampler_mismatches"] == 0
 
 
 def test_export_refuses_a_mismatch_and_keeps_the_previous_pair(trained_dir, monkeypatch):
     from train import export
 
-    before = {p.name: p.read_bytes() for p in (trained_dir / "model.onnx", trained_dir / "vocab.json")}
+    files = [trained_dir / name for name in ("model.onnx", "sampler.onnx", "vocab.json")]
+    before = {p.name: p.read_bytes() for p in files}
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all now counts as a mismatch
     with pytest.raises(export.ExportError, match="disagree"):
         export.export(trained_dir)
-    after = {p.name: p.read_bytes() for p in (trained_dir / "model.onnx", trained_dir / "vocab.json")}
+    after = {p.name: p.read_bytes() for p in files}
     assert after == before
     assert not (trained_dir / ".export-staging").exists()
 

@@ -2,49 +2,94 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from charsdk import InputError
-from charsdk.sampling import check_temperature, reweight, sample
+from charsdk.sampling import SamplingOptions, draw, reweight, sample
 
 P = np.array([0.5, 0.25, 0.15, 0.1, 0.0], dtype=np.float32)
 
 
-def draw(probs, temperature, n, seed=0):
-    rng = np.random.default_rng(seed)
-    return np.bincount([sample(probs, temperature, rng) for _ in range(n)], minlength=len(probs))
+def frequencies(probs, n, seed=0, **options):
+    rng, options = np.random.default_rng(seed), SamplingOptions.check(**options)
+    counts = np.bincount([sample(probs, options, rng) for _ in range(n)], minlength=len(probs))
+    return counts / n
+
+
+def normalised(w):
+    return w / w.sum(axis=-1, keepdims=True)
 
 
 def test_temperature_one_follows_the_distribution():
-    counts = draw(P, 1.0, 40000)
-    np.testing.assert_allclose(counts / counts.sum(), P, atol=0.01)
+    np.testing.assert_allclose(frequencies(P, 40000, temperature=1.0), P, atol=0.01)
+
+
+def test_reweighting_is_the_books_rule():
+    for t in (0.2, 0.5, 1.2):
+        with np.errstate(divide="ignore"):
+            book = np.exp(np.log(P.astype(np.float64)) / t)
+        np.testing.assert_allclose(normalised(reweight(P, 1 / t))[0], book / book.sum(), rtol=1e-12)
 
 
 def test_low_temperature_concentrates_mass_and_high_spreads_it():
-    entropy = [-(q[q > 0] * np.log(q[q > 0])).sum() for q in (reweight(P, t) for t in (0.2, 0.5, 1, 1.2))]
+    entropy = []
+    for t in (0.2, 0.5, 1.0, 1.2):
+        q = normalised(reweight(P, 1 / t))[0]
+        entropy.append(-(q[q > 0] * np.log(q[q > 0])).sum())
     assert entropy == sorted(entropy)
-    assert reweight(P, 0.2)[0] > 0.95
-    counts = draw(P, 0.2, 2000)
-    assert counts[0] / counts.sum() > 0.95
+    assert frequencies(P, 2000, temperature=0.2)[0] > 0.95
 
 
 def test_zero_probabilities_are_never_drawn_and_raise_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for t in (1e-6, 0.2, 1.0, 5.0):
-            q = reweight(P, t)
-            assert np.isfinite(q).all() and q[-1] == 0 and abs(q.sum() - 1) < 1e-12
-        assert draw(P, 5.0, 5000)[-1] == 0
+            q = reweight(P, 1 / t)[0]
+            assert np.isfinite(q).all() and q[-1] == 0 and q.max() == 1
+        assert frequencies(P, 5000, temperature=5.0)[-1] == 0
 
 
 def test_temperature_zero_is_greedy():
-    assert all(sample(P, 0, np.random.default_rng(s)) == 0 for s in range(5))
+    assert frequencies(P, 50, temperature=0)[0] == 1
+
+
+def test_top_k_and_top_p_keep_the_most_likely_characters():
+    assert (frequencies(P, 3000, temperature=1, top_k=2)[2:] == 0).all()
+    # 0.5 + 0.25 reaches 0.7: the third character is not needed
+    assert (frequencies(P, 3000, temperature=1, top_p=0.7)[2:] == 0).all()
+    assert frequencies(P, 3000, temperature=1, top_p=0.76)[2] > 0
+    kept = frequencies(P, 20000, temperature=1, top_k=3)
+    np.testing.assert_allclose(kept[:3], P[:3] / P[:3].sum(), atol=0.015)
 
 
 def test_same_seed_same_draws():
-    assert (draw(P, 1.0, 200, seed=7) == draw(P, 1.0, 200, seed=7)).all()
+    assert (frequencies(P, 200, seed=7, temperature=1) == frequencies(P, 200, seed=7, temperature=1)).all()
 
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
-def test_invalid_temperature_is_refused(bad):
-    with pytest.raises(InputError, match="temperature"):
-        check_temperature(bad)
+@pytest.mark.parametrize("options, message", [
+    ({"temperature": -0.1}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"), ({"top_k": -1}, "top_k"), ({"top_k": 1.5}, "top_k"),
+    ({"top_p": 0}, "top_p"), ({"top_p": 1.01}, "top_p"), ({"top_p": float("nan")}, "top_p"),
+])
+def test_invalid_options_are_refused(options, message):
+    with pytest.raises(InputError, match=message):
+        SamplingOptions.check(**options)
+
+
+distributions = arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 1)).filter(
+    lambda a: a.sum() > 1e-6).map(lambda a: (a / a.sum()).astype(np.float32))
+
+
+@given(distributions, st.floats(0, 10), st.integers(0, 50), st.floats(0.01, 1),
+       st.floats(0, 1, exclude_max=True))
+def test_a_draw_is_always_a_valid_index_that_the_options_allow(probs, t, top_k, top_p, u):
+    options = SamplingOptions.check(t, top_k, top_p)
+    weights = reweight(probs, options.inv_temperature, top_k, top_p)
+    (index,) = draw(weights, np.array([u]))
+    assert 0 <= index < len(probs) and probs[index] > 0
+    if top_k:
+        assert (probs > probs[index]).sum() < top_k
+    if t == 0:
+        assert probs[index] == probs.max()

@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from charsdk import ModelError, Vocab
 from charsdk.errors import InputError
@@ -64,3 +66,35 @@ def test_broken_json_is_a_model_error(tmp_path):
     (tmp_path / "vocab.json").write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
         Vocab.load(tmp_path / "vocab.json")
+
+
+def test_unknown_characters_can_be_skipped():
+    vocab = make_vocab()
+    assert vocab.decode(vocab.encode("a-b\u2603c", on_unknown="skip")) == "abc"
+    with pytest.raises(InputError, match="on_unknown"):
+        vocab.encode("abc", on_unknown="ignore")
+
+
+@given(st.text(alphabet=" abc.ABC"))
+def test_encode_decode_round_trip(text):
+    vocab = make_vocab()
+    assert vocab.decode(vocab.encode(text)) == text.lower()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
+                                                                       max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.one_of(json_values, st.builds(lambda v, k: {**make_vocab().to_dict(), k: v}, json_values,
+                                        st.sampled_from(["chars", "maxlen", "onnx", "sampler",
+                                                         "lowercase", "format_version"]))))
+def test_the_loader_fed_arbitrary_json_accepts_or_raises_model_error(data):
+    try:
+        vocab = Vocab.from_dict(data)
+    except ModelError:
+        return
+    assert vocab.size > 0 and vocab.maxlen > 0

@@ -20,8 +20,10 @@ def window_dataset(
     batch_size: int,
     shuffle: bool,
     seed: int | None = None,
+    loss_at: str = "last",
 ) -> tf.data.Dataset:
-    """Batches of (one-hot [batch, maxlen, vocab], next-char id [batch])."""
+    """Batches of (one-hot [batch, maxlen, vocab], next-char ids): [batch] for loss_at="last",
+    [batch, maxlen] (the character after every prefix of the window) for loss_at="all"."""
     corpus = tf.constant(ids.astype(np.int32))
     starts = window_starts(len(ids), maxlen, step)
     offsets = tf.range(maxlen + 1, dtype=tf.int64)
@@ -31,6 +33,7 @@ def window_dataset(
 
     def cut(batch_starts):
         windows = tf.gather(corpus, batch_starts[:, None] + offsets)
-        return tf.one_hot(windows[:, :maxlen], vocab_size), windows[:, maxlen]
+        targets = windows[:, 1:] if loss_at == "all" else windows[:, maxlen]
+        return tf.one_hot(windows[:, :maxlen], vocab_size), targets
 
     return dataset.batch(batch_size).map(cut, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

@@ -1,4 +1,5 @@
-"""Export the best checkpoint: `python -m train.export --name NAME` writes model.onnx + vocab.json.
+"""Export the best checkpoint: `python -m train.export --name NAME` writes model.onnx, sampler.onnx
+and vocab.json.
 
 The ONNX graph takes one-hot x [batch, time, vocab] and the LSTM state, and returns the
 next-character distribution after the last step and the new state. Before anything is moved into
@@ -14,13 +15,19 @@ import shutil
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
+import onnx
+import tf2onnx
 
 from charsdk import Generator
 from charsdk.generator import sha256_of
+from charsdk.sampling import SamplingOptions, draw, reweight
 from charsdk.vocab import Vocab
 
 from .corpus import CorpusError, load_corpus
+from .model import inference_function, last_step_probs
+from .sampler_graph import build_sampler
 
 OPSET = 17
 TOLERANCE = 1e-5  # max abs difference of probabilities between Keras and onnxruntime
@@ -32,11 +39,6 @@ class ExportError(Exception):
 
 def export(model_dir: Path, opset: int = OPSET) -> dict:
     """Convert model_dir/best.keras; returns the parity figures. Raises ExportError on mismatch."""
-    import keras
-    import tf2onnx
-
-    from .model import inference_function
-
     log = json.loads((model_dir / "log.json").read_text())
     recipe, corpus_info = log["recipe"], log["corpus"]
     try:
@@ -53,8 +55,10 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     onnx_path = staging / "model.onnx"
-    tf2onnx.convert.from_function(step, input_signature=step.input_signature, opset=opset,
-                                  output_path=str(onnx_path))
+    step_proto, _ = tf2onnx.convert.from_function(
+        step, input_signature=step.input_signature, opset=opset, output_path=str(onnx_path))
+    sampler_path = staging / "sampler.onnx"
+    onnx.save(build_sampler(step_proto, len(corpus.chars), states), sampler_path)
 
     best = log["epochs"][log["best_epoch"] - 1]
     holdout_text = corpus.text[corpus.split :]
@@ -65,6 +69,7 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
         lowercase=recipe["lowercase"],
         states=states,
         onnx_sha256=sha256_of(onnx_path),
+        sampler_sha256=sha256_of(sampler_path),
         default_seed_text=holdout_text[seed_start : seed_start + recipe["maxlen"]],
         training={
             "recipe_name": log["recipe_name"],
@@ -73,21 +78,32 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
             "corpus_chars": len(corpus.text),
             "epochs_trained": len(log["epochs"]),
             "best_epoch": log["best_epoch"],
-            "holdout_bits_per_char": round(best["val_bits_per_char"], 4),
+            "holdout_bits_per_char_during_training": round(best["val_bits_per_char"], 4),
             "train_wall_s": best["wall_s"],
             "parameters": int(model.count_params()),
+            "checkpoint_sha256": sha256_of(model_dir / "best.keras"),
             "opset": opset,
         },
     )
     vocab.save(staging / "vocab.json")
 
     try:
-        parity = check_parity(model, Generator.load(staging), corpus)
+        generator = Generator.load(staging, threads=os.cpu_count())
+        parity = check_parity(model, generator, corpus)
         if parity["max_abs_diff"] > TOLERANCE:
             raise ExportError(f"onnxruntime and Keras disagree by {parity['max_abs_diff']:.2e} "
                               f"(> {TOLERANCE}): the export is wrong and was not installed")
-        # The ONNX file first: a kill in between leaves a pair that load refuses (sha256 differs).
+        if parity["sampler_mismatches"]:
+            raise ExportError(f"sampler.onnx drew {parity['sampler_mismatches']} characters that "
+                              "numpy sampling did not: the export is wrong and was not installed")
+        # The figures users can reproduce with `charsdk eval`: every held-out position, both modes.
+        for mode in ("window", "stateful"):
+            bits = generator.evaluate(holdout_text, mode=mode)["bits_per_char"]
+            vocab.training[f"holdout_bits_per_char_{mode}"] = round(bits, 4)
+        vocab.save(staging / "vocab.json")
+        # The ONNX files first: a kill in between leaves files that load refuses (sha256 differs).
         os.replace(onnx_path, model_dir / "model.onnx")
+        os.replace(sampler_path, model_dir / "sampler.onnx")
         os.replace(staging / "vocab.json", model_dir / "vocab.json")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -100,8 +116,8 @@ def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped
     holdout = corpus.holdout_ids
     starts = np.linspace(0, len(holdout) - maxlen - 1, windows).astype(int)
     x = np.stack([vocab.one_hot(holdout[s : s + maxlen])[0] for s in starts])
-    keras_probs = model.predict(x, verbose=0, batch_size=len(x))
-    (onnx_probs,) = generator.session.run(
+    keras_probs = last_step_probs(model, x)
+    (onnx_probs,) = generator.model.run(
         [vocab.probs_name], {vocab.input_name: x, **generator._zero_state(len(x))}
     )
     whole = float(np.abs(onnx_probs - keras_probs).max())
@@ -113,7 +129,26 @@ def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped
             probs, state = generator._run(x[row : row + 1, t : t + 1], state)
         stepwise = max(stepwise, float(np.abs(probs - keras_probs[row]).max()))
     return {"window_max_abs_diff": whole, "step_max_abs_diff": stepwise,
-            "max_abs_diff": max(whole, stepwise)}
+            "max_abs_diff": max(whole, stepwise),
+            "sampler_mismatches": sampler_mismatches(generator, holdout[:maxlen])}
+
+
+def sampler_mismatches(generator: Generator, seed_ids, length: int = 100) -> int:
+    """sampler.onnx against model.onnx stepped one character at a time with numpy sampling, fed
+    the same uniforms, for several temperature / top-k / top-p settings at once."""
+    options = [SamplingOptions.check(t, k, p) for t, k, p in
+               [(0, 0, 1), (0.5, 0, 1), (1.0, 5, 1), (1.2, 0, 0.9), (0.8, 3, 0.5)]]
+    uniforms = np.random.default_rng(0).random((length, len(options)))
+    (onnx_ids,) = generator._stateful_ids(seed_ids, options, [uniforms])
+    probs, state = generator._prime(np.asarray(seed_ids), len(options))
+    inv_t = np.array([o.inv_temperature for o in options])
+    top_k = np.array([o.top_k for o in options])
+    top_p = np.array([o.top_p for o in options])
+    numpy_ids = np.empty_like(onnx_ids)
+    for step, u in enumerate(uniforms):
+        numpy_ids[step] = draw(reweight(probs, inv_t, top_k, top_p), u)
+        probs, state = generator._run(generator.vocab.one_hot(numpy_ids[step])[0][:, None], state)
+    return int((onnx_ids != numpy_ids).sum())
 
 
 def main(argv=None) -> int:
@@ -132,8 +167,9 @@ def main(argv=None) -> int:
     except ExportError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
-    print(f"exported {model_dir}/model.onnx and vocab.json; Keras vs onnxruntime max abs difference: "
-          f"window {parity['window_max_abs_diff']:.1e}, step by step {parity['step_max_abs_diff']:.1e}")
+    print(f"exported {model_dir}/model.onnx, sampler.onnx and vocab.json; Keras vs onnxruntime max "
+          f"abs difference: window {parity['window_max_abs_diff']:.1e}, step by step "
+          f"{parity['step_max_abs_diff']:.1e}; sampler.onnx agrees with numpy sampling")
     return 0
 
 

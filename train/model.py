@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from charsdk.vocab import StateSpec
@@ -10,19 +11,36 @@ from charsdk.vocab import StateSpec
 from .config import Recipe
 
 
-def build_model(vocab_size: int, recipe: Recipe) -> keras.Model:
-    """Stacked LSTMs on one-hot characters, softmax over the next character (the book: one LSTM(128))."""
+def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.Model:
+    """Stacked LSTMs on one-hot characters, softmax over the next character (the book: one LSTM(128)).
+
+    With loss_at="all" the softmax is applied after every position, so each window trains
+    maxlen predictions; the exported graph still returns the last position's distribution.
+    """
     inputs = keras.Input((None, vocab_size), name="chars")
     x = inputs
     for i, units in enumerate(recipe.units):
-        x = keras.layers.LSTM(units, return_sequences=i < len(recipe.units) - 1)(x)
+        last = i == len(recipe.units) - 1
+        x = keras.layers.LSTM(units, return_sequences=recipe.loss_at == "all" or not last)(x)
+        if recipe.dropout:
+            x = keras.layers.Dropout(recipe.dropout)(x)
     outputs = keras.layers.Dense(vocab_size, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=recipe.learning_rate),
-        loss="sparse_categorical_crossentropy",
-    )
+    learning_rate = recipe.learning_rate
+    if recipe.cosine_decay:
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            recipe.learning_rate, decay_steps=recipe.epochs * steps_per_epoch)
+    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
+    options = {"clipnorm": recipe.clipnorm} if recipe.clipnorm else {}
+    model.compile(optimizer=optimizers[recipe.optimizer](learning_rate=learning_rate, **options),
+                  loss="sparse_categorical_crossentropy")
     return model
+
+
+def last_step_probs(model: keras.Model, x) -> np.ndarray:
+    """The next-character distribution after each whole window, whatever loss_at the model has."""
+    probs = model.predict(x, verbose=0, batch_size=len(x))
+    return probs[:, -1] if probs.ndim == 3 else probs
 
 
 def inference_function(model: keras.Model):

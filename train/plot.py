@@ -1,0 +1,50 @@
+"""`make plot`: held-out bits/char against training time, one line per training log.
+
+Reads artifacts/<name>/log.json for each name given and writes a PNG (default artifacts/holdout.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.plot", description=__doc__)
+    p.add_argument("names", nargs="+", help="runs under artifacts/ to plot")
+    p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--out", default="artifacts/holdout.png")
+    args = p.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for name in args.names:
+        path = Path(args.artifacts) / name / "log.json"
+        if not path.exists():
+            print(f"plot: error: {path} does not exist: train {name} first", file=sys.stderr)
+            return 2
+        log = json.loads(path.read_text())
+        minutes = [e["wall_s"] / 60 for e in log["epochs"]]
+        bits = [e["val_bits_per_char"] for e in log["epochs"]]
+        best = min(bits)
+        ax.plot(minutes, bits, marker="o", markersize=3,
+                label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")
+    ax.set_xlabel("training time (minutes, 2 CPU cores)")
+    ax.set_ylabel("held-out bits per character")
+    ax.set_title("Nietzsche, last 10% held out: lower is better")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
