@@ -28,6 +28,15 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("charsdk") / "models" / DEFAULT_MODEL))
 
 
+def chunk_sizes(length: int) -> Iterator[int]:
+    """FIRST_CHUNK, then CHUNK at a time, adding up to `length`."""
+    done = 0
+    while done < length:
+        size = min(FIRST_CHUNK if done == 0 else CHUNK, length - done)
+        yield size
+        done += size
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -148,7 +157,7 @@ class Generator:
 
     def _texts(self, seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
                on_unknown) -> Iterator[list[str]]:
-        """For each chunk, the new text of every stream (stop strings cut, held back until safe)."""
+        """Check every argument now, then return an iterator over the chunks' new text per stream."""
         if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
             raise InputError(f"length must be an integer >= 0, got {length!r}")
         if not isinstance(n, (int, np.integer)) or n < 1:
@@ -162,17 +171,17 @@ class Generator:
         seed_text = self.vocab.default_seed_text if seed_text is None else seed_text
         ids = self.vocab.encode(seed_text, on_unknown)
         if length == 0:
-            return
+            return iter(())
         # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(options))]
-        sizes = [FIRST_CHUNK] + [CHUNK] * math.ceil(max(length - FIRST_CHUNK, 0) / CHUNK)
-        sizes = [k for k in np.diff(np.minimum(np.cumsum([0] + sizes), length)) if k > 0]
-        uniform_chunks = (np.stack([r.random(k) for r in rngs], axis=1) for k in sizes)
-        chunks = (self._window_ids if mode == "window" else self._stateful_ids)(
-            ids, options, uniform_chunks)
+        uniform_chunks = (np.stack([r.random(k) for r in rngs], axis=1) for k in chunk_sizes(length))
+        steps = self._window_ids if mode == "window" else self._stateful_ids
+        return self._decode(steps(ids, options, uniform_chunks), len(options), length, stop)
 
+    def _decode(self, chunks, streams: int, length: int, stop: list[str]) -> Iterator[list[str]]:
+        """For each chunk of ids, the new text of every stream (stop strings cut, held back until safe)."""
         hold = max((len(s) for s in stop), default=1) - 1  # a stop string may span two chunks
-        texts, sent, done = [""] * len(options), [0] * len(options), [False] * len(options)
+        texts, sent, done = [""] * streams, [0] * streams, [False] * streams
         produced = 0
         for drawn in chunks:
             produced += len(drawn)
@@ -196,10 +205,10 @@ class Generator:
                *, top_k: int = 0, top_p: float = 1.0, stop: str | Sequence[str] = (),
                seed: int | None = None, mode: str = "stateful",
                on_unknown: str = "error") -> Iterator[str]:
-        """Yield the generated characters as they are produced (see `generate`)."""
-        for (piece,) in self._texts(seed_text, length, [temperature], 1, top_k, top_p, stop, seed,
-                                    mode, on_unknown):
-            yield from piece
+        """The generated characters, one by one as they are produced (see `generate`)."""
+        pieces = self._texts(seed_text, length, [temperature], 1, top_k, top_p, stop, seed, mode,
+                             on_unknown)
+        return (char for (piece,) in pieces for char in piece)
 
     def generate(self, seed_text: str | None = None, length: int = 400,
                  temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,

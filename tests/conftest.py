@@ -49,7 +49,11 @@ def trained_dir(small_corpus, tmp_path_factory) -> Path:
     return artifacts / "tiny"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def run_python(code: str, *args, executable=sys.executable):
     import subprocess
 
-    return subprocess.run([executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)

@@ -48,3 +48,19 @@ def test_bad_corpus_is_a_clear_error(tmp_path, content, message):
 
 def test_window_count_matches_the_book():
     assert len(window_starts(600893, 60, 3)) == 200278
+
+
+def test_a_bad_corpus_is_refused_before_tensorflow_is_imported(tmp_path):
+    from tests.conftest import run_python
+
+    result = run_python(
+        "import sys\n"
+        "from train import fit\n"
+        f"code = fit.main(['--corpus', {str(tmp_path / 'missing.txt')!r},"
+        f" '--artifacts', {str(tmp_path)!r}])\n"
+        "assert code == 2, code\n"
+        "assert 'tensorflow' not in sys.modules\n"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train: error:") and "does not exist" in lines[0]

@@ -4,12 +4,9 @@ import subprocess
 import sys
 import venv
 import zipfile
-from pathlib import Path
 
 from charsdk import Generator
-from tests.conftest import run_python
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run_python
 
 
 def test_using_charsdk_never_imports_tensorflow():
