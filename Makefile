@@ -39,8 +39,8 @@ export: $(DEV_VENV)/.installed
 
 # Copy an exported model into the package as charsdk/models/$(NAME)/ (nietzsche is the default).
 ship:
-	mkdir -p charsdk/models/$(NAME)
-	cp $(addprefix $(ARTIFACTS)/$(NAME)/,model.onnx sampler.onnx vocab.json) charsdk/models/$(NAME)/
+	rm -rf charsdk/models/$(NAME) && mkdir -p charsdk/models/$(NAME)
+	cp $(ARTIFACTS)/$(NAME)/vocab.json $(ARTIFACTS)/$(NAME)/*.onnx charsdk/models/$(NAME)/
 
 # Generation speed: the book's Keras loop against charsdk on the same weights (table + JSON in artifacts/).
 bench: $(DEV_VENV)/.installed

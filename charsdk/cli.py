@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Generate text with a character-level LSTM exported to ONNX.")
 
 MODEL = typer.Option(None, "--model", "-m",
-                     help="Model directory (model.onnx, sampler.onnx, vocab.json). Default: shipped model.")
+                     help="Model directory (vocab.json + its ONNX files). Default: the shipped model.")
 THREADS = typer.Option(1, "--threads", help="onnxruntime intra-op threads.")
 ON_UNKNOWN = typer.Option("error", "--on-unknown",
                           help="error: name characters the model does not know; skip: drop them.")

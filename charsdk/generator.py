@@ -81,7 +81,7 @@ class Generator:
         path = Path(path) if path is not None else default_model_dir()
         if not path.is_dir():
             raise ModelError(f"model directory {path} does not exist: pass a directory that holds "
-                             "model.onnx, sampler.onnx and vocab.json")
+                             "vocab.json and the ONNX files it names")
         vocab = Vocab.load(path / "vocab.json")
         model = _open_session(path / vocab.onnx_file, vocab.onnx_sha256, threads, providers)
         sampler = _open_session(path / vocab.sampler_file, vocab.sampler_sha256, threads, providers)

@@ -114,8 +114,8 @@ def test_bad_arguments_raise_input_error(generator, kwargs, message):
 def copy_model(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
-    for name in ("model.onnx", "sampler.onnx", "vocab.json"):
-        (target / name).write_bytes((default_model_dir() / name).read_bytes())
+    for path in default_model_dir().iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
     return target
 
 
@@ -123,7 +123,8 @@ def test_broken_model_directories_are_refused(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         Generator.load(tmp_path / "nope")
     model = copy_model(tmp_path)
-    (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes()[:1000])
+    onnx_path = model / Generator.load(model).vocab.onnx_file
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
     with pytest.raises(ModelError, match="sha256"):
         Generator.load(model)
     (model / "vocab.json").unlink()
@@ -137,9 +138,9 @@ def test_corrupt_onnx_with_matching_hash_is_a_model_error(tmp_path):
     from charsdk.generator import sha256_of
 
     model = copy_model(tmp_path)
-    (model / "model.onnx").write_bytes(b"not an onnx file" * 10)
     data = json.loads((model / "vocab.json").read_text())
-    data["onnx"]["sha256"] = sha256_of(model / "model.onnx")
+    (model / data["onnx"]["file"]).write_bytes(b"not an onnx file" * 10)
+    data["onnx"]["sha256"] = sha256_of(model / data["onnx"]["file"])
     (model / "vocab.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="cannot be loaded by onnxruntime"):
         Generator.load(model)

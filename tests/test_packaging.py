@@ -25,9 +25,9 @@ def test_wheel_installs_and_generates_in_a_clean_venv(tmp_path):
                     str(tmp_path / "dist"), str(ROOT)], check=True, timeout=600)
     (wheel,) = (tmp_path / "dist").glob("charsdk-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "charsdk/models/nietzsche/model.onnx" in names
-    assert "charsdk/models/nietzsche/vocab.json" in names
-    assert "charsdk/models/nietzsche/sampler.onnx" in names
+    vocab = Generator.load().vocab
+    for name in ("vocab.json", vocab.onnx_file, vocab.sampler_file):
+        assert f"charsdk/models/nietzsche/{name}" in names
     assert not [n for n in names if n.startswith(("train/", "tests/", "artifacts/"))]
 
     venv.create(tmp_path / "venv", with_pip=True)

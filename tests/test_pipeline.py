@@ -24,8 +24,10 @@ def test_training_writes_checkpoints_and_a_log(trained_dir):
 
 def test_export_writes_a_consistent_pair(trained_dir):
     vocab = json.loads((trained_dir / "vocab.json").read_text())
-    assert vocab["onnx"]["sha256"] == sha256_of(trained_dir / "model.onnx")
-    assert vocab["sampler"]["sha256"] == sha256_of(trained_dir / "sampler.onnx")
+    for key in ("onnx", "sampler"):
+        assert vocab[key]["sha256"] == sha256_of(trained_dir / vocab[key]["file"])
+        assert vocab[key]["file"] == f"{'model' if key == 'onnx' else key}-{vocab[key]['sha256'][:12]}.onnx"
+    assert len(list(trained_dir.glob("*.onnx"))) == 2
     assert vocab["training"]["checkpoint_sha256"] == sha256_of(trained_dir / "best.keras")
     assert vocab["maxlen"] == 20 and vocab["lowercase"] is True
     log = json.loads((trained_dir / "log.json").read_text())
@@ -58,12 +60,12 @@ def test_onnxruntime_matches_keras(trained_dir, small_corpus):
 def test_export_refuses_a_mismatch_and_keeps_the_previous_pair(trained_dir, monkeypatch):
     from train import export
 
-    files = [trained_dir / name for name in ("model.onnx", "sampler.onnx", "vocab.json")]
+    files = sorted(trained_dir.glob("*.onnx")) + [trained_dir / "vocab.json"]
     before = {p.name: p.read_bytes() for p in files}
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all now counts as a mismatch
     with pytest.raises(export.ExportError, match="disagree"):
         export.export(trained_dir)
-    after = {p.name: p.read_bytes() for p in files}
+    after = {p.name: p.read_bytes() for p in sorted(trained_dir.glob("*.onnx")) + [trained_dir / "vocab.json"]}
     assert after == before
     assert not (trained_dir / ".export-staging").exists()
 
@@ -99,3 +101,56 @@ def test_resuming_with_another_recipe_is_refused(small_corpus, tmp_path, capsys)
     assert fit.main([*args, "--epochs", "1"]) == 0
     assert fit.main([*args, "--epochs", "1", "--maxlen", "10"]) == 2
     assert "another recipe or corpus" in capsys.readouterr().err
+
+
+KILLED_EXPORT = """
+import os, signal, sys
+from pathlib import Path
+from train import export
+
+kill_at, calls = int(sys.argv[2]), []
+def killing(real):
+    def call(*args, **kwargs):
+        if calls is not None and installing:
+            calls.append(real)
+            if len(calls) == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+installing = False
+os.replace, Path.unlink = killing(os.replace), killing(Path.unlink)
+real_install = export.install
+def install(*args, **kwargs):
+    global installing
+    installing = True
+    real_install(*args, **kwargs)
+export.install = install
+export.export(Path(sys.argv[1]))
+"""
+
+
+def test_a_killed_export_leaves_the_old_model_or_the_new_one(trained_dir, tmp_path):
+    import shutil
+
+    import keras
+
+    from tests.conftest import run_python
+
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(trained_dir, model_dir)
+    old = Generator.load(model_dir).vocab.onnx_sha256
+    model = keras.models.load_model(model_dir / "best.keras")  # a different model to export
+    model.set_weights([w + 0.01 for w in model.get_weights()])
+    model.save(model_dir / "best.keras")
+
+    seen = []
+    for kill_at in range(1, 16):
+        result = run_python(KILLED_EXPORT, str(model_dir), str(kill_at))
+        generator = Generator.load(model_dir)  # always a complete, consistent model
+        seen.append(generator.vocab.onnx_sha256)
+        assert 2 <= len(list(model_dir.glob("*.onnx"))) <= 4
+        if result.returncode == 0:
+            break
+    assert result.returncode == 0 and len(seen) > 3
+    assert seen[0] == old and seen[-1] != old  # killed before the switch: old; finished: new
+    assert len(list(model_dir.glob("*.onnx"))) == 2

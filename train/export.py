@@ -1,5 +1,5 @@
-"""Export the best checkpoint: `python -m train.export --name NAME` writes model.onnx, sampler.onnx
-and vocab.json.
+"""Export the best checkpoint: `python -m train.export --name NAME` writes model-<hash>.onnx,
+sampler-<hash>.onnx and vocab.json (which names both, with their sha256).
 
 The ONNX graph takes one-hot x [batch, time, vocab] and the LSTM state, and returns the
 next-character distribution after the last step and the new state. Before anything is moved into
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import tf2onnx
 
-from charsdk import Generator
+from charsdk import Generator, ModelError
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, draw, reweight
 from charsdk.vocab import Vocab
@@ -54,11 +54,11 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
     staging = model_dir / ".export-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    onnx_path = staging / "model.onnx"
     step_proto, _ = tf2onnx.convert.from_function(
-        step, input_signature=step.input_signature, opset=opset, output_path=str(onnx_path))
-    sampler_path = staging / "sampler.onnx"
-    onnx.save(build_sampler(step_proto, len(corpus.chars), states), sampler_path)
+        step, input_signature=step.input_signature, opset=opset)
+    onnx_path = save_content_addressed(step_proto, staging, "model")
+    sampler_path = save_content_addressed(
+        build_sampler(step_proto, len(corpus.chars), states), staging, "sampler")
 
     best = log["epochs"][log["best_epoch"] - 1]
     holdout_text = corpus.text[corpus.split :]
@@ -68,7 +68,9 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
         maxlen=recipe["maxlen"],
         lowercase=recipe["lowercase"],
         states=states,
+        onnx_file=onnx_path.name,
         onnx_sha256=sha256_of(onnx_path),
+        sampler_file=sampler_path.name,
         sampler_sha256=sha256_of(sampler_path),
         default_seed_text=holdout_text[seed_start : seed_start + recipe["maxlen"]],
         training={
@@ -101,13 +103,42 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
             bits = generator.evaluate(holdout_text, mode=mode)["bits_per_char"]
             vocab.training[f"holdout_bits_per_char_{mode}"] = round(bits, 4)
         vocab.save(staging / "vocab.json")
-        # The ONNX files first: a kill in between leaves files that load refuses (sha256 differs).
-        os.replace(onnx_path, model_dir / "model.onnx")
-        os.replace(sampler_path, model_dir / "sampler.onnx")
-        os.replace(staging / "vocab.json", model_dir / "vocab.json")
+        install(staging, model_dir, keep={onnx_path.name, sampler_path.name})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return parity
+
+
+def save_content_addressed(proto, directory: Path, stem: str) -> Path:
+    """Save as <stem>-<sha256 prefix>.onnx: a new export never overwrites a file in use."""
+    tmp = directory / f"{stem}.onnx"
+    onnx.save(proto, tmp)
+    path = directory / f"{stem}-{sha256_of(tmp)[:12]}.onnx"
+    os.replace(tmp, path)
+    return path
+
+
+def install(staging: Path, model_dir: Path, keep: set[str]) -> None:
+    """Move a checked export into place so that a kill at any moment leaves the previous complete
+    model or the new one, never a mix: the new ONNX files arrive beside the old ones under their own
+    names, vocab.json (which names them) is replaced in one rename, and only then are the files
+    it no longer names removed."""
+    remove_unnamed_onnx(model_dir)  # left by an export killed before, if any
+    for name in keep:
+        os.replace(staging / name, model_dir / name)
+    os.replace(staging / "vocab.json", model_dir / "vocab.json")
+    remove_unnamed_onnx(model_dir)
+
+
+def remove_unnamed_onnx(model_dir: Path) -> None:
+    """Delete the ONNX files that model_dir/vocab.json does not name."""
+    try:
+        vocab = Vocab.load(model_dir / "vocab.json")
+    except ModelError:
+        return  # no readable vocab.json: nothing is known to be unused
+    for path in model_dir.glob("*.onnx"):
+        if path.name not in (vocab.onnx_file, vocab.sampler_file):
+            path.unlink()
 
 
 def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped: int = 4) -> dict:
@@ -167,7 +198,7 @@ def main(argv=None) -> int:
     except ExportError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
-    print(f"exported {model_dir}/model.onnx, sampler.onnx and vocab.json; Keras vs onnxruntime max "
+    print(f"exported {model_dir}/vocab.json and the ONNX files it names; Keras vs onnxruntime max "
           f"abs difference: window {parity['window_max_abs_diff']:.1e}, step by step "
           f"{parity['step_max_abs_diff']:.1e}; sampler.onnx agrees with numpy sampling")
     return 0

@@ -40,6 +40,17 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+# Settings that only say when to stop: a resumed run may change them (e.g. EPOCHS=30 after 20).
+STOPPING = {"epochs", "time_budget_s", "patience", "sample_length"}
+
+
+def same_run(previous: dict, current: dict) -> bool:
+    """Whether `current` continues the run logged in `previous` (same corpus, same recipe)."""
+    def model_settings(log):
+        return {k: v for k, v in log["recipe"].items() if k not in STOPPING}
+    return previous["corpus"] == current["corpus"] and model_settings(previous) == model_settings(current)
+
+
 def save_model_atomic(model, path: Path) -> None:
     """A kill mid-save leaves the previous checkpoint intact."""
     tmp = path.with_name(f".{path.stem}.tmp.keras")
@@ -81,8 +92,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     model = None
     if not fresh and last_path.exists() and log_path.exists():
         previous = json.loads(log_path.read_text())
-        same = {k: previous[k] for k in ("recipe", "corpus")} == {k: log[k] for k in ("recipe", "corpus")}
-        if not same:
+        if not same_run(previous, log):
             print(f"train: error: {out} holds a run with another recipe or corpus: "
                   "pass --fresh (FRESH=1) to start over, or choose another NAME", file=sys.stderr)
             return 2
@@ -154,6 +164,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         train,
         initial_epoch=done,
         epochs=recipe.epochs,
+        shuffle=False,  # the dataset shuffles its windows itself
         callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd()],
         verbose="auto",
     )
