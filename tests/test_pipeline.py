@@ -60,13 +60,14 @@ def test_onnxruntime_matches_keras(trained_dir, small_corpus):
 def test_export_refuses_a_mismatch_and_keeps_the_previous_pair(trained_dir, monkeypatch):
     from train import export
 
-    files = sorted(trained_dir.glob("*.onnx")) + [trained_dir / "vocab.json"]
-    before = {p.name: p.read_bytes() for p in files}
+    def files():
+        return {p.name: p.read_bytes() for p in [*trained_dir.glob("*.onnx"), trained_dir / "vocab.json"]}
+
+    before = files()
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all now counts as a mismatch
     with pytest.raises(export.ExportError, match="disagree"):
         export.export(trained_dir)
-    after = {p.name: p.read_bytes() for p in sorted(trained_dir.glob("*.onnx")) + [trained_dir / "vocab.json"]}
-    assert after == before
+    assert files() == before
     assert not (trained_dir / ".export-staging").exists()
 
 
