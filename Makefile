@@ -5,7 +5,8 @@ DEV_VENV := .venv# runtime + training + test dependencies
 
 SHARED_CORPUS := ../shared/corpora/nietzsche.txt
 CORPUS ?= $(if $(wildcard $(SHARED_CORPUS)),$(SHARED_CORPUS))# empty: download the book's text
-NAME ?= nietzsche
+NAME ?= nietzsche# the run: artifacts/$(NAME)/
+MODEL ?= nietzsche# a shipped model: charsdk/models/$(MODEL)/ (nietzsche is the default one)
 RECIPE ?= book
 ARTIFACTS ?= artifacts
 EPOCHS ?=
@@ -37,14 +38,14 @@ train: $(DEV_VENV)/.installed
 export: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS)
 
-# Copy an exported model into the package as charsdk/models/$(NAME)/ (nietzsche is the default).
+# Copy the export of run $(NAME) into the package as charsdk/models/$(MODEL)/.
 ship:
-	rm -rf charsdk/models/$(NAME) && mkdir -p charsdk/models/$(NAME)
-	cp $(ARTIFACTS)/$(NAME)/vocab.json $(ARTIFACTS)/$(NAME)/*.onnx charsdk/models/$(NAME)/
+	rm -rf charsdk/models/$(MODEL) && mkdir -p charsdk/models/$(MODEL)
+	cp $(ARTIFACTS)/$(NAME)/vocab.json $(ARTIFACTS)/$(NAME)/*.onnx charsdk/models/$(MODEL)/
 
 # Generation speed: the book's Keras loop against charsdk on the same weights (table + JSON in artifacts/).
 bench: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.bench --name $(NAME) --artifacts $(ARTIFACTS)
+	$(DEV_VENV)/bin/python -m train.bench --run $(ARTIFACTS)/$(NAME) --model charsdk/models/$(MODEL)
 
 lint: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check charsdk train tests

@@ -19,6 +19,7 @@ from .vocab import Vocab
 DEFAULT_MODEL = "nietzsche"
 MODES = ("stateful", "window")
 FIRST_CHUNK = 16  # characters in the first onnxruntime call: the first ones show quickly
+GREEDY_INV_TEMPERATURE = 1e30  # 1/T for T = 0 in sampler.onnx: all weight on the largest logit
 PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score it as 1e-30
 CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
 
@@ -111,46 +112,62 @@ class Generator:
         return np.repeat(probs, batch, 0), {k: np.repeat(v, batch, 0) for k, v in state.items()}
 
     def _stateful_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
-        """Chunks of drawn ids [k, B]: sampler.onnx samples and steps k times per call."""
+        """Chunks of drawn ids [k, B]: sampler.onnx draws and steps k times per call."""
         probs, state = self._prime(ids, len(options))
+        with np.errstate(divide="ignore"):
+            logits = np.log(probs)  # log 0 = -inf: that character keeps probability 0
+        inv_t = np.array([o.inv_temperature for o in options])
         settings = {
-            "inv_temperature": np.array([o.inv_temperature for o in options]),
+            "inv_temperature": np.minimum(inv_t, GREEDY_INV_TEMPERATURE).astype(np.float32),
             "top_k": np.array([o.top_k for o in options], np.int64),
-            "top_p": np.array([o.top_p for o in options]),
+            "top_p": np.array([o.top_p for o in options], np.float32),
             "use_filter": np.array(any(o.filters for o in options)),
         }
-        names = ["probs_out"] + [s.output for s in self.vocab.states] + ["ids"]
+        names = ["logits_out"] + [s.output for s in self.vocab.states] + ["ids"]
         for uniforms in uniform_chunks:
-            probs, *new, drawn = self.sampler.run(names, {"probs": probs, **state,
-                                                          "uniforms": uniforms, **settings})
+            logits, *new, drawn = self.sampler.run(names, {"logits": logits, **state,
+                                                           "uniforms": uniforms, **settings})
             state = {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
             yield drawn
 
     def _window_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
-        """Chunks of drawn ids [k, B]: each predicted from the last maxlen characters, zero state."""
+        """Chunks of drawn ids [k, B], each predicted from the last maxlen characters and a zero state.
+
+        Rather than rerunning maxlen LSTM steps per character, each stream keeps maxlen staggered
+        windows advanced together: before character t, window t mod maxlen restarts from zero;
+        every window then reads character t; the one that started maxlen characters ago (or at the
+        start of the text) gives the next distribution. Same arithmetic, one batched step per character.
+        """
         batch, maxlen, size = len(options), self.vocab.maxlen, self.vocab.size
         inv_t = np.array([o.inv_temperature for o in options])
         top_k = np.array([o.top_k for o in options], np.int64)
         top_p = np.array([o.top_p for o in options])
-        context = np.zeros((batch, maxlen), np.int64)
-        filled = min(len(ids), maxlen)
-        if filled:
-            context[:, -filled:] = ids[-filled:]
-        window = np.zeros((batch, maxlen, size), np.float32)
-        rows, cols = np.arange(batch)[:, None], np.arange(maxlen)[None, :]
-        zero = self._zero_state(batch)
+        rows = np.arange(batch * maxlen)
+        x = np.zeros((batch * maxlen, 1, size), np.float32)
+        state = self._zero_state(batch * maxlen)
+        read = 0  # characters read so far
+
+        def read_char(chars: np.ndarray) -> np.ndarray:
+            nonlocal read, state
+            for value in state.values():
+                value.reshape(batch, maxlen, -1)[:, read % maxlen] = 0.0
+            x[:] = 0.0
+            x[rows, 0, np.repeat(chars, maxlen)] = 1.0
+            probs, state = self._run(x, state)
+            read += 1
+            full = (read - maxlen) % maxlen if read >= maxlen else 0
+            return probs.reshape(batch, maxlen, size)[:, full]
+
+        if len(ids):
+            for char in ids[-maxlen:]:
+                probs = read_char(np.full(batch, char))
+        else:  # an empty seed: one all-zero input from the zero state, as in stateful mode
+            probs, _ = self._prime(ids, batch)
         for uniforms in uniform_chunks:
             drawn = np.empty(uniforms.shape, np.int64)
             for step, u in enumerate(uniforms):
-                width = max(filled, 1)
-                window[:, :width] = 0.0
-                if filled:
-                    window[rows, cols[:, :filled], context[:, maxlen - filled :]] = 1.0
-                probs, _ = self._run(window[:, :width], zero)
                 drawn[step] = draw(reweight(probs, inv_t, top_k, top_p), u)
-                context[:, :-1] = context[:, 1:]
-                context[:, -1] = drawn[step]
-                filled = min(filled + 1, maxlen)
+                probs = read_char(drawn[step])
             yield drawn
 
     # -- the public API -----------------------------------------------------------------------
@@ -174,7 +191,8 @@ class Generator:
             return iter(())
         # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(options))]
-        uniform_chunks = (np.stack([r.random(k) for r in rngs], axis=1) for k in chunk_sizes(length))
+        uniform_chunks = (np.stack([r.random(k, np.float32) for r in rngs], axis=1)
+                          for k in chunk_sizes(length))
         steps = self._window_ids if mode == "window" else self._stateful_ids
         return self._decode(steps(ids, options, uniform_chunks), len(options), length, stop)
 

@@ -89,6 +89,36 @@ def test_evaluate_scores_text_in_both_modes(generator):
         generator.evaluate("too short")
 
 
+@pytest.mark.parametrize("seed_text", ["", "the ", "a seed text longer than the model's context: " * 3])
+def test_window_mode_is_the_books_loop(generator, seed_text):
+    """Each character drawn from the last maxlen characters run from a zero state, as in the book."""
+    from charsdk.generator import FIRST_CHUNK, chunk_sizes
+    from charsdk.sampling import SamplingOptions, sample
+
+    length, maxlen = 150, generator.vocab.maxlen
+    assert FIRST_CHUNK < length
+    rng = np.random.default_rng(np.random.SeedSequence(11).spawn(1)[0])
+    uniforms = np.concatenate([rng.random(k, np.float32) for k in chunk_sizes(length)])
+    text, options = seed_text, SamplingOptions(0.8)
+    for u in uniforms:
+        window = generator.vocab.encode(text[-maxlen:])
+        x = generator.vocab.one_hot(window) if len(window) else np.zeros((1, 1, generator.vocab.size),
+                                                                         np.float32)
+        probs, _ = generator._run(x, generator._zero_state(1))
+        text += generator.vocab.chars[sample(probs[0], options, _Fixed(u))]
+    assert generator.generate(seed_text, length, 0.8, seed=11, mode="window") == text[len(seed_text):]
+
+
+class _Fixed:
+    """A stand-in generator that returns a given uniform number."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self):
+        return self.u
+
+
 def test_upper_case_seed_is_lower_cased(generator):
     assert generator.generate("THE WILL", length=60, seed=1) == generator.generate(
         "the will", length=60, seed=1)
@@ -170,5 +200,5 @@ def test_one_generator_serves_threads(generator):
 def test_probabilities_are_a_distribution(generator):
     probs, _ = generator._run(generator.vocab.one_hot(generator.vocab.encode("the ")),
                               generator._zero_state(1))
-    assert probs.shape == (generator.vocab.size,)
+    assert probs.shape == (1, generator.vocab.size)
     assert abs(float(np.sum(probs)) - 1) < 1e-5

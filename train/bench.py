@@ -1,7 +1,7 @@
 """`make bench`: characters per second of the book's loop against charsdk, on the same weights.
 
-Keras is loaded from artifacts/<name>/best.keras and charsdk from charsdk/models/<name>/ (checked to
-be the export of that checkpoint). Prints a table of medians and writes artifacts/bench-<name>.json.
+Keras is loaded from <run>/best.keras and charsdk from a model directory checked to be the export of
+that checkpoint. Prints a table of medians and writes <run>/bench.json.
 """
 
 from __future__ import annotations
@@ -69,18 +69,18 @@ def multiply_adds_per_step(generator: Generator) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__)
-    p.add_argument("--name", default="nietzsche")
-    p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--run", default="artifacts/nietzsche", help="training run holding best.keras")
+    p.add_argument("--model", default="charsdk/models/nietzsche", help="its export, for charsdk")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 
     import keras
 
-    checkpoint = Path(args.artifacts) / args.name / "best.keras"
-    generator = Generator.load(Path("charsdk/models") / args.name)
-    if generator.vocab.training.get("checkpoint_sha256") != sha256_of(checkpoint):
-        print(f"bench: error: charsdk/models/{args.name} is not the export of {checkpoint}: "
-              f"run make export ship NAME={args.name}", file=sys.stderr)
+    checkpoint = Path(args.run) / "best.keras"
+    generator = Generator.load(args.model)
+    if not checkpoint.exists() or generator.vocab.training.get("checkpoint_sha256") != sha256_of(checkpoint):
+        print(f"bench: error: {args.model} is not the export of {checkpoint}: "
+              "run make export and make ship for that run", file=sys.stderr)
         return 2
     model = keras.models.load_model(checkpoint)
     r = args.repeats
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             lambda: gen(SEED_TEXT, 2000, TEMPERATURE, n=256, seed=1), 2000 * 256, r)),
     ]
     book = rows[0][1]
-    model_dir = str(Path("charsdk/models") / args.name)
+    model_dir = args.model
     charsdk_cli = [str(Path(sys.executable).with_name("charsdk")), "gen", "--model", model_dir,
                    "--length", "1", "--seed", "1"]
     processes = {
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     for name, figures in result["processes"].items():
         print(f"| {name:<32} | {figures['first_char_s']:>12.3f} | {figures['wall_s']:>7.3f} | "
               f"{figures['peak_rss_mb']:>11.0f} |")
-    out = Path(args.artifacts) / f"bench-{args.name}.json"
+    out = Path(args.run) / "bench.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {out}")
     return 0

@@ -22,7 +22,7 @@ import tf2onnx
 
 from charsdk import Generator, ModelError
 from charsdk.generator import sha256_of
-from charsdk.sampling import SamplingOptions, draw, reweight
+from charsdk.sampling import SamplingOptions, reweight
 from charsdk.vocab import Vocab
 
 from .corpus import CorpusError, load_corpus
@@ -164,22 +164,27 @@ def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped
             "sampler_mismatches": sampler_mismatches(generator, holdout[:maxlen])}
 
 
-def sampler_mismatches(generator: Generator, seed_ids, length: int = 100) -> int:
-    """sampler.onnx against model.onnx stepped one character at a time with numpy sampling, fed
-    the same uniforms, for several temperature / top-k / top-p settings at once."""
+def sampler_mismatches(generator: Generator, seed_ids, length: int = 200) -> int:
+    """Characters drawn by sampler.onnx that numpy sampling (float64, from model.onnx's distribution
+    with the state carried through the same characters) could not have drawn with the same uniform
+    numbers, for several temperature / top-k / top-p settings at once."""
     options = [SamplingOptions.check(t, k, p) for t, k, p in
                [(0, 0, 1), (0.5, 0, 1), (1.0, 5, 1), (1.2, 0, 0.9), (0.8, 3, 0.5)]]
-    uniforms = np.random.default_rng(0).random((length, len(options)))
-    (onnx_ids,) = generator._stateful_ids(seed_ids, options, [uniforms])
+    uniforms = np.random.default_rng(0).random((length, len(options)), np.float32)
+    (drawn,) = generator._stateful_ids(seed_ids, options, [uniforms])
     probs, state = generator._prime(np.asarray(seed_ids), len(options))
     inv_t = np.array([o.inv_temperature for o in options])
     top_k = np.array([o.top_k for o in options])
     top_p = np.array([o.top_p for o in options])
-    numpy_ids = np.empty_like(onnx_ids)
+    rows, mismatches = np.arange(len(options)), 0
     for step, u in enumerate(uniforms):
-        numpy_ids[step] = draw(reweight(probs, inv_t, top_k, top_p), u)
-        probs, state = generator._run(generator.vocab.one_hot(numpy_ids[step])[0][:, None], state)
-    return int((onnx_ids != numpy_ids).sum())
+        cdf = np.cumsum(reweight(probs, inv_t, top_k, top_p), axis=1)
+        cdf /= cdf[:, -1:]
+        ids = drawn[step]
+        low = np.where(ids > 0, cdf[rows, np.maximum(ids - 1, 0)], 0.0)
+        mismatches += int(((u < low - 1e-4) | (u > cdf[rows, ids] + 1e-4)).sum())
+        probs, state = generator._run(generator.vocab.one_hot(ids)[0][:, None], state)
+    return mismatches
 
 
 def main(argv=None) -> int:

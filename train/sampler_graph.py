@@ -1,10 +1,12 @@
 """sampler.onnx: many characters per onnxruntime call.
 
-One call to model.onnx per character costs ~16 µs of onnxruntime overhead, far more than the
-arithmetic of one LSTM step. This graph wraps model.onnx's own nodes in an ONNX Loop that, per
-iteration, draws a character from `probs` (temperature, top-k, top-p, inverse CDF in float64, with a
-uniform number supplied by the caller so numpy's seeded generator keeps results reproducible) and
-feeds it back. It computes exactly what charsdk.sampling.sample_batch does in numpy.
+One call to model.onnx per character costs ~16 µs of onnxruntime overhead, more than the arithmetic
+of one LSTM step. This graph runs model.onnx's weights inside an ONNX Loop that, per iteration,
+draws a character and feeds it back. Drawing: the book's temperature rule applied to the logits,
+softmax(logits / T), which equals p^(1/T) renormalised and needs no log(0); optional top-k / top-p;
+inverse CDF with a uniform number supplied by the caller, so numpy's seeded generator keeps every
+result reproducible. The LSTM cell is written out with 2-D tensors: for one step of a small batch
+that is faster than onnxruntime's LSTM kernel, and the one-hot input becomes a row lookup.
 """
 
 from __future__ import annotations
@@ -15,125 +17,177 @@ from onnx import TensorProto, helper, numpy_helper
 
 from charsdk.vocab import StateSpec
 
+F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+node = helper.make_node
+PLAIN_LSTM = {"activations": [b"Sigmoid", b"Tanh", b"Tanh"], "direction": b"forward"}
 
-def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpec, ...],
-                  input_name: str = "x", probs_name: str = "probs") -> onnx.ModelProto:
-    """Inputs: probs [B,V], states, uniforms [K,B] f64, inv_temperature [B] f64 (1/T, inf = greedy),
-    top_k [B] i64 (0 = off), top_p [B] f64 (1 = off), use_filter (False skips top-k/top-p).
-    Outputs: ids [K,B] (each drawn, then fed), probs_out and states after the last one."""
+
+def _producer(graph: onnx.GraphProto, name: str) -> onnx.NodeProto:
+    return next(n for n in graph.node if name in n.output)
+
+
+def _cell_weights(step: onnx.ModelProto, vocab_size: int):
+    """Per LSTM layer: (input weights [I, 4U] with the bias folded in for the one-hot first layer,
+    bias [4U], recurrent weights [U, 4U]); and the dense layer's (weights [U, V], bias [V])."""
+    graph = step.graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    softmax = _producer(graph, "probs")
+    add = _producer(graph, softmax.input[0])
+    matmul = _producer(graph, add.input[0])
+    if (softmax.op_type, add.op_type, matmul.op_type) != ("Softmax", "Add", "MatMul"):
+        raise ValueError("model.onnx does not end in MatMul/Add/Softmax: cannot build a sampler")
+    layers = []
+    for lstm in (n for n in graph.node if n.op_type == "LSTM"):
+        attributes = {a.name: helper.get_attribute_value(a) for a in lstm.attribute}
+        if any(attributes.get(k, v) != v for k, v in PLAIN_LSTM.items()) or "clip" in attributes:
+            raise ValueError(f"{lstm.name} is not a plain forward sigmoid/tanh LSTM")
+        W, R, B = (weights[name][0] for name in lstm.input[1:4])  # [4U, I], [4U, U], [8U]; i, o, f, c
+        units = R.shape[1]
+        bias = B[: 4 * units] + B[4 * units :]
+        layers.append((np.ascontiguousarray(W.T), bias, np.ascontiguousarray(R.T)))
+    return layers, (weights[matmul.input[1]], weights[add.input[1]])
+
+
+def _filter_nodes(weights: str, out: str) -> list[onnx.NodeProto]:
+    """Top-k, then top-p, on the weights sorted in decreasing order (axis 1 of [B, V])."""
+    return [
+        node("TopK", [weights, "k_all"], ["sorted", "sorted_idx"], axis=1, largest=1, sorted=1),
+        node("Less", ["positions", "k_col"], ["in_k"]),
+        node("Cast", ["in_k"], ["in_k_f"], to=F32),
+        node("Mul", ["sorted", "in_k_f"], ["sorted_k"]),
+        node("ReduceSum", ["sorted_k", "axis1"], ["sorted_sum"], keepdims=1),
+        node("Div", ["sorted_k", "sorted_sum"], ["sorted_p"]),
+        node("CumSum", ["sorted_p", "axis1_scalar"], ["cum"]),
+        node("Sub", ["cum", "sorted_p"], ["mass_before"]),
+        node("Less", ["mass_before", "p_col"], ["in_p"]),
+        node("And", ["in_p", "in_k"], ["kept"]),
+        node("Cast", ["kept"], ["kept_i"], to=I64),
+        node("ReduceSum", ["kept_i", "axis1"], ["n_kept"], keepdims=1),
+        node("Sub", ["n_kept", "one_i64"], ["last_kept"]),
+        node("GatherElements", ["sorted", "last_kept"], ["threshold"], axis=1),
+        node("GreaterOrEqual", [weights, "threshold"], ["allowed"]),
+        node("Cast", ["allowed"], ["allowed_f"], to=F32),
+        node("Mul", [weights, "allowed_f"], [out]),
+    ]
+
+
+def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, filtered: bool):
+    """One iteration: draw a character from softmax(logits / T), feed it through the LSTM layers."""
+    weights = "w_kept" if filtered else "w"
+    nodes = [
+        node("Mul", ["logits_in", "inv_t"], ["scaled"]),
+        node("Softmax", ["scaled"], ["w"], axis=1),
+        *(_filter_nodes("w", "w_kept") if filtered else []),
+        node("CumSum", [weights, "axis1_scalar"], ["cdf"]),
+        node("Gather", ["cdf", "last_index"], ["total"], axis=1),
+        node("Gather", ["uniforms_3d", "i"], ["u"], axis=0),
+        node("Mul", ["u", "total"], ["target"]),
+        node("Greater", ["cdf", "target"], ["above"]),
+        node("Cast", ["above"], ["above_i"], to=TensorProto.INT32),
+        node("ArgMax", ["above_i"], ["id"], axis=1, keepdims=0),  # first index where cdf > u·total
+        node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    x = None
+    for layer in range(n_layers):
+        h, c, p = states[2 * layer].input, states[2 * layer + 1].input, f"l{layer}_"
+        if x is None:  # one-hot input: the input projection is a row of the table
+            nodes.append(node("Gather", [p + "input", "id"], [p + "xw"], axis=0))
+        else:
+            nodes.append(node("Gemm", [x, p + "input", p + "bias"], [p + "xw"]))
+        nodes += [
+            node("Gemm", [f"{h}_in", p + "recurrent", p + "xw"], [p + "gates"]),
+            node("Split", [p + "gates", p + "split"], [p + "iof_pre", p + "g_pre"], axis=1),
+            node("Sigmoid", [p + "iof_pre"], [p + "iof"]),
+            node("Tanh", [p + "g_pre"], [p + "g"]),
+            node("Split", [p + "iof", p + "split3"], [p + "i", p + "o", p + "f"], axis=1),
+            node("Mul", [p + "f", f"{c}_in"], [p + "fc"]),
+            node("Mul", [p + "i", p + "g"], [p + "ig"]),
+            node("Add", [p + "fc", p + "ig"], [f"{c}_next"]),
+            node("Tanh", [f"{c}_next"], [p + "tc"]),
+            node("Mul", [p + "o", p + "tc"], [f"{h}_next"]),
+        ]
+        x = f"{h}_next"
+    nodes.append(node("Gemm", [x, "dense_w", "dense_b"], ["logits_next"]))
+
+    def carried(suffix):
+        return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, ["B", s.size]) for s in states]
+
+    logits = lambda name: helper.make_tensor_value_info(name, F32, ["B", vocab_size])  # noqa: E731
+    return helper.make_graph(
+        nodes, "draw_and_step",
+        [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
+         logits("logits_in"), *carried("in")],
+        [helper.make_tensor_value_info("cond_out", BOOL, []), logits("logits_next"), *carried("next"),
+         helper.make_tensor_value_info("id", I64, ["B"])],
+    )
+
+
+def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpec, ...]) -> onnx.ModelProto:
+    """Inputs: logits [B,V] (e.g. log probs), the states, uniforms [K,B] in [0,1), inv_temperature [B]
+    (1/T; 1e30 is greedy), top_k [B] i64 (0 = off), top_p [B] (1 = off), use_filter (bool: false skips
+    top-k/top-p). Outputs: ids [K,B] (each drawn, then fed), logits_out and the states after them."""
+    layers, (dense_w, dense_b) = _cell_weights(step, vocab_size)
+    if 2 * len(layers) != len(states):
+        raise ValueError("model.onnx has a different number of LSTM layers than its states")
     V = vocab_size
-    consts = {
-        "one_i64": np.array(1, np.int64), "zero_i64": np.array(0, np.int64),
-        "vocab_i64": np.array(V, np.int64), "last_i64": np.array([V - 1], np.int64),
-        "axis1": np.array([1], np.int64), "k_all": np.array([V], np.int64),
-        "onehot_values": np.array([0.0, 1.0], np.float32),
+    arrays = {
+        "zero_i64": np.array(0, np.int64), "one_i64": np.array(1, np.int64),
+        "vocab_i64": np.array(V, np.int64), "axis1": np.array([1], np.int64),
+        "axis2": np.array([2], np.int64), "axis1_scalar": np.array(1, np.int64),
+        "last_index": np.array([V - 1], np.int64), "k_all": np.array([V], np.int64),
         "positions": np.arange(V, dtype=np.int64)[None, :], "true": np.array(True),
+        "dense_w": dense_w, "dense_b": dense_b,
     }
-    initializers = [numpy_helper.from_array(v, name) for name, v in consts.items()]
-    initializers += list(step.graph.initializer)
+    for layer, (input_weights, bias, recurrent) in enumerate(layers):
+        p, units = f"l{layer}_", recurrent.shape[0]
+        arrays |= {
+            p + "input": input_weights + bias if layer == 0 else input_weights,
+            p + "bias": bias, p + "recurrent": recurrent,
+            p + "split": np.array([3 * units, units], np.int64),
+            p + "split3": np.array([units] * 3, np.int64),
+        }
+    arrays.pop("l0_bias")  # folded into l0_input
 
-    n = helper.make_node
-    # top-k, then top-p, on the weights sorted in decreasing order; only run when asked for
-    filter_nodes = [
-        n("TopK", ["w", "k_all"], ["sorted", "sorted_idx"], axis=1, largest=1, sorted=1),
-        n("Less", ["positions", "k_col"], ["in_k"]),
-        n("Cast", ["in_k"], ["in_k_f"], to=TensorProto.DOUBLE),
-        n("Mul", ["sorted", "in_k_f"], ["sorted_k"]),
-        n("ReduceSum", ["sorted_k", "axis1"], ["sorted_sum"], keepdims=1),
-        n("Div", ["sorted_k", "sorted_sum"], ["sorted_p"]),
-        n("CumSum", ["sorted_p", "one_i64"], ["cum"]),
-        n("Sub", ["cum", "sorted_p"], ["mass_before"]),
-        n("Less", ["mass_before", "p_col"], ["in_p"]),
-        n("And", ["in_p", "in_k"], ["kept"]),
-        n("Cast", ["kept"], ["kept_i"], to=TensorProto.INT64),
-        n("ReduceSum", ["kept_i", "axis1"], ["n_kept"], keepdims=1),
-        n("Sub", ["n_kept", "one_i64"], ["last_kept"]),
-        n("GatherElements", ["sorted", "last_kept"], ["threshold"], axis=1),
-        n("GreaterOrEqual", ["w", "threshold"], ["allowed"]),
-        n("Cast", ["allowed"], ["allowed_f"], to=TensorProto.DOUBLE),
-        n("Mul", ["w", "allowed_f"], ["w_filtered"]),
+    outputs = ["logits_out", *[s.output for s in states], "ids"]
+    loop_inputs = ["steps", "true", "logits", *[s.input for s in states]]
+    branches = {}  # one loop with top-k/top-p, one without: If picks once per call, not per character
+    for tag, filtered in (("filtered", True), ("plain", False)):
+        names = [f"{name}_{tag}" for name in outputs]
+        body = _loop_body(len(layers), states, V, filtered)
+        branches[tag] = helper.make_graph(
+            [node("Loop", loop_inputs, names, body=body)], tag, [],
+            [helper.make_tensor_value_info(name, I64 if name.startswith("ids") else F32, None)
+             for name in names])
+    nodes = [
+        node("Unsqueeze", ["inv_temperature", "axis1"], ["inv_t"]),
+        node("Unsqueeze", ["uniforms", "axis2"], ["uniforms_3d"]),
+        node("Equal", ["top_k", "zero_i64"], ["k_off"]),
+        node("Min", ["top_k", "vocab_i64"], ["k_capped"]),
+        node("Where", ["k_off", "vocab_i64", "k_capped"], ["k"]),
+        node("Unsqueeze", ["k", "axis1"], ["k_col"]),
+        node("Unsqueeze", ["top_p", "axis1"], ["p_col"]),
+        node("Shape", ["uniforms"], ["uniforms_shape"]),
+        node("Gather", ["uniforms_shape", "zero_i64"], ["steps"], axis=0),
+        node("If", ["use_filter"], outputs, then_branch=branches["filtered"],
+             else_branch=branches["plain"]),
     ]
-    f64_rows = helper.make_tensor_value_info("w_out", TensorProto.DOUBLE, ["B", V])
-    filtered = helper.make_graph(filter_nodes + [n("Identity", ["w_filtered"], ["w_out"])],
-                                 "filtered", [], [f64_rows])
-    unfiltered = helper.make_graph([n("Identity", ["w"], ["w_out"])], "unfiltered", [], [f64_rows])
-    body = [
-        # temperature: w = (p / max p) ** (1/T); zeros stay zero and 1/T = inf leaves only the argmax
-        n("Cast", ["probs_in"], ["p"], to=TensorProto.DOUBLE),
-        n("ReduceMax", ["p"], ["p_max"], axes=[1], keepdims=1),
-        n("Div", ["p", "p_max"], ["q"]),
-        n("Pow", ["q", "inv_t_col"], ["w"]),
-        n("If", ["use_filter"], ["w_kept"], then_branch=filtered, else_branch=unfiltered),
-        # inverse CDF with this iteration's uniform: the first index where cdf > u * cdf[-1]
-        n("CumSum", ["w_kept", "one_i64"], ["cdf"]),
-        n("Gather", ["cdf", "last_i64"], ["total"], axis=1),
-        n("Gather", ["uniforms", "i"], ["u"], axis=0),
-        n("Unsqueeze", ["u", "axis1"], ["u_col"]),
-        n("Mul", ["u_col", "total"], ["target"]),
-        n("Greater", ["cdf", "target"], ["above"]),
-        n("Cast", ["above"], ["above_i"], to=TensorProto.INT32),
-        n("ArgMax", ["above_i"], ["id"], axis=1, keepdims=0, select_last_index=0),
-        # feed the drawn character back: one-hot [B, 1, V] into model.onnx's own nodes
-        n("OneHot", ["id", "vocab_i64", "onehot_values"], ["id_onehot"], axis=-1),
-        n("Unsqueeze", ["id_onehot", "axis1"], [f"step/{input_name}"]),
-        n("Identity", ["cond_in"], ["cond_out"]),
-        n("Identity", ["id"], ["id_scan"]),
-    ]
-    # model.onnx's nodes, their names prefixed so they cannot clash with the outer graph's
-    produced = {out for node in step.graph.node for out in node.output} | {input_name}
-    rename = {name: f"step/{name}" for name in produced}
-    rename.update({s.input: f"{s.input}_in" for s in states})
-    for node in step.graph.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.input[:] = [rename.get(name, name) for name in node.input]
-        copy.output[:] = [rename[name] for name in node.output]
-        body.append(copy)
-    body.append(n("Identity", [rename[probs_name]], ["probs_next"]))
-    for s in states:
-        body.append(n("Identity", [rename[s.output]], [f"{s.input}_next"]))
 
-    f32 = TensorProto.FLOAT
-    state_vi = lambda name, s: helper.make_tensor_value_info(name, f32, ["B", s.size])  # noqa: E731
-    body_graph = helper.make_graph(
-        body, "sample_and_step",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("probs_in", f32, ["B", V])]
-        + [state_vi(f"{s.input}_in", s) for s in states],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("probs_next", f32, ["B", V])]
-        + [state_vi(f"{s.input}_next", s) for s in states]
-        + [helper.make_tensor_value_info("id_scan", TensorProto.INT64, ["B"])],
-    )
-    outer = [
-        n("Unsqueeze", ["inv_temperature", "axis1"], ["inv_t_col"]),
-        n("Equal", ["top_k", "zero_i64"], ["k_off"]),
-        n("Min", ["top_k", "vocab_i64"], ["k_capped"]),
-        n("Where", ["k_off", "vocab_i64", "k_capped"], ["k"]),
-        n("Unsqueeze", ["k", "axis1"], ["k_col"]),
-        n("Unsqueeze", ["top_p", "axis1"], ["p_col"]),
-        n("Shape", ["uniforms"], ["uniforms_shape"]),
-        n("Gather", ["uniforms_shape", "zero_i64"], ["steps"], axis=0),
-        n("Loop", ["steps", "true", "probs"] + [s.input for s in states],
-          ["probs_out"] + [s.output for s in states] + ["ids"], body=body_graph),
-    ]
+    def batch_info(name, size, dtype=F32):
+        return helper.make_tensor_value_info(name, dtype, ["B", size])
+
     graph = helper.make_graph(
-        outer, "sampler",
-        [helper.make_tensor_value_info("probs", f32, ["B", V])]
-        + [state_vi(s.input, s) for s in states]
-        + [helper.make_tensor_value_info("uniforms", TensorProto.DOUBLE, ["K", "B"]),
-           helper.make_tensor_value_info("inv_temperature", TensorProto.DOUBLE, ["B"]),
-           helper.make_tensor_value_info("top_k", TensorProto.INT64, ["B"]),
-           helper.make_tensor_value_info("top_p", TensorProto.DOUBLE, ["B"]),
-           helper.make_tensor_value_info("use_filter", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("probs_out", f32, ["B", V])]
-        + [state_vi(s.output, s) for s in states]
-        + [helper.make_tensor_value_info("ids", TensorProto.INT64, ["K", "B"])],
-        initializer=initializers,
+        nodes, "sampler",
+        [batch_info("logits", V), *[batch_info(s.input, s.size) for s in states],
+         helper.make_tensor_value_info("uniforms", F32, ["K", "B"]),
+         helper.make_tensor_value_info("inv_temperature", F32, ["B"]),
+         helper.make_tensor_value_info("top_k", I64, ["B"]),
+         helper.make_tensor_value_info("top_p", F32, ["B"]),
+         helper.make_tensor_value_info("use_filter", BOOL, [])],
+        [batch_info("logits_out", V), *[batch_info(s.output, s.size) for s in states],
+         helper.make_tensor_value_info("ids", I64, ["K", "B"])],
+        initializer=[numpy_helper.from_array(v, name) for name, v in arrays.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="charsdk")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="charsdk")
     model.ir_version = step.ir_version
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)
     return model
