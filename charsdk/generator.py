@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError, ModelError
-from .sampling import SamplingOptions, draw, reweight
+from .sampling import SamplingOptions
 from .vocab import Vocab
 
 DEFAULT_MODEL = "nietzsche"
@@ -24,9 +24,13 @@ PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score
 CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
 
 
+def shipped_models_dir() -> Path:
+    return Path(str(resources.files("charsdk") / "models"))
+
+
 def default_model_dir() -> Path:
-    """The model shipped inside the package."""
-    return Path(str(resources.files("charsdk") / "models" / DEFAULT_MODEL))
+    """The default model shipped inside the package."""
+    return shipped_models_dir() / DEFAULT_MODEL
 
 
 def chunk_sizes(length: int) -> Iterator[int]:
@@ -74,12 +78,15 @@ class Generator:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, threads: int = 1,
              providers: Sequence[str] | None = None) -> Generator:
-        """Load a model directory (default: the shipped Nietzsche model).
+        """Load a model directory, or a shipped model by name ("nietzsche", the default, or
+        "nietzsche-book", the book's recipe).
 
         `threads`: onnxruntime intra-op threads (one is fastest for a small LSTM);
         `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"] with onnxruntime-gpu.
         """
         path = Path(path) if path is not None else default_model_dir()
+        if not path.is_dir() and path.name == str(path) and (shipped_models_dir() / path).is_dir():
+            path = shipped_models_dir() / path
         if not path.is_dir():
             raise ModelError(f"model directory {path} does not exist: pass a directory that holds "
                              "vocab.json and the ONNX files it names")
@@ -112,8 +119,38 @@ class Generator:
         return np.repeat(probs, batch, 0), {k: np.repeat(v, batch, 0) for k, v in state.items()}
 
     def _stateful_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
-        """Chunks of drawn ids [k, B]: sampler.onnx draws and steps k times per call."""
+        """Chunks of drawn ids [k, B]: the seed run once, then one LSTM step per character."""
         probs, state = self._prime(ids, len(options))
+        return self._sample(probs, state, options, uniform_chunks, window=0, read=0)
+
+    def _window_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
+        """Chunks of drawn ids [k, B], each predicted from the last maxlen characters and a zero state.
+
+        Rather than rerunning maxlen LSTM steps per character, each stream keeps maxlen staggered
+        windows (state rows) advanced together: before character t, window t mod maxlen restarts from
+        zero; every window then reads character t; the one that started maxlen characters ago (or at
+        the start of the text) gives the next distribution. The same arithmetic as the book's loop,
+        one batched step per character. sampler.onnx does this for the generated characters.
+        """
+        batch, maxlen, size = len(options), self.vocab.maxlen, self.vocab.size
+        state = self._zero_state(batch * maxlen)
+        x = np.zeros((batch * maxlen, 1, size), np.float32)
+        read = 0
+        for char in ids[-maxlen:]:
+            for value in state.values():
+                value.reshape(batch, maxlen, -1)[:, read % maxlen] = 0.0
+            x[:] = 0.0
+            x[:, 0, char] = 1.0
+            probs, state = self._run(x, state)
+            read += 1
+        if read:
+            probs = probs.reshape(batch, maxlen, size)[:, read % maxlen if read >= maxlen else 0]
+        else:  # an empty seed: one all-zero input from the zero state, as in stateful mode
+            probs, _ = self._prime(ids, batch)
+        return self._sample(probs, state, options, uniform_chunks, window=maxlen, read=read)
+
+    def _sample(self, probs, state, options, uniform_chunks, window: int, read: int):
+        """sampler.onnx, one call per chunk: draw a character, feed it back, k times."""
         with np.errstate(divide="ignore"):
             logits = np.log(probs)  # log 0 = -inf: that character keeps probability 0
         inv_t = np.array([o.inv_temperature for o in options])
@@ -122,52 +159,15 @@ class Generator:
             "top_k": np.array([o.top_k for o in options], np.int64),
             "top_p": np.array([o.top_p for o in options], np.float32),
             "use_filter": np.array(any(o.filters for o in options)),
+            "window": np.array(window, np.int64),
         }
         names = ["logits_out"] + [s.output for s in self.vocab.states] + ["ids"]
         for uniforms in uniform_chunks:
-            logits, *new, drawn = self.sampler.run(names, {"logits": logits, **state,
-                                                           "uniforms": uniforms, **settings})
+            logits, *new, drawn = self.sampler.run(names, {
+                "logits": logits, **state, "uniforms": uniforms, "start": np.array(read, np.int64),
+                **settings})
             state = {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
-            yield drawn
-
-    def _window_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
-        """Chunks of drawn ids [k, B], each predicted from the last maxlen characters and a zero state.
-
-        Rather than rerunning maxlen LSTM steps per character, each stream keeps maxlen staggered
-        windows advanced together: before character t, window t mod maxlen restarts from zero;
-        every window then reads character t; the one that started maxlen characters ago (or at the
-        start of the text) gives the next distribution. Same arithmetic, one batched step per character.
-        """
-        batch, maxlen, size = len(options), self.vocab.maxlen, self.vocab.size
-        inv_t = np.array([o.inv_temperature for o in options])
-        top_k = np.array([o.top_k for o in options], np.int64)
-        top_p = np.array([o.top_p for o in options])
-        rows = np.arange(batch * maxlen)
-        x = np.zeros((batch * maxlen, 1, size), np.float32)
-        state = self._zero_state(batch * maxlen)
-        read = 0  # characters read so far
-
-        def read_char(chars: np.ndarray) -> np.ndarray:
-            nonlocal read, state
-            for value in state.values():
-                value.reshape(batch, maxlen, -1)[:, read % maxlen] = 0.0
-            x[:] = 0.0
-            x[rows, 0, np.repeat(chars, maxlen)] = 1.0
-            probs, state = self._run(x, state)
-            read += 1
-            full = (read - maxlen) % maxlen if read >= maxlen else 0
-            return probs.reshape(batch, maxlen, size)[:, full]
-
-        if len(ids):
-            for char in ids[-maxlen:]:
-                probs = read_char(np.full(batch, char))
-        else:  # an empty seed: one all-zero input from the zero state, as in stateful mode
-            probs, _ = self._prime(ids, batch)
-        for uniforms in uniform_chunks:
-            drawn = np.empty(uniforms.shape, np.int64)
-            for step, u in enumerate(uniforms):
-                drawn[step] = draw(reweight(probs, inv_t, top_k, top_p), u)
-                probs = read_char(drawn[step])
+            read += len(drawn)
             yield drawn
 
     # -- the public API -----------------------------------------------------------------------

@@ -17,6 +17,15 @@ def test_the_shipped_model_loads_and_generates(generator):
     assert generator.vocab.training["holdout_bits_per_char_window"] < 2.6
 
 
+def test_shipped_models_load_by_name_and_the_default_beats_the_book():
+    book = Generator.load("nietzsche-book")
+    assert book.vocab.training["recipe_name"] == "book"
+    default = Generator.load("nietzsche")
+    assert default.path == Generator.load().path
+    figure = "holdout_bits_per_char_window"
+    assert default.vocab.training[figure] < book.vocab.training[figure] - 0.1
+
+
 @pytest.mark.parametrize("mode", ["stateful", "window"])
 def test_same_seed_same_text(generator, mode):
     a = generator.generate("to be ", length=120, temperature=1.0, seed=42, mode=mode)

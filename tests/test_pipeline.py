@@ -155,3 +155,41 @@ def test_a_killed_export_leaves_the_old_model_or_the_new_one(trained_dir, tmp_pa
     assert result.returncode == 0 and len(seen) > 3
     assert seen[0] == old and seen[-1] != old  # killed before the switch: old; finished: new
     assert len(list(model_dir.glob("*.onnx"))) == 2
+
+
+def test_training_killed_with_sigkill_resumes_with_its_optimizer_state(small_corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import keras
+
+    from tests.conftest import ROOT
+
+    args = [sys.executable, "-m", "train.fit", "--corpus", str(small_corpus), "--name", "k",
+            "--artifacts", str(tmp_path), "--recipe", "default", "--epochs", "30", *TINY]
+    log_path = tmp_path / "k" / "log.json"
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (log_path.exists() and len(json.loads(log_path.read_text())["epochs"]) >= 2):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        process.kill()
+    done = len(json.loads(log_path.read_text())["epochs"])
+    last = keras.models.load_model(tmp_path / "k" / "last.keras")  # never a truncated file
+    steps_per_epoch = int(last.optimizer.iterations.numpy()) // done
+    assert steps_per_epoch > 0
+
+    result = subprocess.run([*args[:-len(TINY) - 2], "--epochs", str(done + 1), *TINY], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"Resuming {tmp_path / 'k'} after epoch {done}" in result.stdout
+    log = json.loads(log_path.read_text())
+    assert [e["epoch"] for e in log["epochs"]] == list(range(1, done + 2))
+    resumed = keras.models.load_model(tmp_path / "k" / "last.keras")
+    assert int(resumed.optimizer.iterations.numpy()) == steps_per_epoch * (done + 1)

@@ -1,7 +1,7 @@
-"""`make bench`: characters per second of the book's loop against charsdk, on the same weights.
+"""`make bench`: characters per second of charsdk, and of the book's Keras loop on the same weights.
 
-Keras is loaded from <run>/best.keras and charsdk from a model directory checked to be the export of
-that checkpoint. Prints a table of medians and writes <run>/bench.json.
+charsdk is timed on a model directory; with --run, Keras is timed on that run's best.keras (checked to
+be the checkpoint the model was exported from). Prints a table of medians and writes it as JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +24,20 @@ from charsdk.sampling import SamplingOptions, sample
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
 TEMPERATURE = 0.5
+
+# Runs in a small helper process: a child forked from this one (TensorFlow loaded) would start with
+# this process's resident memory counted in its peak RSS.
+MEASURE = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+process = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+process.stdout.read(1)
+first = time.perf_counter() - start
+process.stdout.read()
+_, status, usage = os.wait4(process.pid, 0)
+print(json.dumps([os.waitstatus_to_exitcode(status), first, time.perf_counter() - start,
+                  usage.ru_maxrss / 1024]))
+"""
 
 
 def median_rate(run, chars: int, repeats: int) -> float:
@@ -48,16 +62,13 @@ def book_loop(model, generator: Generator, length: int, direct: bool):
         text += vocab.chars[sample(probs, options, rng)]
 
 
-def first_char_and_rss(command: list[str]) -> tuple[float, float, float]:
-    """Seconds to the first byte on stdout, seconds to exit, peak RSS in MB: one fresh process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    process.stdout.read(1)
-    first = time.perf_counter() - start
-    process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, command
-    return first, time.perf_counter() - start, usage.ru_maxrss / 1024
+def fresh_process(command: list[str]) -> tuple[float, float, float]:
+    """Seconds to the first byte on stdout, seconds to exit, peak RSS in MB: one new process."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True,
+                         check=True)
+    code, first, wall, rss = json.loads(out.stdout)
+    assert code == 0, command
+    return first, wall, rss
 
 
 def multiply_adds_per_step(generator: Generator) -> int:
@@ -69,53 +80,59 @@ def multiply_adds_per_step(generator: Generator) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__)
-    p.add_argument("--run", default="artifacts/nietzsche", help="training run holding best.keras")
-    p.add_argument("--model", default="charsdk/models/nietzsche", help="its export, for charsdk")
+    p.add_argument("--model", default="nietzsche", help="model directory or shipped model name")
+    p.add_argument("--run", help="training run whose best.keras is timed in Keras (the book's loop)")
+    p.add_argument("--out", required=True, help="JSON file for the results")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 
-    import keras
-
-    checkpoint = Path(args.run) / "best.keras"
     generator = Generator.load(args.model)
-    if not checkpoint.exists() or generator.vocab.training.get("checkpoint_sha256") != sha256_of(checkpoint):
-        print(f"bench: error: {args.model} is not the export of {checkpoint}: "
-              "run make export and make ship for that run", file=sys.stderr)
-        return 2
-    model = keras.models.load_model(checkpoint)
-    r = args.repeats
-    gen = generator.generate
-    rows = [
-        ("book loop: Keras predict on the window", median_rate(
-            lambda: book_loop(model, generator, 20, direct=False), 20, r)),
-        ("Keras model called directly on the window", median_rate(
-            lambda: book_loop(model, generator, 100, direct=True), 100, r)),
+    batched = Generator.load(args.model, threads=os.cpu_count())  # many streams: use every core
+    r, gen = args.repeats, generator.generate
+    rows = []
+    if args.run:
+        import keras
+
+        checkpoint = Path(args.run) / "best.keras"
+        exported_from = generator.vocab.training.get("checkpoint_sha256")
+        if not checkpoint.exists() or exported_from != sha256_of(checkpoint):
+            print(f"bench: error: {args.model} is not the export of {checkpoint}: "
+                  "run make export and make ship for that run", file=sys.stderr)
+            return 2
+        model = keras.models.load_model(checkpoint)
+        rows += [
+            ("book loop: Keras predict on the window", median_rate(
+                lambda: book_loop(model, generator, 20, direct=False), 20, r)),
+            ("Keras model called directly on the window", median_rate(
+                lambda: book_loop(model, generator, 20, direct=True), 20, r)),
+        ]
+    rows += [
         ("charsdk window mode", median_rate(
-            lambda: gen(SEED_TEXT, 2000, TEMPERATURE, seed=1, mode="window"), 2000, r)),
+            lambda: gen(SEED_TEXT, 3000, TEMPERATURE, seed=1, mode="window"), 3000, r)),
         ("charsdk stateful mode", median_rate(
-            lambda: gen(SEED_TEXT, 50000, TEMPERATURE, seed=1), 50000, r)),
-        ("charsdk stateful, n=64 (aggregate)", median_rate(
-            lambda: gen(SEED_TEXT, 4000, TEMPERATURE, n=64, seed=1), 4000 * 64, r)),
-        ("charsdk stateful, n=256 (aggregate)", median_rate(
-            lambda: gen(SEED_TEXT, 2000, TEMPERATURE, n=256, seed=1), 2000 * 256, r)),
+            lambda: gen(SEED_TEXT, 30000, TEMPERATURE, seed=1), 30000, r)),
+        (f"charsdk stateful, n=64, {os.cpu_count()} threads (aggregate)", median_rate(
+            lambda: batched.generate(SEED_TEXT, 2000, TEMPERATURE, n=64, seed=1), 2000 * 64, r)),
+        (f"charsdk stateful, n=256, {os.cpu_count()} threads (aggregate)", median_rate(
+            lambda: batched.generate(SEED_TEXT, 1000, TEMPERATURE, n=256, seed=1), 1000 * 256, r)),
     ]
-    book = rows[0][1]
-    model_dir = args.model
-    charsdk_cli = [str(Path(sys.executable).with_name("charsdk")), "gen", "--model", model_dir,
-                   "--length", "1", "--seed", "1"]
-    processes = {
-        "charsdk gen --length 1": [first_char_and_rss(charsdk_cli) for _ in range(r)],
-        'python -c "import tensorflow"': [first_char_and_rss(
-            [sys.executable, "-c", "import tensorflow; print('x')"]) for _ in range(r)],
-    }
+    book = rows[0][1] if args.run else None
+    cli = [str(Path(sys.executable).with_name("charsdk")), "gen", "--model", str(args.model),
+           "--length", "1", "--seed", "1"]
+    processes = {"charsdk gen --length 1": [fresh_process(cli) for _ in range(r)]}
+    if args.run:
+        processes['python -c "import tensorflow"'] = [
+            fresh_process([sys.executable, "-c", "import tensorflow; print('x')"]) for _ in range(r)]
     result = {
-        "model": model_dir,
+        "model": str(generator.path),
+        "recipe": generator.vocab.training.get("recipe_name"),
         "parameters": generator.vocab.training.get("parameters"),
         "multiply_adds_per_step": multiply_adds_per_step(generator),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "temperature": TEMPERATURE,
-        "chars_per_s": {name: rate for name, rate in rows},
-        "x_book_loop": {name: rate / book for name, rate in rows},
+        "repeats": r,
+        "chars_per_s": dict(rows),
+        "x_book_loop": {name: rate / book for name, rate in rows} if book else None,
         "processes": {
             name: {"first_char_s": statistics.median(v[0] for v in runs),
                    "wall_s": statistics.median(v[1] for v in runs),
@@ -123,20 +140,20 @@ def main(argv=None) -> int:
             for name, runs in processes.items()
         },
     }
-    print(f"\n{model_dir}: {result['parameters']} parameters, "
+    print(f"\n{result['model']} ({result['recipe']} recipe): {result['parameters']:,} parameters, "
           f"{result['multiply_adds_per_step']:,} multiply-adds per step; medians of {r} runs\n")
-    print(f"| {'generation':<44} | {'chars/s':>12} | {'x book loop':>11} |")
-    print(f"| {'-' * 44} | {'-' * 12}:| {'-' * 11}:|")
+    print(f"| {'generation, temperature 0.5':<52} | {'chars/s':>10} | {'x book loop':>11} |")
+    print(f"| {'-' * 52} | {'-' * 9}:| {'-' * 10}:|")
     for name, rate in rows:
-        print(f"| {name:<44} | {rate:>12,.0f} | {rate / book:>11,.0f} |")
+        ratio = f"{rate / book:,.0f}" if book else "-"
+        print(f"| {name:<52} | {rate:>10,.0f} | {ratio:>11} |")
     print(f"\n| {'fresh process':<32} | {'first char s':>12} | {'exit s':>7} | {'peak RSS MB':>11} |")
-    print(f"| {'-' * 32} | {'-' * 12}:| {'-' * 7}:| {'-' * 11}:|")
+    print(f"| {'-' * 32} | {'-' * 11}:| {'-' * 6}:| {'-' * 10}:|")
     for name, figures in result["processes"].items():
         print(f"| {name:<32} | {figures['first_char_s']:>12.3f} | {figures['wall_s']:>7.3f} | "
               f"{figures['peak_rss_mb']:>11.0f} |")
-    out = Path(args.run) / "bench.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {out}")
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
     return 0
 
 

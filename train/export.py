@@ -165,25 +165,33 @@ def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped
 
 
 def sampler_mismatches(generator: Generator, seed_ids, length: int = 200) -> int:
-    """Characters drawn by sampler.onnx that numpy sampling (float64, from model.onnx's distribution
-    with the state carried through the same characters) could not have drawn with the same uniform
+    """Characters drawn by sampler.onnx, in both modes, that numpy sampling (float64, from
+    model.onnx's distribution given the same characters) could not have drawn with the same uniform
     numbers, for several temperature / top-k / top-p settings at once."""
     options = [SamplingOptions.check(t, k, p) for t, k, p in
                [(0, 0, 1), (0.5, 0, 1), (1.0, 5, 1), (1.2, 0, 0.9), (0.8, 3, 0.5)]]
-    uniforms = np.random.default_rng(0).random((length, len(options)), np.float32)
-    (drawn,) = generator._stateful_ids(seed_ids, options, [uniforms])
-    probs, state = generator._prime(np.asarray(seed_ids), len(options))
     inv_t = np.array([o.inv_temperature for o in options])
     top_k = np.array([o.top_k for o in options])
     top_p = np.array([o.top_p for o in options])
-    rows, mismatches = np.arange(len(options)), 0
-    for step, u in enumerate(uniforms):
-        cdf = np.cumsum(reweight(probs, inv_t, top_k, top_p), axis=1)
-        cdf /= cdf[:, -1:]
-        ids = drawn[step]
-        low = np.where(ids > 0, cdf[rows, np.maximum(ids - 1, 0)], 0.0)
-        mismatches += int(((u < low - 1e-4) | (u > cdf[rows, ids] + 1e-4)).sum())
-        probs, state = generator._run(generator.vocab.one_hot(ids)[0][:, None], state)
+    uniforms = np.random.default_rng(0).random((length, len(options)), np.float32)
+    seed_ids, maxlen, rows = np.asarray(seed_ids), generator.vocab.maxlen, np.arange(len(options))
+    mismatches = 0
+    for steps in (generator._stateful_ids, generator._window_ids):
+        (drawn,) = steps(seed_ids, options, [uniforms])
+        texts = np.concatenate([np.tile(seed_ids, (len(options), 1)), drawn.T], axis=1)
+        probs, state = generator._prime(seed_ids, len(options))
+        for step, u in enumerate(uniforms):
+            if steps == generator._window_ids:  # the book's loop: the last maxlen characters, zero state
+                end = len(seed_ids) + step
+                x = np.eye(generator.vocab.size, dtype=np.float32)[texts[:, max(end - maxlen, 0) : end]]
+                probs, _ = generator._run(x, generator._zero_state(len(options)))
+            cdf = np.cumsum(reweight(probs, inv_t, top_k, top_p), axis=1)
+            cdf /= cdf[:, -1:]
+            ids = drawn[step]
+            low = np.where(ids > 0, cdf[rows, np.maximum(ids - 1, 0)], 0.0)
+            mismatches += int(((u < low - 1e-4) | (u > cdf[rows, ids] + 1e-4)).sum())
+            if steps == generator._stateful_ids:
+                probs, state = generator._run(generator.vocab.one_hot(ids)[0][:, None], state)
     return mismatches
 
 

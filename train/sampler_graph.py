@@ -71,8 +71,40 @@ def _filter_nodes(weights: str, out: str) -> list[onnx.NodeProto]:
     ]
 
 
-def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, filtered: bool):
-    """One iteration: draw a character from softmax(logits / T), feed it through the LSTM layers."""
+def _ring_nodes() -> list[onnx.NodeProto]:
+    """Window mode, before the cell: restart window t mod maxlen of every stream from a zero state
+    (t = characters read so far), and give the drawn character to all maxlen windows of its stream."""
+    return [
+        node("Add", ["start", "i"], ["t"]),
+        node("Mod", ["t", "window"], ["restart"]),
+        node("Equal", ["window_of_row", "restart"], ["restarting"]),
+        node("Not", ["restarting"], ["keeping"]),
+        node("Cast", ["keeping"], ["keep"], to=F32),
+        node("Unsqueeze", ["keep", "axis1"], ["keep_col"]),
+        node("Unsqueeze", ["id", "axis1"], ["id_col"]),
+        node("Expand", ["id_col", "ring_shape"], ["id_ring"]),
+        node("Reshape", ["id_ring", "minus_one"], ["id_rows"]),
+    ]
+
+
+def _full_window_nodes(h: str) -> list[onnx.NodeProto]:
+    """Window mode, after the cell: the hidden state of each stream's window that has now read
+    maxlen characters (or everything, near the start)."""
+    return [
+        node("Add", ["t", "one_i64"], ["read"]),
+        node("Mod", ["read", "window"], ["read_mod"]),
+        node("GreaterOrEqual", ["read", "window"], ["wrapped"]),
+        node("Where", ["wrapped", "read_mod", "zero_i64"], ["full"]),
+        node("Add", ["stream_first_row", "full"], ["full_rows"]),
+        node("Gather", [h, "full_rows"], ["h_full"], axis=0),
+    ]
+
+
+def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, filtered: bool,
+               ring: bool):
+    """One iteration: draw a character from softmax(logits / T), feed it through the LSTM layers.
+
+    ring: window mode, where each stream's states are maxlen staggered windows [B * maxlen, U]."""
     weights = "w_kept" if filtered else "w"
     nodes = [
         node("Mul", ["logits_in", "inv_t"], ["scaled"]),
@@ -86,27 +118,36 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, fi
         node("Cast", ["above"], ["above_i"], to=TensorProto.INT32),
         node("ArgMax", ["above_i"], ["id"], axis=1, keepdims=0),  # first index where cdf > u·total
         node("Identity", ["cond_in"], ["cond_out"]),
+        *(_ring_nodes() if ring else []),
     ]
     x = None
     for layer in range(n_layers):
         h, c, p = states[2 * layer].input, states[2 * layer + 1].input, f"l{layer}_"
+        h_in, c_in = f"{h}_in", f"{c}_in"
+        if ring:
+            nodes += [node("Mul", [h_in, "keep_col"], [f"{h}_kept"]),
+                      node("Mul", [c_in, "keep_col"], [f"{c}_kept"])]
+            h_in, c_in = f"{h}_kept", f"{c}_kept"
         if x is None:  # one-hot input: the input projection is a row of the table
-            nodes.append(node("Gather", [p + "input", "id"], [p + "xw"], axis=0))
+            nodes.append(node("Gather", [p + "input", "id_rows" if ring else "id"], [p + "xw"], axis=0))
         else:
             nodes.append(node("Gemm", [x, p + "input", p + "bias"], [p + "xw"]))
         nodes += [
-            node("Gemm", [f"{h}_in", p + "recurrent", p + "xw"], [p + "gates"]),
+            node("Gemm", [h_in, p + "recurrent", p + "xw"], [p + "gates"]),
             node("Split", [p + "gates", p + "split"], [p + "iof_pre", p + "g_pre"], axis=1),
             node("Sigmoid", [p + "iof_pre"], [p + "iof"]),
             node("Tanh", [p + "g_pre"], [p + "g"]),
             node("Split", [p + "iof", p + "split3"], [p + "i", p + "o", p + "f"], axis=1),
-            node("Mul", [p + "f", f"{c}_in"], [p + "fc"]),
+            node("Mul", [p + "f", c_in], [p + "fc"]),
             node("Mul", [p + "i", p + "g"], [p + "ig"]),
             node("Add", [p + "fc", p + "ig"], [f"{c}_next"]),
             node("Tanh", [f"{c}_next"], [p + "tc"]),
             node("Mul", [p + "o", p + "tc"], [f"{h}_next"]),
         ]
         x = f"{h}_next"
+    if ring:
+        nodes += _full_window_nodes(x)
+        x = "h_full"
     nodes.append(node("Gemm", [x, "dense_w", "dense_b"], ["logits_next"]))
 
     def carried(suffix):
@@ -125,14 +166,17 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, fi
 def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpec, ...]) -> onnx.ModelProto:
     """Inputs: logits [B,V] (e.g. log probs), the states, uniforms [K,B] in [0,1), inv_temperature [B]
     (1/T; 1e30 is greedy), top_k [B] i64 (0 = off), top_p [B] (1 = off), use_filter (bool: false skips
-    top-k/top-p). Outputs: ids [K,B] (each drawn, then fed), logits_out and the states after them."""
+    top-k/top-p), window (i64: 0 = stateful; maxlen = window mode, the states then [B * maxlen, U],
+    see charsdk.generator), start (i64: characters read so far, window mode).
+    Outputs: ids [K,B] (each drawn, then fed), logits_out and the states after them."""
     layers, (dense_w, dense_b) = _cell_weights(step, vocab_size)
     if 2 * len(layers) != len(states):
         raise ValueError("model.onnx has a different number of LSTM layers than its states")
     V = vocab_size
     arrays = {
         "zero_i64": np.array(0, np.int64), "one_i64": np.array(1, np.int64),
-        "vocab_i64": np.array(V, np.int64), "axis1": np.array([1], np.int64),
+        "vocab_i64": np.array(V, np.int64), "axis0": np.array([0], np.int64),
+        "axis1": np.array([1], np.int64), "minus_one": np.array([-1], np.int64),
         "axis2": np.array([2], np.int64), "axis1_scalar": np.array(1, np.int64),
         "last_index": np.array([V - 1], np.int64), "k_all": np.array([V], np.int64),
         "positions": np.arange(V, dtype=np.int64)[None, :], "true": np.array(True),
@@ -150,14 +194,40 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
 
     outputs = ["logits_out", *[s.output for s in states], "ids"]
     loop_inputs = ["steps", "true", "logits", *[s.input for s in states]]
-    branches = {}  # one loop with top-k/top-p, one without: If picks once per call, not per character
-    for tag, filtered in (("filtered", True), ("plain", False)):
+
+    def branch(tag, extra_nodes, then_graph, else_graph):
         names = [f"{name}_{tag}" for name in outputs]
-        body = _loop_body(len(layers), states, V, filtered)
-        branches[tag] = helper.make_graph(
+        return helper.make_graph(
+            [*extra_nodes, node("If", ["use_filter"], names, then_branch=then_graph,
+                                else_branch=else_graph)], tag, [],
+            [helper.make_tensor_value_info(name, I64 if name.startswith("ids") else F32, None)
+             for name in names])
+
+    def loop(tag, filtered, ring):
+        names = [f"{name}_{tag}" for name in outputs]
+        body = _loop_body(len(layers), states, V, filtered, ring)
+        return helper.make_graph(
             [node("Loop", loop_inputs, names, body=body)], tag, [],
             [helper.make_tensor_value_info(name, I64 if name.startswith("ids") else F32, None)
              for name in names])
+
+    # Four loops (stateful or window, with or without top-k/top-p): the Ifs choose once per call.
+    ring_constants = [  # window mode: row r of the states is window r mod maxlen of stream r // maxlen
+        node("Shape", [states[0].input], ["rows_shape"]),
+        node("Gather", ["rows_shape", "zero_i64"], ["rows"], axis=0),
+        node("Range", ["zero_i64", "rows", "one_i64"], ["row_ids"]),
+        node("Mod", ["row_ids", "window"], ["window_of_row"]),
+        node("Shape", ["logits"], ["logits_shape"]),
+        node("Gather", ["logits_shape", "zero_i64"], ["streams"], axis=0),
+        node("Range", ["zero_i64", "streams", "one_i64"], ["stream_ids"]),
+        node("Mul", ["stream_ids", "window"], ["stream_first_row"]),
+        node("Unsqueeze", ["streams", "axis0"], ["streams_1d"]),
+        node("Unsqueeze", ["window", "axis0"], ["window_1d"]),
+        node("Concat", ["streams_1d", "window_1d"], ["ring_shape"], axis=0),
+    ]
+    windowed = branch("windowed", ring_constants, loop("window_filtered", True, True),
+                      loop("window_plain", False, True))
+    stateful = branch("stateful", [], loop("filtered", True, False), loop("plain", False, False))
     nodes = [
         node("Unsqueeze", ["inv_temperature", "axis1"], ["inv_t"]),
         node("Unsqueeze", ["uniforms", "axis2"], ["uniforms_3d"]),
@@ -168,8 +238,8 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
         node("Unsqueeze", ["top_p", "axis1"], ["p_col"]),
         node("Shape", ["uniforms"], ["uniforms_shape"]),
         node("Gather", ["uniforms_shape", "zero_i64"], ["steps"], axis=0),
-        node("If", ["use_filter"], outputs, then_branch=branches["filtered"],
-             else_branch=branches["plain"]),
+        node("Greater", ["window", "zero_i64"], ["is_window"]),
+        node("If", ["is_window"], outputs, then_branch=windowed, else_branch=stateful),
     ]
 
     def batch_info(name, size, dtype=F32):
@@ -182,7 +252,9 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
          helper.make_tensor_value_info("inv_temperature", F32, ["B"]),
          helper.make_tensor_value_info("top_k", I64, ["B"]),
          helper.make_tensor_value_info("top_p", F32, ["B"]),
-         helper.make_tensor_value_info("use_filter", BOOL, [])],
+         helper.make_tensor_value_info("use_filter", BOOL, []),
+         helper.make_tensor_value_info("window", I64, []),
+         helper.make_tensor_value_info("start", I64, [])],
         [batch_info("logits_out", V), *[batch_info(s.output, s.size) for s in states],
          helper.make_tensor_value_info("ids", I64, ["K", "B"])],
         initializer=[numpy_helper.from_array(v, name) for name, v in arrays.items()],
