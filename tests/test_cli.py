@@ -61,8 +61,15 @@ def test_version_and_help():
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "vocab.json").write_text('{"format": "charsdk-model", "format_version": 7}')
     for args, message in [
         (["gen", "--model", str(tmp_path / "missing")], "does not exist"),
+        (["gen", "--model", str(broken)], "format_version 7"),
+        (["eval", str(tmp_path / "nope.txt")], "cannot read"),
+        (["gen", "--top-p", "1.5"], "top_p"),
+        (["gen", "--length", "-3"], "length"),
         (["gen", "--temperature", "-2"], "temperature"),
         (["gen", "--seed-text", "\u2603"], "does not know"),
     ]:

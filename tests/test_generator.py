@@ -133,6 +133,25 @@ def test_upper_case_seed_is_lower_cased(generator):
         "the will", length=60, seed=1)
 
 
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+def test_a_seed_longer_than_the_context_works(generator, mode):
+    long_seed = "the philosopher, as the man of the most comprehensive responsibility, " * 4
+    text = generator.generate(long_seed, length=50, seed=2, mode=mode)
+    assert len(text) == 50
+    if mode == "window":  # only the last maxlen characters count
+        assert text == generator.generate(long_seed[-generator.vocab.maxlen :], length=50, seed=2,
+                                          mode=mode)
+
+
+def test_loading_never_runs_code_from_the_model_directory(tmp_path):
+    model = copy_model(tmp_path)
+    marker = tmp_path / "ran"
+    for name in ("__init__.py", "vocab.py", "model.py", "sitecustomize.py"):
+        (model / name).write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    Generator.load(model).generate("the ", length=10, seed=0)
+    assert not marker.exists()
+
+
 def test_length_zero_and_empty_seed(generator):
     assert generator.generate("abc", length=0) == ""
     assert len(generator.generate("", length=20, seed=0)) == 20
