@@ -93,3 +93,7 @@ def test_a_draw_is_always_a_valid_index_that_the_options_allow(probs, t, top_k, 
         assert (probs > probs[index]).sum() < top_k
     if t == 0:
         assert probs[index] == probs.max()
+    # top-p: the characters more likely than the one drawn hold less than top_p of the (top-k) mass
+    q = normalised(reweight(probs, options.inv_temperature))[0]
+    kept = np.sort(q)[::-1][: top_k or len(q)]
+    assert q[q > q[index]].sum() / kept.sum() < top_p + 1e-9
