@@ -19,9 +19,9 @@ from .vocab import Vocab
 DEFAULT_MODEL = "nietzsche"
 MODES = ("stateful", "window")
 FIRST_CHUNK = 16  # characters in the first onnxruntime call: the first ones show quickly
+CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
 GREEDY_INV_TEMPERATURE = 1e30  # 1/T for T = 0 in sampler.onnx: all weight on the largest logit
 PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score it as 1e-30
-CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
 
 
 def shipped_models_dir() -> Path:

@@ -35,6 +35,7 @@ def parse_args(argv):
     for name in ("epochs", "maxlen", "step", "batch_size", "seed", "sample_length"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int)
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--dropout", type=float)
     p.add_argument("--units", type=lambda s: tuple(int(u) for u in s.split(",")),
                    help="LSTM widths, comma-separated, e.g. 256,256")
     return p.parse_args(argv)
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in
                  ("epochs", "maxlen", "step", "batch_size", "seed", "sample_length",
-                  "learning_rate", "units")}
+                  "learning_rate", "dropout", "units")}
     recipe = make_recipe(args.recipe, **overrides)
     try:
         corpus = load_corpus(args.corpus, maxlen=recipe.maxlen, holdout=recipe.holdout,
