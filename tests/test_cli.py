@@ -50,6 +50,13 @@ def test_eval_reports_bits_per_char(tmp_path):
     assert result.exit_code == 2 and "UTF-8" in result.stderr
 
 
+def test_unknown_seed_characters_can_be_skipped():
+    result = runner.invoke(app, ["gen", "-s", "the \u2603will", "-n", "30", "--seed", "1",
+                                 "--on-unknown", "skip"])
+    assert result.exit_code == 0
+    assert result.stdout == Generator.load().generate("the will", 30, seed=1) + "\n"
+
+
 def test_version_and_help():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"charsdk {__version__}"
