@@ -74,6 +74,7 @@ class Generator:
         self.sampler = sampler  # a Loop of sample-then-step, many characters per call
         self.path = path
         self._codes = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
+        self._model_outputs = [vocab.probs_name] + [s.output for s in vocab.states]
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, threads: int = 1,
@@ -108,8 +109,7 @@ class Generator:
 
     def _run(self, x: np.ndarray, state: dict[str, np.ndarray]):
         """model.onnx: the distribution after the last step of x [B, T, V], and the state it leaves."""
-        names = [self.vocab.probs_name] + [s.output for s in self.vocab.states]
-        probs, *new = self.model.run(names, {self.vocab.input_name: x, **state})
+        probs, *new = self.model.run(self._model_outputs, {self.vocab.input_name: x, **state})
         return probs, {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
 
     def _prime(self, ids: np.ndarray, batch: int):

@@ -56,8 +56,8 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
     staging.mkdir()
     step_proto, _ = tf2onnx.convert.from_function(
         step, input_signature=step.input_signature, opset=opset)
-    onnx_path = save_content_addressed(step_proto, staging, "model")
-    sampler_path = save_content_addressed(
+    onnx_path, onnx_sha256 = save_content_addressed(step_proto, staging, "model")
+    sampler_path, sampler_sha256 = save_content_addressed(
         build_sampler(step_proto, len(corpus.chars), states), staging, "sampler")
 
     best = log["epochs"][log["best_epoch"] - 1]
@@ -69,9 +69,9 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
         lowercase=recipe["lowercase"],
         states=states,
         onnx_file=onnx_path.name,
-        onnx_sha256=sha256_of(onnx_path),
+        onnx_sha256=onnx_sha256,
         sampler_file=sampler_path.name,
-        sampler_sha256=sha256_of(sampler_path),
+        sampler_sha256=sampler_sha256,
         default_seed_text=holdout_text[seed_start : seed_start + recipe["maxlen"]],
         training={
             "recipe_name": log["recipe_name"],
@@ -109,13 +109,15 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
     return parity
 
 
-def save_content_addressed(proto, directory: Path, stem: str) -> Path:
-    """Save as <stem>-<sha256 prefix>.onnx: a new export never overwrites a file in use."""
+def save_content_addressed(proto, directory: Path, stem: str) -> tuple[Path, str]:
+    """Save as <stem>-<sha256 prefix>.onnx (a new export never overwrites a file in use);
+    returns the path and the full sha256."""
     tmp = directory / f"{stem}.onnx"
     onnx.save(proto, tmp)
-    path = directory / f"{stem}-{sha256_of(tmp)[:12]}.onnx"
+    sha256 = sha256_of(tmp)
+    path = directory / f"{stem}-{sha256[:12]}.onnx"
     os.replace(tmp, path)
-    return path
+    return path, sha256
 
 
 def install(staging: Path, model_dir: Path, keep: set[str]) -> None:

@@ -137,7 +137,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             write_atomic(log_path, json.dumps(log, indent=2) + "\n")
             print(f"\nepoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
                   f"(best epoch {log.get('best_epoch')})")
-            print_samples(self.model, corpus, recipe, epoch)
+            print_samples(self.model, epoch)
             if recipe.time_budget_s and entries[-1]["wall_s"] >= recipe.time_budget_s:
                 print(f"time budget of {recipe.time_budget_s:.0f} s reached: stopping")
                 self.model.stop_training = True
@@ -145,7 +145,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
                 print(f"no better held-out figure for {recipe.patience} epochs: stopping")
                 self.model.stop_training = True
 
-    def print_samples(model, corpus, recipe, epoch):
+    def print_samples(model, epoch):
         step_fn, states = inference_function(model)  # a copy of this epoch's weights
         rng = np.random.default_rng(recipe.seed + epoch)
         start = int(rng.integers(0, corpus.split - recipe.maxlen))
