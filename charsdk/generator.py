@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError, ModelError
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, gumbel_noise
 from .vocab import Vocab
 
 DEFAULT_MODEL = "nietzsche"
@@ -21,6 +21,7 @@ MODES = ("stateful", "window")
 FIRST_CHUNK = 16  # characters in the first onnxruntime call: the first ones show quickly
 CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
 GREEDY_INV_TEMPERATURE = 1e30  # 1/T for T = 0 in sampler.onnx: all weight on the largest logit
+SAMPLER_INPUTS = {"logits", "noise", "inv_temperature", "top_k", "top_p", "use_filter", "window", "start"}
 PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score it as 1e-30
 
 
@@ -100,6 +101,9 @@ class Generator:
                 f"vocab.json lists {vocab.size} characters but {vocab.onnx_file} takes {width}: "
                 "the files do not belong together; re-export the model"
             )
+        if {i.name for i in sampler.get_inputs()} != SAMPLER_INPUTS | {s.input for s in vocab.states}:
+            raise ModelError(f"{vocab.sampler_file} does not take the inputs this charsdk gives it "
+                             "(an export by another version): re-export the model with make export")
         return cls(vocab, model, sampler, path)
 
     # -- the graphs ---------------------------------------------------------------------------
@@ -118,12 +122,12 @@ class Generator:
         probs, state = self._run(x, self._zero_state(1))
         return np.repeat(probs, batch, 0), {k: np.repeat(v, batch, 0) for k, v in state.items()}
 
-    def _stateful_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
+    def _stateful_ids(self, ids, options, noise_chunks) -> Iterator[np.ndarray]:
         """Chunks of drawn ids [k, B]: the seed run once, then one LSTM step per character."""
         probs, state = self._prime(ids, len(options))
-        return self._sample(probs, state, options, uniform_chunks, window=0, read=0)
+        return self._sample(probs, state, options, noise_chunks, window=0, read=0)
 
-    def _window_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
+    def _window_ids(self, ids, options, noise_chunks) -> Iterator[np.ndarray]:
         """Chunks of drawn ids [k, B], each predicted from the last maxlen characters and a zero state.
 
         Rather than rerunning maxlen LSTM steps per character, each stream keeps maxlen staggered
@@ -147,10 +151,10 @@ class Generator:
             probs = probs.reshape(batch, maxlen, size)[:, read % maxlen if read >= maxlen else 0]
         else:  # an empty seed: one all-zero input from the zero state, as in stateful mode
             probs, _ = self._prime(ids, batch)
-        return self._sample(probs, state, options, uniform_chunks, window=maxlen, read=read)
+        return self._sample(probs, state, options, noise_chunks, window=maxlen, read=read)
 
-    def _sample(self, probs, state, options, uniform_chunks, window: int, read: int):
-        """sampler.onnx, one call per chunk: draw a character, feed it back, k times."""
+    def _sample(self, probs, state, options, noise_chunks, window: int, read: int):
+        """sampler.onnx, one call per chunk of noise [k, B, V]: draw a character, feed it back, k times."""
         with np.errstate(divide="ignore"):
             logits = np.log(probs)  # log 0 = -inf: that character keeps probability 0
         inv_t = np.array([o.inv_temperature for o in options])
@@ -162,9 +166,9 @@ class Generator:
             "window": np.array(window, np.int64),
         }
         names = ["logits_out"] + [s.output for s in self.vocab.states] + ["ids"]
-        for uniforms in uniform_chunks:
+        for noise in noise_chunks:
             logits, *new, drawn = self.sampler.run(names, {
-                "logits": logits, **state, "uniforms": uniforms, "start": np.array(read, np.int64),
+                "logits": logits, **state, "noise": noise, "start": np.array(read, np.int64),
                 **settings})
             state = {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
             read += len(drawn)
@@ -191,10 +195,11 @@ class Generator:
             return iter(())
         # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(options))]
-        uniform_chunks = (np.stack([r.random(k, np.float32) for r in rngs], axis=1)
-                          for k in chunk_sizes(length))
+        temperatures = [o.temperature for o in options]
+        noise_chunks = (gumbel_noise(np.stack([r.random((k, self.vocab.size), np.float32) for r in rngs],
+                                              axis=1), temperatures) for k in chunk_sizes(length))
         steps = self._window_ids if mode == "window" else self._stateful_ids
-        return self._decode(steps(ids, options, uniform_chunks), len(options), length, stop)
+        return self._decode(steps(ids, options, noise_chunks), len(options), length, stop)
 
     def _decode(self, chunks, streams: int, length: int, stop: list[str]) -> Iterator[list[str]]:
         """For each chunk of ids, the new text of every stream (stop strings cut, held back until safe)."""

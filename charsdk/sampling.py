@@ -1,10 +1,12 @@
-"""Drawing the next character: temperature, top-k, top-p, inverse CDF — in float64 with no log(0).
+"""Drawing the next character: temperature, top-k, top-p and the Gumbel-max trick — with no log(0) warning.
 
-The book reweights by `exp(log(p) / T)`; in float32 `log(0)` warns and small temperatures overflow.
-`(p / max p) ** (1/T)` is the same distribution up to normalisation, keeps zeros at zero, and at T=0
-(1/T = inf) leaves weight only on the most likely character: greedy decoding with no special case.
-The uniform numbers come from the caller's seeded numpy generator, so a seed fixes the text.
-sampler.onnx (written at export, see train/sampler_graph.py) computes exactly this inside onnxruntime.
+The book reweights by `exp(log(p) / T)`, renormalises and draws. Adding Gumbel noise g to log(p) / T
+and taking the argmax is an exact draw from that same distribution (the Gumbel-max trick); multiplied
+through by T it is `argmax(log p + T·g)`: no normalisation, no cumulative sum, one pass over the
+vocabulary, and T = 0 is the argmax itself (greedy) with no special case. Characters with p = 0 have
+log p = -inf and are never drawn. The uniform numbers behind g come from the caller's seeded numpy
+generator, so a seed fixes the text. sampler.onnx (train/sampler_graph.py) runs the same argmax
+inside onnxruntime on noise made here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+
+LOG_LOG_CAP = 88.0  # log(-log u) for u = 0 is +inf: cap it so that 0 · cap stays 0 for T = 0
 
 
 @dataclass(frozen=True)
@@ -48,16 +52,32 @@ class SamplingOptions:
         return self.top_k > 0 or self.top_p < 1
 
 
-def reweight(probs: np.ndarray, inv_temperature, top_k=0, top_p=1.0) -> np.ndarray:
-    """Unnormalised weights [B, V] for probs [B, V]; each argument is a scalar or one per row."""
+def gumbel_noise(uniforms: np.ndarray, temperatures) -> np.ndarray:
+    """T·g, float32, for uniforms [..., B, V] in [0, 1) and one temperature per row B.
+
+    g = -log(-log u) is a standard Gumbel number; u = 0 gives g = -inf, which never wins an argmax
+    (and is capped so that T = 0 still gives exactly 0)."""
+    temperatures = np.asarray(temperatures, np.float32).reshape(-1, 1)
+    with np.errstate(divide="ignore"):
+        noise = np.log(uniforms, dtype=np.float32)
+        np.negative(noise, out=noise)
+        np.log(noise, out=noise)  # log(-log u) = -g
+    np.minimum(noise, LOG_LOG_CAP, out=noise)
+    noise *= -temperatures
+    return noise
+
+
+def allowed(probs: np.ndarray, inv_temperature, top_k=0, top_p=1.0) -> np.ndarray:
+    """Which characters top-k / top-p keep [B, V], for probs [B, V] reweighted by 1/T.
+
+    Each argument is a scalar or one per row. The weights `(p / max p) ** (1/T)` are the book's
+    reweighting up to normalisation, computed in float64 with zeros kept at zero."""
     p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     inv_t = np.broadcast_to(np.asarray(inv_temperature, np.float64), p.shape[:1])[:, None]
     w = (p / p.max(axis=1, keepdims=True)) ** inv_t
+    vocab = p.shape[1]
     top_k = np.broadcast_to(np.asarray(top_k, np.int64), p.shape[:1])
     top_p = np.broadcast_to(np.asarray(top_p, np.float64), p.shape[:1])
-    if (top_k == 0).all() and (top_p >= 1).all():
-        return w
-    vocab = p.shape[1]
     k = np.where(top_k == 0, vocab, np.minimum(top_k, vocab))[:, None]
     ranked = -np.sort(-w, axis=1)
     in_k = np.arange(vocab)[None, :] < k
@@ -66,16 +86,20 @@ def reweight(probs: np.ndarray, inv_temperature, top_k=0, top_p=1.0) -> np.ndarr
     mass_before = np.cumsum(ranked_p, axis=1) - ranked_p
     kept = (mass_before < top_p[:, None]) & in_k
     threshold = np.take_along_axis(ranked, kept.sum(axis=1, keepdims=True) - 1, axis=1)
-    return w * (w >= threshold)
+    return w >= threshold
 
 
-def draw(weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Inverse CDF, one uniform in [0, 1) per row: the first index where cdf > u * total."""
-    cdf = np.cumsum(weights, axis=1)
-    return np.argmax(cdf > uniforms[:, None] * cdf[:, -1:], axis=1)
+def draw(probs: np.ndarray, noise: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """argmax(log p + T·g) per row of probs [B, V], over the characters `keep` allows."""
+    with np.errstate(divide="ignore"):
+        scores = np.log(np.atleast_2d(np.asarray(probs, np.float64))) + noise
+    if keep is not None:
+        scores = np.where(keep, scores, -np.inf)
+    return np.argmax(scores, axis=1)
 
 
 def sample(probs: np.ndarray, options: SamplingOptions, rng: np.random.Generator) -> int:
-    """One index drawn from one distribution (O(vocabulary))."""
-    weights = reweight(probs, options.inv_temperature, options.top_k, options.top_p)
-    return int(draw(weights, np.array([rng.random()]))[0])
+    """One index drawn from one distribution [V] (O(vocabulary))."""
+    noise = gumbel_noise(rng.random((1, len(probs)), np.float32), [options.temperature])
+    keep = allowed(probs, options.inv_temperature, options.top_k, options.top_p) if options.filters else None
+    return int(draw(probs, noise, keep)[0])

@@ -102,30 +102,19 @@ def test_evaluate_scores_text_in_both_modes(generator):
 def test_window_mode_is_the_books_loop(generator, seed_text):
     """Each character drawn from the last maxlen characters run from a zero state, as in the book."""
     from charsdk.generator import FIRST_CHUNK, chunk_sizes
-    from charsdk.sampling import SamplingOptions, sample
+    from charsdk.sampling import draw, gumbel_noise
 
-    length, maxlen = 150, generator.vocab.maxlen
+    length, maxlen, size = 150, generator.vocab.maxlen, generator.vocab.size
     assert FIRST_CHUNK < length
     rng = np.random.default_rng(np.random.SeedSequence(11).spawn(1)[0])
-    uniforms = np.concatenate([rng.random(k, np.float32) for k in chunk_sizes(length)])
-    text, options = seed_text, SamplingOptions(0.8)
+    uniforms = np.concatenate([rng.random((k, size), np.float32) for k in chunk_sizes(length)])
+    text = seed_text
     for u in uniforms:
         window = generator.vocab.encode(text[-maxlen:])
-        x = generator.vocab.one_hot(window) if len(window) else np.zeros((1, 1, generator.vocab.size),
-                                                                         np.float32)
+        x = generator.vocab.one_hot(window) if len(window) else np.zeros((1, 1, size), np.float32)
         probs, _ = generator._run(x, generator._zero_state(1))
-        text += generator.vocab.chars[sample(probs[0], options, _Fixed(u))]
+        text += generator.vocab.chars[int(draw(probs, gumbel_noise(u[None], [0.8]))[0])]
     assert generator.generate(seed_text, length, 0.8, seed=11, mode="window") == text[len(seed_text):]
-
-
-class _Fixed:
-    """A stand-in generator that returns a given uniform number."""
-
-    def __init__(self, u):
-        self.u = u
-
-    def random(self):
-        return self.u
 
 
 def test_upper_case_seed_is_lower_cased(generator):
@@ -212,6 +201,18 @@ def test_vocab_width_must_match_the_onnx_input(tmp_path):
     data["chars"] = data["chars"][:-1]
     (model / "vocab.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="do not belong together"):
+        Generator.load(model)
+
+
+def test_a_sampler_with_other_inputs_is_refused(tmp_path):
+    """E.g. a sampler.onnx written by an older charsdk: re-export rather than fail mid-generation."""
+    import json
+
+    model = copy_model(tmp_path)
+    data = json.loads((model / "vocab.json").read_text())
+    data["sampler"] = data["onnx"]  # model.onnx as the sampler: a valid graph with the wrong inputs
+    (model / "vocab.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="re-export"):
         Generator.load(model)
 
 

@@ -2,11 +2,11 @@
 
 One call to model.onnx per character costs ~16 µs of onnxruntime overhead, more than the arithmetic
 of one LSTM step. This graph runs model.onnx's weights inside an ONNX Loop that, per iteration,
-draws a character and feeds it back. Drawing: the book's temperature rule applied to the logits,
-softmax(logits / T), which equals p^(1/T) renormalised and needs no log(0); optional top-k / top-p;
-inverse CDF with a uniform number supplied by the caller, so numpy's seeded generator keeps every
-result reproducible. The LSTM cell is written out with 2-D tensors: for one step of a small batch
-that is faster than onnxruntime's LSTM kernel, and the one-hot input becomes a row lookup.
+draws a character and feeds it back. Drawing is charsdk.sampling's Gumbel-max rule,
+argmax(logits + T·g), on noise T·g made by the caller from numpy's seeded generator (so every result
+is reproducible), with optional top-k / top-p; it takes three kernels per character where a softmax
+and a cumulative sum took nine. The LSTM cell is written out with 2-D tensors: for one step of a small
+batch that is faster than onnxruntime's LSTM kernel, and the one-hot input becomes a row lookup.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ def _cell_weights(step: onnx.ModelProto, vocab_size: int):
     return layers, (weights[matmul.input[1]], weights[add.input[1]])
 
 
-def _filter_nodes(weights: str, out: str) -> list[onnx.NodeProto]:
-    """Top-k, then top-p, on the weights sorted in decreasing order (axis 1 of [B, V])."""
+def _filter_nodes() -> list[onnx.NodeProto]:
+    """"kept": top-k, then top-p, of softmax(logits / T) sorted in decreasing order (axis 1 of [B, V])."""
     return [
-        node("TopK", [weights, "k_all"], ["sorted", "sorted_idx"], axis=1, largest=1, sorted=1),
+        node("Mul", ["logits_in", "inv_t"], ["scaled"]),
+        node("Softmax", ["scaled"], ["w"], axis=1),
+        node("TopK", ["w", "k_all"], ["sorted", "sorted_idx"], axis=1, largest=1, sorted=1),
         node("Less", ["positions", "k_col"], ["in_k"]),
         node("Cast", ["in_k"], ["in_k_f"], to=F32),
         node("Mul", ["sorted", "in_k_f"], ["sorted_k"]),
@@ -60,14 +62,12 @@ def _filter_nodes(weights: str, out: str) -> list[onnx.NodeProto]:
         node("CumSum", ["sorted_p", "axis1_scalar"], ["cum"]),
         node("Sub", ["cum", "sorted_p"], ["mass_before"]),
         node("Less", ["mass_before", "p_col"], ["in_p"]),
-        node("And", ["in_p", "in_k"], ["kept"]),
-        node("Cast", ["kept"], ["kept_i"], to=I64),
+        node("And", ["in_p", "in_k"], ["kept_sorted"]),
+        node("Cast", ["kept_sorted"], ["kept_i"], to=I64),
         node("ReduceSum", ["kept_i", "axis1"], ["n_kept"], keepdims=1),
         node("Sub", ["n_kept", "one_i64"], ["last_kept"]),
         node("GatherElements", ["sorted", "last_kept"], ["threshold"], axis=1),
-        node("GreaterOrEqual", [weights, "threshold"], ["allowed"]),
-        node("Cast", ["allowed"], ["allowed_f"], to=F32),
-        node("Mul", [weights, "allowed_f"], [out]),
+        node("GreaterOrEqual", ["w", "threshold"], ["kept"]),
     ]
 
 
@@ -102,22 +102,16 @@ def _full_window_nodes(h: str) -> list[onnx.NodeProto]:
 
 def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, filtered: bool,
                ring: bool):
-    """One iteration: draw a character from softmax(logits / T), feed it through the LSTM layers.
+    """One iteration: draw argmax(logits + T·g) (over the top-k / top-p characters if filtered),
+    feed it through the LSTM layers.
 
     ring: window mode, where each stream's states are maxlen staggered windows [B * maxlen, U]."""
-    weights = "w_kept" if filtered else "w"
     nodes = [
-        node("Mul", ["logits_in", "inv_t"], ["scaled"]),
-        node("Softmax", ["scaled"], ["w"], axis=1),
-        *(_filter_nodes("w", "w_kept") if filtered else []),
-        node("CumSum", [weights, "axis1_scalar"], ["cdf"]),
-        node("Gather", ["cdf", "last_index"], ["total"], axis=1),
-        node("Gather", ["uniforms_3d", "i"], ["u"], axis=0),
-        node("Mul", ["u", "total"], ["target"]),
-        node("Greater", ["cdf", "target"], ["above"]),
-        node("Cast", ["above"], ["above_i"], to=TensorProto.INT32),
-        node("ArgMax", ["above_i"], ["id"], axis=1, keepdims=0),  # first index where cdf > u·total
-        node("Identity", ["cond_in"], ["cond_out"]),
+        node("Gather", ["noise", "i"], ["g"], axis=0),
+        node("Add", ["logits_in", "g"], ["perturbed"]),
+        *(_filter_nodes() + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
+          if filtered else []),
+        node("ArgMax", ["perturbed_kept" if filtered else "perturbed"], ["id"], axis=1, keepdims=0),
         *(_ring_nodes() if ring else []),
     ]
     x = None
@@ -158,16 +152,17 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, fi
         nodes, "draw_and_step",
         [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
          logits("logits_in"), *carried("in")],
-        [helper.make_tensor_value_info("cond_out", BOOL, []), logits("logits_next"), *carried("next"),
+        [helper.make_tensor_value_info("cond_in", BOOL, []), logits("logits_next"), *carried("next"),
          helper.make_tensor_value_info("id", I64, ["B"])],
     )
 
 
 def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpec, ...]) -> onnx.ModelProto:
-    """Inputs: logits [B,V] (e.g. log probs), the states, uniforms [K,B] in [0,1), inv_temperature [B]
-    (1/T; 1e30 is greedy), top_k [B] i64 (0 = off), top_p [B] (1 = off), use_filter (bool: false skips
-    top-k/top-p), window (i64: 0 = stateful; maxlen = window mode, the states then [B * maxlen, U],
-    see charsdk.generator), start (i64: characters read so far, window mode).
+    """Inputs: logits [B,V] (e.g. log probs), the states, noise [K,B,V] (T·g, see
+    charsdk.sampling.gumbel_noise), inv_temperature [B] (1/T, for top-k/top-p; 1e30 is greedy),
+    top_k [B] i64 (0 = off), top_p [B] (1 = off), use_filter (bool: false skips top-k/top-p),
+    window (i64: 0 = stateful; maxlen = window mode, the states then [B * maxlen, U], see
+    charsdk.generator), start (i64: characters read so far, window mode).
     Outputs: ids [K,B] (each drawn, then fed), logits_out and the states after them."""
     layers, (dense_w, dense_b) = _cell_weights(step, vocab_size)
     if 2 * len(layers) != len(states):
@@ -177,8 +172,8 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
         "zero_i64": np.array(0, np.int64), "one_i64": np.array(1, np.int64),
         "vocab_i64": np.array(V, np.int64), "axis0": np.array([0], np.int64),
         "axis1": np.array([1], np.int64), "minus_one": np.array([-1], np.int64),
-        "axis2": np.array([2], np.int64), "axis1_scalar": np.array(1, np.int64),
-        "last_index": np.array([V - 1], np.int64), "k_all": np.array([V], np.int64),
+        "minus_inf": np.array(-np.inf, np.float32), "axis1_scalar": np.array(1, np.int64),
+        "k_all": np.array([V], np.int64),
         "positions": np.arange(V, dtype=np.int64)[None, :], "true": np.array(True),
         "dense_w": dense_w, "dense_b": dense_b,
     }
@@ -230,14 +225,13 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
     stateful = branch("stateful", [], loop("filtered", True, False), loop("plain", False, False))
     nodes = [
         node("Unsqueeze", ["inv_temperature", "axis1"], ["inv_t"]),
-        node("Unsqueeze", ["uniforms", "axis2"], ["uniforms_3d"]),
         node("Equal", ["top_k", "zero_i64"], ["k_off"]),
         node("Min", ["top_k", "vocab_i64"], ["k_capped"]),
         node("Where", ["k_off", "vocab_i64", "k_capped"], ["k"]),
         node("Unsqueeze", ["k", "axis1"], ["k_col"]),
         node("Unsqueeze", ["top_p", "axis1"], ["p_col"]),
-        node("Shape", ["uniforms"], ["uniforms_shape"]),
-        node("Gather", ["uniforms_shape", "zero_i64"], ["steps"], axis=0),
+        node("Shape", ["noise"], ["noise_shape"]),
+        node("Gather", ["noise_shape", "zero_i64"], ["steps"], axis=0),
         node("Greater", ["window", "zero_i64"], ["is_window"]),
         node("If", ["is_window"], outputs, then_branch=windowed, else_branch=stateful),
     ]
@@ -248,7 +242,7 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
     graph = helper.make_graph(
         nodes, "sampler",
         [batch_info("logits", V), *[batch_info(s.input, s.size) for s in states],
-         helper.make_tensor_value_info("uniforms", F32, ["K", "B"]),
+         helper.make_tensor_value_info("noise", F32, ["K", "B", V]),
          helper.make_tensor_value_info("inv_temperature", F32, ["B"]),
          helper.make_tensor_value_info("top_k", I64, ["B"]),
          helper.make_tensor_value_info("top_p", F32, ["B"]),
