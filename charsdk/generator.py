@@ -13,15 +13,14 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError, ModelError
-from .sampling import SamplingOptions, gumbel_noise
+from .sampling import SamplingOptions
 from .vocab import Vocab
 
 DEFAULT_MODEL = "nietzsche"
 MODES = ("stateful", "window")
 FIRST_CHUNK = 16  # characters in the first onnxruntime call: the first ones show quickly
 CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
-GREEDY_INV_TEMPERATURE = 1e30  # 1/T for T = 0 in sampler.onnx: all weight on the largest logit
-SAMPLER_INPUTS = {"logits", "noise", "inv_temperature", "top_k", "top_p", "use_filter", "window", "start"}
+SAMPLER_INPUTS = {"logits", "uniforms", "temperature", "top_k", "top_p", "use_filter", "window", "start"}
 PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score it as 1e-30
 
 
@@ -122,12 +121,12 @@ class Generator:
         probs, state = self._run(x, self._zero_state(1))
         return np.repeat(probs, batch, 0), {k: np.repeat(v, batch, 0) for k, v in state.items()}
 
-    def _stateful_ids(self, ids, options, noise_chunks) -> Iterator[np.ndarray]:
+    def _stateful_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
         """Chunks of drawn ids [k, B]: the seed run once, then one LSTM step per character."""
         probs, state = self._prime(ids, len(options))
-        return self._sample(probs, state, options, noise_chunks, window=0, read=0)
+        return self._sample(probs, state, options, uniform_chunks, window=0, read=0)
 
-    def _window_ids(self, ids, options, noise_chunks) -> Iterator[np.ndarray]:
+    def _window_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
         """Chunks of drawn ids [k, B], each predicted from the last maxlen characters and a zero state.
 
         Rather than rerunning maxlen LSTM steps per character, each stream keeps maxlen staggered
@@ -151,24 +150,23 @@ class Generator:
             probs = probs.reshape(batch, maxlen, size)[:, read % maxlen if read >= maxlen else 0]
         else:  # an empty seed: one all-zero input from the zero state, as in stateful mode
             probs, _ = self._prime(ids, batch)
-        return self._sample(probs, state, options, noise_chunks, window=maxlen, read=read)
+        return self._sample(probs, state, options, uniform_chunks, window=maxlen, read=read)
 
-    def _sample(self, probs, state, options, noise_chunks, window: int, read: int):
-        """sampler.onnx, one call per chunk of noise [k, B, V]: draw a character, feed it back, k times."""
+    def _sample(self, probs, state, options, uniform_chunks, window: int, read: int):
+        """sampler.onnx, one call per chunk of uniforms [B, k, V]: draw a character, feed it back, k times."""
         with np.errstate(divide="ignore"):
             logits = np.log(probs)  # log 0 = -inf: that character keeps probability 0
-        inv_t = np.array([o.inv_temperature for o in options])
         settings = {
-            "inv_temperature": np.minimum(inv_t, GREEDY_INV_TEMPERATURE).astype(np.float32),
+            "temperature": np.array([o.temperature for o in options], np.float32),
             "top_k": np.array([o.top_k for o in options], np.int64),
             "top_p": np.array([o.top_p for o in options], np.float32),
             "use_filter": np.array(any(o.filters for o in options)),
             "window": np.array(window, np.int64),
         }
         names = ["logits_out"] + [s.output for s in self.vocab.states] + ["ids"]
-        for noise in noise_chunks:
+        for uniforms in uniform_chunks:
             logits, *new, drawn = self.sampler.run(names, {
-                "logits": logits, **state, "noise": noise, "start": np.array(read, np.int64),
+                "logits": logits, **state, "uniforms": uniforms, "start": np.array(read, np.int64),
                 **settings})
             state = {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
             read += len(drawn)
@@ -195,11 +193,16 @@ class Generator:
             return iter(())
         # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(options))]
-        temperatures = [o.temperature for o in options]
-        noise_chunks = (gumbel_noise(np.stack([r.random((k, self.vocab.size), np.float32) for r in rngs],
-                                              axis=1), temperatures) for k in chunk_sizes(length))
+        uniform_chunks = (self._uniforms(rngs, k) for k in chunk_sizes(length))
         steps = self._window_ids if mode == "window" else self._stateful_ids
-        return self._decode(steps(ids, options, noise_chunks), len(options), length, stop)
+        return self._decode(steps(ids, options, uniform_chunks), len(options), length, stop)
+
+    def _uniforms(self, rngs, k: int) -> np.ndarray:
+        """[B, k, V] uniform numbers in [0, 1), row b from stream b's generator."""
+        uniforms = np.empty((len(rngs), k, self.vocab.size), np.float32)
+        for rng, row in zip(rngs, uniforms, strict=True):
+            rng.random(out=row, dtype=np.float32)
+        return uniforms
 
     def _decode(self, chunks, streams: int, length: int, stop: list[str]) -> Iterator[list[str]]:
         """For each chunk of ids, the new text of every stream (stop strings cut, held back until safe)."""

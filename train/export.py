@@ -168,29 +168,29 @@ def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped
 
 def sampler_mismatches(generator: Generator, seed_ids, length: int = 200) -> int:
     """Characters drawn by sampler.onnx, in both modes, that numpy's draw (float64, from model.onnx's
-    distribution given the same characters) would not draw with the same noise, for several
+    distribution given the same characters) would not draw with the same uniform numbers, for several
     temperature / top-k / top-p settings at once."""
     options = [SamplingOptions.check(t, k, p) for t, k, p in
                [(0, 0, 1), (0.5, 0, 1), (1.0, 5, 1), (1.2, 0, 0.9), (0.8, 3, 0.5)]]
     inv_t = np.array([o.inv_temperature for o in options])
     top_k = np.array([o.top_k for o in options])
     top_p = np.array([o.top_p for o in options])
-    uniforms = np.random.default_rng(0).random((length, len(options), generator.vocab.size), np.float32)
+    uniforms = np.random.default_rng(0).random((len(options), length, generator.vocab.size), np.float32)
     noise = gumbel_noise(uniforms, [o.temperature for o in options])
     seed_ids, maxlen, rows = np.asarray(seed_ids), generator.vocab.maxlen, np.arange(len(options))
     mismatches = 0
     for steps in (generator._stateful_ids, generator._window_ids):
-        (drawn,) = steps(seed_ids, options, [noise])
+        (drawn,) = steps(seed_ids, options, [uniforms])
         texts = np.concatenate([np.tile(seed_ids, (len(options), 1)), drawn.T], axis=1)
         probs, state = generator._prime(seed_ids, len(options))
-        for step, g in enumerate(noise):
+        for step in range(length):
             if steps == generator._window_ids:  # the book's loop: the last maxlen characters, zero state
                 end = len(seed_ids) + step
                 x = np.eye(generator.vocab.size, dtype=np.float32)[texts[:, max(end - maxlen, 0) : end]]
                 probs, _ = generator._run(x, generator._zero_state(len(options)))
             with np.errstate(divide="ignore"):
-                scores = np.where(allowed(probs, inv_t, top_k, top_p), np.log(probs.astype(np.float64)) + g,
-                                  -np.inf)
+                scores = np.log(probs.astype(np.float64)) + noise[:, step]
+            scores[~allowed(probs, inv_t, top_k, top_p)] = -np.inf
             ids = drawn[step]
             mismatches += int((scores[rows, ids] < scores.max(axis=1) - 1e-4).sum())
             if steps == generator._stateful_ids:

@@ -3,10 +3,11 @@
 One call to model.onnx per character costs ~16 µs of onnxruntime overhead, more than the arithmetic
 of one LSTM step. This graph runs model.onnx's weights inside an ONNX Loop that, per iteration,
 draws a character and feeds it back. Drawing is charsdk.sampling's Gumbel-max rule,
-argmax(logits + T·g), on noise T·g made by the caller from numpy's seeded generator (so every result
-is reproducible), with optional top-k / top-p; it takes three kernels per character where a softmax
-and a cumulative sum took nine. The LSTM cell is written out with 2-D tensors: for one step of a small
-batch that is faster than onnxruntime's LSTM kernel, and the one-hot input becomes a row lookup.
+argmax(logits + T·g), with optional top-k / top-p; g is computed for the whole call at once from
+uniform numbers that numpy's seeded generator supplies (so every result is reproducible). Per
+character that is three kernels where a softmax and a cumulative sum took nine. The LSTM cell is
+written out with 2-D tensors: for one step of a small batch that is faster than onnxruntime's LSTM
+kernel, and the one-hot input becomes a row lookup.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from charsdk.sampling import LOG_LOG_CAP
 from charsdk.vocab import StateSpec
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
@@ -107,7 +109,7 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, fi
 
     ring: window mode, where each stream's states are maxlen staggered windows [B * maxlen, U]."""
     nodes = [
-        node("Gather", ["noise", "i"], ["g"], axis=0),
+        node("Gather", ["noise", "i"], ["g"], axis=1),
         node("Add", ["logits_in", "g"], ["perturbed"]),
         *(_filter_nodes() + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
           if filtered else []),
@@ -158,11 +160,10 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, fi
 
 
 def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpec, ...]) -> onnx.ModelProto:
-    """Inputs: logits [B,V] (e.g. log probs), the states, noise [K,B,V] (T·g, see
-    charsdk.sampling.gumbel_noise), inv_temperature [B] (1/T, for top-k/top-p; 1e30 is greedy),
-    top_k [B] i64 (0 = off), top_p [B] (1 = off), use_filter (bool: false skips top-k/top-p),
-    window (i64: 0 = stateful; maxlen = window mode, the states then [B * maxlen, U], see
-    charsdk.generator), start (i64: characters read so far, window mode).
+    """Inputs: logits [B,V] (e.g. log probs), the states, uniforms [B,K,V] in [0,1) (K characters
+    per stream), temperature [B] (0 = greedy), top_k [B] i64 (0 = off), top_p [B] (1 = off), use_filter
+    (bool: false skips top-k/top-p), window (i64: 0 = stateful; maxlen = window mode, the states then
+    [B * maxlen, U], see charsdk.generator), start (i64: characters read so far, window mode).
     Outputs: ids [K,B] (each drawn, then fed), logits_out and the states after them."""
     layers, (dense_w, dense_b) = _cell_weights(step, vocab_size)
     if 2 * len(layers) != len(states):
@@ -172,8 +173,9 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
         "zero_i64": np.array(0, np.int64), "one_i64": np.array(1, np.int64),
         "vocab_i64": np.array(V, np.int64), "axis0": np.array([0], np.int64),
         "axis1": np.array([1], np.int64), "minus_one": np.array([-1], np.int64),
-        "minus_inf": np.array(-np.inf, np.float32), "axis1_scalar": np.array(1, np.int64),
-        "k_all": np.array([V], np.int64),
+        "minus_inf": np.array(-np.inf, np.float32), "log_log_cap": np.array(LOG_LOG_CAP, np.float32),
+        "tiny": np.array(1e-30, np.float32), "axes12": np.array([1, 2], np.int64),
+        "axis1_scalar": np.array(1, np.int64), "k_all": np.array([V], np.int64),
         "positions": np.arange(V, dtype=np.int64)[None, :], "true": np.array(True),
         "dense_w": dense_w, "dense_b": dense_b,
     }
@@ -224,14 +226,24 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
                       loop("window_plain", False, True))
     stateful = branch("stateful", [], loop("filtered", True, False), loop("plain", False, False))
     nodes = [
+        # noise = T·g for every stream and step (charsdk.sampling.gumbel_noise); 1/T for the filters
+        node("Log", ["uniforms"], ["log_u"]),
+        node("Neg", ["log_u"], ["minus_log_u"]),
+        node("Log", ["minus_log_u"], ["log_log"]),
+        node("Min", ["log_log", "log_log_cap"], ["log_log_capped"]),
+        node("Neg", ["temperature"], ["minus_t"]),
+        node("Unsqueeze", ["minus_t", "axes12"], ["minus_t_3d"]),
+        node("Mul", ["log_log_capped", "minus_t_3d"], ["noise"]),
+        node("Max", ["temperature", "tiny"], ["t_positive"]),
+        node("Reciprocal", ["t_positive"], ["inv_temperature"]),
         node("Unsqueeze", ["inv_temperature", "axis1"], ["inv_t"]),
         node("Equal", ["top_k", "zero_i64"], ["k_off"]),
         node("Min", ["top_k", "vocab_i64"], ["k_capped"]),
         node("Where", ["k_off", "vocab_i64", "k_capped"], ["k"]),
         node("Unsqueeze", ["k", "axis1"], ["k_col"]),
         node("Unsqueeze", ["top_p", "axis1"], ["p_col"]),
-        node("Shape", ["noise"], ["noise_shape"]),
-        node("Gather", ["noise_shape", "zero_i64"], ["steps"], axis=0),
+        node("Shape", ["uniforms"], ["uniforms_shape"]),
+        node("Gather", ["uniforms_shape", "one_i64"], ["steps"], axis=0),
         node("Greater", ["window", "zero_i64"], ["is_window"]),
         node("If", ["is_window"], outputs, then_branch=windowed, else_branch=stateful),
     ]
@@ -242,8 +254,8 @@ def build_sampler(step: onnx.ModelProto, vocab_size: int, states: tuple[StateSpe
     graph = helper.make_graph(
         nodes, "sampler",
         [batch_info("logits", V), *[batch_info(s.input, s.size) for s in states],
-         helper.make_tensor_value_info("noise", F32, ["K", "B", V]),
-         helper.make_tensor_value_info("inv_temperature", F32, ["B"]),
+         helper.make_tensor_value_info("uniforms", F32, ["B", "K", V]),
+         helper.make_tensor_value_info("temperature", F32, ["B"]),
          helper.make_tensor_value_info("top_k", I64, ["B"]),
          helper.make_tensor_value_info("top_p", F32, ["B"]),
          helper.make_tensor_value_info("use_filter", BOOL, []),
