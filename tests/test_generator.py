@@ -85,6 +85,20 @@ def test_top_k_one_is_greedy(generator):
         generator.generate("the ", length=80, temperature=0)
 
 
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+def test_zero_uniform_numbers_give_no_nan_in_the_sampler(generator, mode):
+    """u = 0 makes log(-log u) infinite: sampler.onnx caps it, so every character gets the same noise
+    and each stream, greedy or not, filtered or not, draws the most likely character."""
+    from charsdk.sampling import SamplingOptions
+
+    options = [SamplingOptions(0.0), SamplingOptions(1.0), SamplingOptions(0.7, top_k=3, top_p=0.9)]
+    steps = generator._window_ids if mode == "window" else generator._stateful_ids
+    uniforms = np.zeros((len(options), 40, generator.vocab.size), np.float32)
+    (drawn,) = steps(generator.vocab.encode("the "), options, [uniforms])
+    greedy = generator.generate("the ", length=40, temperature=0, mode=mode)
+    assert ["".join(generator.vocab.chars[i] for i in row) for row in drawn.T] == [greedy] * 3
+
+
 def test_evaluate_scores_text_in_both_modes(generator):
     text = ("it is the business of the very few to be independent; it is a privilege of the strong. "
             "and whoever attempts it, even with the best right, but without being obliged to do so, ")
