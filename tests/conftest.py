@@ -43,7 +43,7 @@ def trained_dir(small_corpus, tmp_path_factory) -> Path:
 
     artifacts = tmp_path_factory.mktemp("artifacts")
     args = ["--corpus", str(small_corpus), "--name", "tiny", "--artifacts", str(artifacts),
-            "--epochs", "2", *TINY]
+            "--epochs", "2", "--recipe", "book", *TINY]
     assert fit.main(args) == 0
     assert export.main(["--name", "tiny", "--artifacts", str(artifacts)]) == 0
     return artifacts / "tiny"

@@ -87,7 +87,8 @@ def test_a_trained_model_beats_uniform_guessing(trained_dir):
 def test_training_again_resumes_after_the_last_epoch(small_corpus, tmp_path):
     from train import fit
 
-    args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), *TINY]
+    args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), "--recipe", "book",
+            *TINY]
     assert fit.main([*args, "--epochs", "1"]) == 0
     assert fit.main([*args, "--epochs", "2"]) == 0
     log = json.loads((tmp_path / "r" / "log.json").read_text())
@@ -98,7 +99,8 @@ def test_training_again_resumes_after_the_last_epoch(small_corpus, tmp_path):
 def test_resuming_with_another_recipe_is_refused(small_corpus, tmp_path, capsys):
     from train import fit
 
-    args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), *TINY]
+    args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), "--recipe", "book",
+            *TINY]
     assert fit.main([*args, "--epochs", "1"]) == 0
     assert fit.main([*args, "--epochs", "1", "--maxlen", "10"]) == 2
     assert "another recipe or corpus" in capsys.readouterr().err

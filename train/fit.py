@@ -30,7 +30,7 @@ def parse_args(argv):
     p.add_argument("--corpus", help="UTF-8 text file (default: download the book's Nietzsche text)")
     p.add_argument("--name", default="nietzsche", help="artifacts/<name>/ receives the results")
     p.add_argument("--artifacts", default="artifacts", help="parent directory of <name>/")
-    p.add_argument("--recipe", default="book", choices=sorted(RECIPES))
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     for name in ("epochs", "maxlen", "step", "batch_size", "seed", "sample_length"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int)
