@@ -20,6 +20,7 @@ DEFAULT_MODEL = "nietzsche"
 MODES = ("stateful", "window")
 FIRST_CHUNK = 16  # characters in the first onnxruntime call: the first ones show quickly
 CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
+UNIFORMS_PER_CALL = 1 << 21  # 8 MB of float32 per call, whatever n is (n=4096 would need 240 MB)
 SAMPLER_INPUTS = {"logits", "uniforms", "temperature", "top_k", "top_p", "use_filter", "window", "start"}
 PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score it as 1e-30
 
@@ -33,11 +34,13 @@ def default_model_dir() -> Path:
     return shipped_models_dir() / DEFAULT_MODEL
 
 
-def chunk_sizes(length: int) -> Iterator[int]:
-    """FIRST_CHUNK, then CHUNK at a time, adding up to `length`."""
+def chunk_sizes(length: int, streams: int = 1, vocab_size: int = 1) -> Iterator[int]:
+    """FIRST_CHUNK, then CHUNK at a time, adding up to `length`; fewer per call for many streams, so
+    that one call's uniform numbers (streams x chunk x vocabulary) stay under UNIFORMS_PER_CALL."""
+    limit = max(1, UNIFORMS_PER_CALL // (streams * vocab_size))
     done = 0
     while done < length:
-        size = min(FIRST_CHUNK if done == 0 else CHUNK, length - done)
+        size = min(FIRST_CHUNK if done == 0 else CHUNK, limit, length - done)
         yield size
         done += size
 
@@ -193,7 +196,7 @@ class Generator:
             return iter(())
         # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(options))]
-        uniform_chunks = (self._uniforms(rngs, k) for k in chunk_sizes(length))
+        uniform_chunks = (self._uniforms(rngs, k) for k in chunk_sizes(length, len(rngs), self.vocab.size))
         steps = self._window_ids if mode == "window" else self._stateful_ids
         return self._decode(steps(ids, options, uniform_chunks), len(options), length, stop)
 

@@ -59,6 +59,16 @@ def test_longer_texts_extend_shorter_ones_whatever_the_chunking(generator):
         assert long.startswith(short)
 
 
+def test_many_streams_take_smaller_chunks_and_the_same_text(generator):
+    from charsdk.generator import CHUNK, UNIFORMS_PER_CALL, chunk_sizes
+
+    sizes = list(chunk_sizes(1000, streams=4096, vocab_size=57))
+    assert sum(sizes) == 1000 and max(sizes) * 4096 * 57 <= UNIFORMS_PER_CALL
+    streams = UNIFORMS_PER_CALL // (CHUNK * generator.vocab.size) + 1  # just past a full-size chunk
+    texts = generator.generate("we ", length=300, temperature=0.8, n=streams, seed=6)
+    assert texts[0] == generator.generate("we ", length=300, temperature=0.8, seed=6)
+
+
 def test_n_samples_and_temperature_lists_return_lists(generator):
     texts = generator.generate("we ", length=50, temperature=[0.2, 1.0], n=3, seed=4)
     assert isinstance(texts, list) and len(texts) == 6 and len(set(texts)) > 1
