@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +41,18 @@ print(json.dumps([os.waitstatus_to_exitcode(status), first, time.perf_counter() 
 """
 
 
-def median_rate(run, chars: int, repeats: int) -> float:
-    """Median characters/second of `run()` producing `chars` characters."""
-    run()  # warm-up
-    times = []
+def median_rates(jobs: list[tuple[str, Callable[[], object], int]], repeats: int) -> list[tuple[str, float]]:
+    """Median characters/second of each (name, run, chars), the jobs taking turns round by round: a
+    shared machine's speed drifts over minutes, and turns give every row the same minutes."""
+    for _, run, _ in jobs:
+        run()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name, _, _ in jobs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return chars / statistics.median(times)
+        for name, run, _ in jobs:
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return [(name, chars / statistics.median(times[name])) for name, _, chars in jobs]
 
 
 def book_loop(model, generator: Generator, length: int, direct: bool):
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
     generator = Generator.load(args.model)
     batched = Generator.load(args.model, threads=os.cpu_count())  # many streams: use every core
     r, gen = args.repeats, generator.generate
-    rows = []
+    jobs = []
     if args.run:
         import keras
 
@@ -100,22 +104,21 @@ def main(argv=None) -> int:
                   "run make export and make ship for that run", file=sys.stderr)
             return 2
         model = keras.models.load_model(checkpoint)
-        rows += [
-            ("book loop: Keras predict on the window", median_rate(
-                lambda: book_loop(model, generator, 20, direct=False), 20, r)),
-            ("Keras model called directly on the window", median_rate(
-                lambda: book_loop(model, generator, 20, direct=True), 20, r)),
+        jobs += [
+            ("book loop: Keras predict on the window",
+             lambda: book_loop(model, generator, 20, direct=False), 20),
+            ("Keras model called directly on the window",
+             lambda: book_loop(model, generator, 20, direct=True), 20),
         ]
-    rows += [
-        ("charsdk window mode", median_rate(
-            lambda: gen(SEED_TEXT, 3000, TEMPERATURE, seed=1, mode="window"), 3000, r)),
-        ("charsdk stateful mode", median_rate(
-            lambda: gen(SEED_TEXT, 30000, TEMPERATURE, seed=1), 30000, r)),
-        (f"charsdk stateful, n=64, {os.cpu_count()} threads (aggregate)", median_rate(
-            lambda: batched.generate(SEED_TEXT, 2000, TEMPERATURE, n=64, seed=1), 2000 * 64, r)),
-        (f"charsdk stateful, n=256, {os.cpu_count()} threads (aggregate)", median_rate(
-            lambda: batched.generate(SEED_TEXT, 1000, TEMPERATURE, n=256, seed=1), 1000 * 256, r)),
+    jobs += [
+        ("charsdk window mode", lambda: gen(SEED_TEXT, 3000, TEMPERATURE, seed=1, mode="window"), 3000),
+        ("charsdk stateful mode", lambda: gen(SEED_TEXT, 30000, TEMPERATURE, seed=1), 30000),
+        (f"charsdk stateful, n=64, {os.cpu_count()} threads (aggregate)",
+         lambda: batched.generate(SEED_TEXT, 2000, TEMPERATURE, n=64, seed=1), 2000 * 64),
+        (f"charsdk stateful, n=256, {os.cpu_count()} threads (aggregate)",
+         lambda: batched.generate(SEED_TEXT, 1000, TEMPERATURE, n=256, seed=1), 1000 * 256),
     ]
+    rows = median_rates(jobs, r)
     book = rows[0][1] if args.run else None
     cli = [str(Path(sys.executable).with_name("charsdk")), "gen", "--model", str(args.model),
            "--length", "1", "--seed", "1"]
