@@ -90,13 +90,18 @@ def allowed(probs: np.ndarray, inv_temperature, top_k=0, top_p=1.0) -> np.ndarra
     return w >= threshold
 
 
+def scores(probs: np.ndarray, noise: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """log p + T·g per row of probs [B, V] (float64), -inf where `keep` drops the character."""
+    with np.errstate(divide="ignore"):
+        result = np.log(np.atleast_2d(np.asarray(probs, np.float64))) + noise
+    if keep is not None:
+        result = np.where(keep, result, -np.inf)
+    return result
+
+
 def draw(probs: np.ndarray, noise: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """argmax(log p + T·g) per row of probs [B, V], over the characters `keep` allows."""
-    with np.errstate(divide="ignore"):
-        scores = np.log(np.atleast_2d(np.asarray(probs, np.float64))) + noise
-    if keep is not None:
-        scores = np.where(keep, scores, -np.inf)
-    return np.argmax(scores, axis=1)
+    return np.argmax(scores(probs, noise, keep), axis=1)
 
 
 def sample(probs: np.ndarray, options: SamplingOptions, rng: np.random.Generator) -> int:

@@ -22,7 +22,7 @@ import tf2onnx
 
 from charsdk import Generator, ModelError
 from charsdk.generator import sha256_of
-from charsdk.sampling import SamplingOptions, allowed, gumbel_noise
+from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, scores
 from charsdk.vocab import Vocab
 
 from .corpus import CorpusError, load_corpus
@@ -188,11 +188,9 @@ def sampler_mismatches(generator: Generator, seed_ids, length: int = 200) -> int
                 end = len(seed_ids) + step
                 x = np.eye(generator.vocab.size, dtype=np.float32)[texts[:, max(end - maxlen, 0) : end]]
                 probs, _ = generator._run(x, generator._zero_state(len(options)))
-            with np.errstate(divide="ignore"):
-                scores = np.log(probs.astype(np.float64)) + noise[:, step]
-            scores[~allowed(probs, inv_t, top_k, top_p)] = -np.inf
+            numpy_scores = scores(probs, noise[:, step], allowed(probs, inv_t, top_k, top_p))
             ids = drawn[step]
-            mismatches += int((scores[rows, ids] < scores.max(axis=1) - 1e-4).sum())
+            mismatches += int((numpy_scores[rows, ids] < numpy_scores.max(axis=1) - 1e-4).sum())
             if steps == generator._stateful_ids:
                 probs, state = generator._run(generator.vocab.one_hot(ids)[0][:, None], state)
     return mismatches
