@@ -1,7 +1,8 @@
 """`make bench`: characters per second of charsdk, and of the book's Keras loop on the same weights.
 
 charsdk is timed on a model directory; with --run, Keras is timed on that run's best.keras (checked to
-be the checkpoint the model was exported from). Prints a table of medians and writes it as JSON.
+be the checkpoint the model was exported from). Prints a table of medians and where one step's time
+goes (train/limits.py), and writes both as JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 from charsdk import Generator
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, sample
+
+from .limits import describe, profile
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
 TEMPERATURE = 0.5
@@ -126,6 +129,7 @@ def main(argv=None) -> int:
     if args.run:
         processes['python -c "import tensorflow"'] = [
             fresh_process([sys.executable, "-c", "import tensorflow; print('x')"]) for _ in range(r)]
+    limits = [profile(generator, 1, 1), profile(generator, 256, os.cpu_count())]
     result = {
         "model": str(generator.path),
         "recipe": generator.vocab.training.get("recipe_name"),
@@ -142,6 +146,7 @@ def main(argv=None) -> int:
                    "peak_rss_mb": max(v[2] for v in runs)}
             for name, runs in processes.items()
         },
+        "limits": limits,
     }
     print(f"\n{result['model']} ({result['recipe']} recipe): {result['parameters']:,} parameters, "
           f"{result['multiply_adds_per_step']:,} multiply-adds per step; medians of {r} runs\n")
@@ -155,6 +160,9 @@ def main(argv=None) -> int:
     for name, figures in result["processes"].items():
         print(f"| {name:<32} | {figures['first_char_s']:>12.3f} | {figures['wall_s']:>7.3f} | "
               f"{figures['peak_rss_mb']:>11.0f} |")
+    print("\nWhere a step's time goes (train/limits.py says how each part is timed):")
+    for p in limits:
+        print("\n".join(describe(p)))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {args.out}")
     return 0

@@ -1,0 +1,152 @@
+"""What one generated character costs, part by part: the profile behind `make bench`'s speed figures.
+
+onnxruntime's own profiler adds microseconds to every kernel, more than most kernels take here, so
+the parts are timed by difference instead: ONNX Loops of the sampler's shapes whose bodies hold only
+the part in question, run in the same way the sampler runs. Parts: the loop iteration itself, one small
+kernel (an elementwise op over [B, units]), and each weight matrix product of the model at its
+real size. They are set against the sampler's own time per step (the stateful loop without
+top-k/top-p) and the number of kernels its loop body holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from charsdk import Generator
+
+from .sampler_graph import _cell_weights
+
+F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+SMALL_KERNELS = 10  # chained elementwise kernels timed against one
+
+
+def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _loop(body_nodes, carried: list[tuple[str, int]], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A Loop of `steps` iterations over `body_nodes`, which map each carried "<name>_in" [B, width]
+    to "<name>_out"."""
+    info = lambda name, width: helper.make_tensor_value_info(name, F32, ["B", width])  # noqa: E731
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond", BOOL, []),
+         *[info(f"{n}_in", w) for n, w in carried]],
+        [helper.make_tensor_value_info("cond", BOOL, []), *[info(f"{n}_out", w) for n, w in carried]])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["steps", "true", *[n for n, _ in carried]],
+                          [f"{n}_final" for n, _ in carried], body=body)],
+        "profile",
+        [helper.make_tensor_value_info("steps", I64, []), *[info(n, w) for n, w in carried]],
+        [info(f"{n}_final", w) for n, w in carried],
+        initializer=[numpy_helper.from_array(np.array(True), "true"),
+                     *[numpy_helper.from_array(v, k) for k, v in weights.items()]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _elementwise(count: int, units: int) -> onnx.ModelProto:
+    names = ["h_in", *[f"t{k}" for k in range(count - 1)], "h_out"]
+    return _loop([helper.make_node("Tanh", [a], [b]) for a, b in itertools.pairwise(names)],
+                 [("h", units)], {})
+
+
+def _product(weights: np.ndarray) -> onnx.ModelProto:
+    """x [B, in] @ W [in, out], and x carried on unchanged: the body is the one Gemm."""
+    n_in, n_out = weights.shape
+    return _loop([helper.make_node("Gemm", ["x_in", "w"], ["y_out"]),
+                  helper.make_node("Identity", ["x_in"], ["x_out"])],
+                 [("x", n_in), ("y", n_out)], {"w": weights})
+
+
+def _per_step_us(run, steps: int, repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / steps * 1e6
+
+
+def _loop_us(model: onnx.ModelProto, batch: int, threads: int, steps: int, repeats: int) -> float:
+    session = _session(model, threads)
+    feed = {i.name: np.full((batch, i.shape[1]), 0.1, np.float32) for i in session.get_inputs()
+            if i.name != "steps"}
+    feed["steps"] = np.array(steps, np.int64)
+    return _per_step_us(lambda: session.run(None, feed), steps, repeats)
+
+
+def _plain_stateful_body(sampler: onnx.ModelProto) -> onnx.GraphProto:
+    for graph in _subgraphs(sampler.graph):
+        for n in graph.node:
+            if n.op_type == "Loop" and graph.name == "plain":
+                return next(a.g for a in n.attribute if a.name == "body")
+    raise ValueError("sampler.onnx has no plain stateful loop")
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _subgraphs(a.g)
+
+
+def profile(generator: Generator, batch: int, threads: int, repeats: int = 7) -> dict:
+    """Microseconds per step (one character for each of `batch` streams) of each part."""
+    vocab = generator.vocab
+    steps = max(40, 3000 // batch)
+    step_model = onnx.load(str(generator.path / vocab.onnx_file))
+    sampler = onnx.load(str(generator.path / vocab.sampler_file))
+    layers, (dense_w, _) = _cell_weights(step_model, vocab.size)
+    matrices = {f"layer {k} recurrent {r.shape[0]}x{r.shape[1]}": r for k, (_, _, r) in enumerate(layers)}
+    matrices |= {f"layer {k} input {w.shape[0]}x{w.shape[1]}": w for k, (w, _, _) in enumerate(layers) if k}
+    matrices[f"dense {dense_w.shape[0]}x{dense_w.shape[1]}"] = dense_w
+    units = layers[0][2].shape[0]
+
+    one = _loop_us(_elementwise(1, units), batch, threads, steps, repeats)
+    many = _loop_us(_elementwise(1 + SMALL_KERNELS, units), batch, threads, steps, repeats)
+    kernel = (many - one) / SMALL_KERNELS
+    loop = one - kernel
+    products = {name: _loop_us(_product(w), batch, threads, steps, repeats) - loop
+                for name, w in matrices.items()}
+    body = _plain_stateful_body(sampler)
+    others = len(body.node) - sum(n.op_type in ("Gemm", "MatMul") for n in body.node)
+
+    uniforms = np.random.default_rng(0).random((batch, steps, vocab.size), dtype=np.float32)
+    session = generator.sampler if threads == 1 else _session(sampler, threads)
+    feed = {"logits": np.zeros((batch, vocab.size), np.float32), "uniforms": uniforms,
+            "temperature": np.full(batch, 0.5, np.float32),
+            "top_k": np.zeros(batch, np.int64), "top_p": np.ones(batch, np.float32),
+            "use_filter": np.array(False), "window": np.array(0, np.int64), "start": np.array(0, np.int64),
+            **{s.input: np.zeros((batch, s.size), np.float32) for s in vocab.states}}
+    measured = _per_step_us(lambda: session.run(["ids"], feed), steps, repeats)
+    accounted = loop + sum(products.values()) + others * kernel
+    return {"batch": batch, "threads": threads, "sampler_us_per_step": measured,
+            "kernels_per_step": len(body.node), "loop_iteration_us": loop, "small_kernel_us": kernel,
+            "matrix_products_us": products, "other_kernels": others, "accounted_us": accounted}
+
+
+def describe(p: dict) -> list[str]:
+    products = " + ".join(f"{name} {us:.2f}" for name, us in p["matrix_products_us"].items())
+    streams, measured = p["batch"], p["sampler_us_per_step"]
+    return [
+        f"B={streams}, {p['threads']} thread(s): the sampler takes {measured:.1f} µs per step "
+        f"({streams * 1e6 / measured:,.0f} chars/s), {p['kernels_per_step']} kernels per step",
+        f"  loop iteration {p['loop_iteration_us']:.2f} µs; matrix products: {products} µs;",
+        f"  {p['other_kernels']} other kernels x {p['small_kernel_us']:.2f} µs (one elementwise op over "
+        f"[{streams}, units]); these parts add up to {p['accounted_us']:.1f} µs "
+        f"({streams * 1e6 / p['accounted_us']:,.0f} chars/s)",
+    ]
