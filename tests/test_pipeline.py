@@ -1,6 +1,7 @@
 """Tiny train -> export -> generate, for real: TensorFlow, tf2onnx and onnxruntime."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -182,16 +183,37 @@ def test_training_killed_with_sigkill_resumes_with_its_optimizer_state(small_cor
         process.wait()
     finally:
         process.kill()
-    done = len(json.loads(log_path.read_text())["epochs"])
+    logged = len(json.loads(log_path.read_text())["epochs"])
     last = keras.models.load_model(tmp_path / "k" / "last.keras")  # never a truncated file
-    steps_per_epoch = int(last.optimizer.iterations.numpy()) // done
-    assert steps_per_epoch > 0
+    steps = int(last.optimizer.iterations.numpy())
 
-    result = subprocess.run([*args[:-len(TINY) - 2], "--epochs", str(done + 1), *TINY], cwd=ROOT,
+    result = subprocess.run([*args[:-len(TINY) - 2], "--epochs", str(logged + 1), *TINY], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert f"Resuming {tmp_path / 'k'} after epoch {done}" in result.stdout
+    # the log is written just before last.keras: a kill between the two costs that epoch
+    finished = int(re.search(rf"Resuming {re.escape(str(tmp_path / 'k'))} after epoch (\d+)",
+                             result.stdout)[1])
+    assert finished in (logged - 1, logged) and steps % finished == 0
     log = json.loads(log_path.read_text())
-    assert [e["epoch"] for e in log["epochs"]] == list(range(1, done + 2))
+    assert [e["epoch"] for e in log["epochs"]] == list(range(1, logged + 2))
     resumed = keras.models.load_model(tmp_path / "k" / "last.keras")
-    assert int(resumed.optimizer.iterations.numpy()) == steps_per_epoch * (done + 1)
+    assert int(resumed.optimizer.iterations.numpy()) == steps // finished * (logged + 1)
+
+
+def test_resuming_drops_a_logged_epoch_whose_checkpoint_never_landed(small_corpus, tmp_path, capsys):
+    from train import fit
+
+    args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), "--recipe", "book",
+            *TINY]
+    assert fit.main([*args, "--epochs", "2"]) == 0
+    log_path = tmp_path / "r" / "log.json"
+    log = json.loads(log_path.read_text())
+    ghost = {**log["epochs"][-1], "epoch": 3, "val_loss": 0.0, "val_bits_per_char": 0.0}
+    log_path.write_text(json.dumps({**log, "epochs": [*log["epochs"], ghost], "best_epoch": 3}))
+
+    assert fit.main([*args, "--epochs", "3"]) == 0
+    assert f"Resuming {tmp_path / 'r'} after epoch 2" in capsys.readouterr().out
+    log = json.loads(log_path.read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3]
+    assert log["epochs"][2]["val_loss"] > 0  # trained again, not the ghost's entry
+    assert log["best_epoch"] == min(log["epochs"], key=lambda e: e["val_loss"])["epoch"]

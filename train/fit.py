@@ -99,7 +99,6 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             return 2
         log = previous
         model = keras.models.load_model(last_path)
-        print(f"Resuming {out} after epoch {len(log['epochs'])}")
     common = dict(maxlen=recipe.maxlen, vocab_size=len(corpus.chars))
     train = window_dataset(corpus.train_ids, step=recipe.step, shuffle=True, seed=recipe.seed,
                            batch_size=recipe.batch_size, loss_at=recipe.loss_at, **common)
@@ -110,6 +109,9 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     if model is None:
         keras.utils.set_random_seed(recipe.seed)
         model = build_model(len(corpus.chars), recipe, steps_per_epoch=len(train))
+    else:
+        forget_epochs_after(log, int(model.optimizer.iterations) // len(train))
+        print(f"Resuming {out} after epoch {len(log['epochs'])}")
     model.summary()
     holdout_nats = holdout_scorer(model)
 
@@ -133,8 +135,10 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             if math.isfinite(val_loss) and val_loss < best:
                 save_model_atomic(self.model, best_path)
                 log["best_epoch"] = epoch + 1
-            save_model_atomic(self.model, last_path)
+            # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
+            # resuming trusts the checkpoint's own step count (forget_epochs_after).
             write_atomic(log_path, json.dumps(log, indent=2) + "\n")
+            save_model_atomic(self.model, last_path)
             print(f"\nepoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
                   f"(best epoch {log.get('best_epoch')})")
             print_samples(self.model, epoch)
@@ -175,6 +179,15 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     best = log["epochs"][log["best_epoch"] - 1]
     print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> {best_path}")
     return 0
+
+
+def forget_epochs_after(log: dict, finished: int) -> None:
+    """Drop log entries past the epochs the checkpoint has finished, and re-pick the best of the rest."""
+    del log["epochs"][finished:]
+    finite = [e for e in log["epochs"] if math.isfinite(e["val_loss"])]
+    log.pop("best_epoch", None)
+    if finite:
+        log["best_epoch"] = min(finite, key=lambda e: e["val_loss"])["epoch"]
 
 
 def holdout_scorer(model):
