@@ -217,3 +217,11 @@ def test_resuming_drops_a_logged_epoch_whose_checkpoint_never_landed(small_corpu
     assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3]
     assert log["epochs"][2]["val_loss"] > 0  # trained again, not the ghost's entry
     assert log["best_epoch"] == min(log["epochs"], key=lambda e: e["val_loss"])["epoch"]
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
+    from train.fit import next_epoch_overruns
+
+    assert not next_epoch_overruns(990, 110, 1200)  # the tenth epoch of 110 s ends at 1,100 s
+    assert next_epoch_overruns(1085, 126, 1200)  # slower epochs: a tenth would end at 1,211 s
+    assert not next_epoch_overruns(1e9, 1e9, 0)  # no budget

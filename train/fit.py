@@ -142,8 +142,9 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             print(f"\nepoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
                   f"(best epoch {log.get('best_epoch')})")
             print_samples(self.model, epoch)
-            if recipe.time_budget_s and entries[-1]["wall_s"] >= recipe.time_budget_s:
-                print(f"time budget of {recipe.time_budget_s:.0f} s reached: stopping")
+            if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
+                print(f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s: "
+                      "stopping")
                 self.model.stop_training = True
             if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
                 print(f"no better held-out figure for {recipe.patience} epochs: stopping")
@@ -179,6 +180,12 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     best = log["epochs"][log["best_epoch"] - 1]
     print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> {best_path}")
     return 0
+
+
+def next_epoch_overruns(wall_s: float, last_epoch_s: float, budget_s: float) -> bool:
+    """Whether an epoch as long as the last one would end past the budget (0 = no budget): the run
+    stops inside its budget instead of overrunning it by up to an epoch."""
+    return bool(budget_s) and wall_s + last_epoch_s > budget_s
 
 
 def forget_epochs_after(log: dict, finished: int) -> None:
