@@ -51,7 +51,7 @@ bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.bench --model nietzsche --out $(ARTIFACTS)/nietzsche/bench.json
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
-PLOT_RUNS ?= book nietzsche
+PLOT_RUNS ?= book book60 nietzsche
 plot: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.plot $(PLOT_RUNS) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/holdout.png
 
