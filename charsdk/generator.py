@@ -49,6 +49,13 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
 def _open_session(path: Path, sha256: str, threads: int, providers) -> ort.InferenceSession:
     if not path.is_file():
         raise ModelError(f"{path} is missing: re-export the model")
@@ -57,11 +64,9 @@ def _open_session(path: Path, sha256: str, threads: int, providers) -> ort.Infer
             f"{path} does not match the sha256 recorded in vocab.json: the files come from "
             "different exports (a stale or mixed pair); re-export the model so they belong together"
         )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(threads),
+                                    providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{path} cannot be loaded by onnxruntime: {first_line}") from None

@@ -14,8 +14,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from charsdk import Generator
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, sample
 
-from .limits import describe, profile
+from .limits import describe, median_rates, profile
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
 TEMPERATURE = 0.5
@@ -42,20 +40,6 @@ _, status, usage = os.wait4(process.pid, 0)
 print(json.dumps([os.waitstatus_to_exitcode(status), first, time.perf_counter() - start,
                   usage.ru_maxrss / 1024]))
 """
-
-
-def median_rates(jobs: list[tuple[str, Callable[[], object], int]], repeats: int) -> list[tuple[str, float]]:
-    """Median characters/second of each (name, run, chars), the jobs taking turns round by round: a
-    shared machine's speed drifts over minutes, and turns give every row the same minutes."""
-    for _, run, _ in jobs:
-        run()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name, _, _ in jobs}
-    for _ in range(repeats):
-        for name, run, _ in jobs:
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return [(name, chars / statistics.median(times[name])) for name, _, chars in jobs]
 
 
 def book_loop(model, generator: Generator, length: int, direct: bool):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from charsdk import Generator
+from charsdk.generator import session_options
 
 from .sampler_graph import _cell_weights
 
@@ -28,10 +30,22 @@ SMALL_KERNELS = 10  # chained elementwise kernels timed against one
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                providers=["CPUExecutionProvider"])
+
+
+def median_rates(jobs: list[tuple[str, Callable[[], object], int]], repeats: int) -> list[tuple[str, float]]:
+    """Median characters/second of each (name, run, chars), the jobs taking turns round by round: a
+    shared machine's speed drifts over minutes, and turns give every row the same minutes."""
+    for _, run, _ in jobs:
+        run()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name, _, _ in jobs}
+    for _ in range(repeats):
+        for name, run, _ in jobs:
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return [(name, chars / statistics.median(times[name])) for name, _, chars in jobs]
 
 
 def _loop(body_nodes, carried: list[tuple[str, int]], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -71,13 +85,8 @@ def _product(weights: np.ndarray) -> onnx.ModelProto:
 
 
 def _per_step_us(run, steps: int, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / steps * 1e6
+    [(_, steps_per_s)] = median_rates([("", run, steps)], repeats)
+    return 1e6 / steps_per_s
 
 
 def _loop_us(model: onnx.ModelProto, batch: int, threads: int, steps: int, repeats: int) -> float:
@@ -89,11 +98,9 @@ def _loop_us(model: onnx.ModelProto, batch: int, threads: int, steps: int, repea
 
 
 def _plain_stateful_body(sampler: onnx.ModelProto) -> onnx.GraphProto:
-    for graph in _subgraphs(sampler.graph):
-        for n in graph.node:
-            if n.op_type == "Loop" and graph.name == "plain":
-                return next(a.g for a in n.attribute if a.name == "body")
-    raise ValueError("sampler.onnx has no plain stateful loop")
+    """The body of the Loop in the If branch that sampler_graph names "plain"."""
+    (loop,) = next(g for g in _subgraphs(sampler.graph) if g.name == "plain").node
+    return next(a.g for a in loop.attribute if a.name == "body")
 
 
 def _subgraphs(graph: onnx.GraphProto):
