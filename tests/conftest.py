@@ -50,6 +50,7 @@ def trained_dir(small_corpus, tmp_path_factory) -> Path:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = ROOT.parent / "shared" / "corpora" / "nietzsche.txt"  # beside the checkout, not for users
 
 
 def run_python(code: str, *args, executable=sys.executable):

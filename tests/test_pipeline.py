@@ -58,18 +58,57 @@ def test_onnxruntime_matches_keras(trained_dir, small_corpus):
     assert parity["sampler_mismatches"] == 0
 
 
-def test_export_refuses_a_mismatch_and_keeps_the_previous_pair(trained_dir, monkeypatch):
+def model_files(model_dir):
+    return {p.name: p.read_bytes() for p in [*model_dir.glob("*.onnx"), model_dir / "vocab.json"]}
+
+
+def dense_bias(graph):
+    """The initializer of the bias added just before the softmax (the last layer's)."""
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    add = next(n for n in graph.node if softmax.input[0] in n.output)
+    return next(t for t in graph.initializer if t.name in add.input)
+
+
+def bump_dense_bias(proto, by: float):
+    """One weight changed by `by`: the output bias of the first character."""
+    from onnx import numpy_helper
+
+    tensor = dense_bias(proto.graph) if any(n.op_type == "Softmax" for n in proto.graph.node) else next(
+        t for t in proto.graph.initializer if t.name == "dense_b")  # sampler.onnx names its weights
+    bias = numpy_helper.to_array(tensor).copy()
+    bias[0] += by
+    tensor.CopyFrom(numpy_helper.from_array(bias, tensor.name))
+    return proto
+
+
+def test_export_refuses_an_onnx_graph_that_disagrees_with_keras(trained_dir, monkeypatch):
+    import tf2onnx
+
     from train import export
 
-    def files():
-        return {p.name: p.read_bytes() for p in [*trained_dir.glob("*.onnx"), trained_dir / "vocab.json"]}
+    real = tf2onnx.convert.from_function
 
-    before = files()
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all now counts as a mismatch
+    def perturbed(*args, **kwargs):
+        proto, storage = real(*args, **kwargs)
+        return bump_dense_bias(proto, 0.05), storage
+
+    before = model_files(trained_dir)
+    monkeypatch.setattr(tf2onnx.convert, "from_function", perturbed)
     with pytest.raises(export.ExportError, match="disagree"):
         export.export(trained_dir)
-    assert files() == before
+    assert model_files(trained_dir) == before
     assert not (trained_dir / ".export-staging").exists()
+
+
+def test_export_refuses_a_sampler_that_draws_what_numpy_would_not(trained_dir, monkeypatch):
+    from train import export
+
+    real = export.build_sampler
+    monkeypatch.setattr(export, "build_sampler", lambda *a, **k: bump_dense_bias(real(*a, **k), 2.0))
+    before = model_files(trained_dir)
+    with pytest.raises(export.ExportError, match="sampler.onnx drew"):
+        export.export(trained_dir)
+    assert model_files(trained_dir) == before
 
 
 def test_generated_text_uses_the_model_vocabulary(trained_dir):
@@ -225,3 +264,84 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
     assert not next_epoch_overruns(990, 110, 1200)  # the tenth epoch of 110 s ends at 1,100 s
     assert next_epoch_overruns(1085, 126, 1200)  # slower epochs: a tenth would end at 1,211 s
     assert not next_epoch_overruns(1e9, 1e9, 0)  # no budget
+
+
+def train_args(corpus, artifacts, *extra):
+    return ["--corpus", str(corpus), "--name", "run", "--artifacts", str(artifacts), "--recipe", "book",
+            *TINY, *extra]
+
+
+@pytest.fixture(scope="session")
+def worsening_corpus(tmp_path_factory):
+    """Trained on "abcabc…", held out "acbacb…": every epoch learns the training order better and
+    so scores the held-out text worse (7.5, 8.5, 9.2, 9.8 bits/char when this test was written)."""
+    path = tmp_path_factory.mktemp("worse") / "worse.txt"
+    path.write_text("abc" * 1000 + "acb" * 111, encoding="utf-8")
+    return path
+
+
+def test_the_export_is_the_best_held_out_epoch_when_later_ones_are_worse(worsening_corpus, tmp_path):
+    from train import export, fit
+
+    assert fit.main(train_args(worsening_corpus, tmp_path, "--epochs", "3")) == 0
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    figures = [e["val_bits_per_char"] for e in log["epochs"]]
+    assert figures[0] < figures[1] < figures[2]  # the run got worse, as built
+    assert export.main(["--name", "run", "--artifacts", str(tmp_path)]) == 0
+    generator = Generator.load(tmp_path / "run")
+    assert generator.vocab.training["best_epoch"] == 1
+    held_out = (worsening_corpus.read_text()[int(3333 * 0.9) :])
+    measured = generator.evaluate(held_out, mode="window")["bits_per_char"]
+    assert measured == pytest.approx(figures[0], abs=1e-3)
+
+
+def test_patience_stops_training(worsening_corpus, tmp_path, capsys):
+    from train import fit
+
+    assert fit.main(train_args(worsening_corpus, tmp_path, "--epochs", "10", "--patience", "2")) == 0
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3] and log["best_epoch"] == 1
+    assert "no better held-out figure for 2 epochs" in capsys.readouterr().out
+
+
+def test_a_time_budget_stops_training(small_corpus, tmp_path, capsys):
+    from train import fit
+
+    assert fit.main(train_args(small_corpus, tmp_path, "--epochs", "5", "--time-budget-s", "0.01")) == 0
+    assert len(json.loads((tmp_path / "run" / "log.json").read_text())["epochs"]) == 1
+    assert "time budget" in capsys.readouterr().out
+
+
+def test_a_nan_loss_stops_training(small_corpus, tmp_path, capsys):
+    """A learning rate of 1e38 overflows the weights in the first steps: the loss turns NaN."""
+    from train import fit
+
+    assert fit.main(train_args(small_corpus, tmp_path, "--epochs", "3", "--learning-rate", "1e38")) == 1
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert len(log["epochs"]) == 1 and np.isnan(log["epochs"][0]["loss"])
+    assert "best_epoch" not in log and not (tmp_path / "run" / "best.keras").exists()
+    assert "no epoch finished with a finite held-out loss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("clipnorm", [0.0, 1e-4])
+def test_gradients_are_clipped_when_the_recipe_says_so(small_corpus, tmp_path, monkeypatch, clipnorm):
+    """Every gradient the optimizer applies has a norm of at most clipnorm (Keras clips per variable);
+    without clipping the same run applies larger ones, so the check can tell."""
+    import keras
+    import tensorflow as tf
+
+    from train import fit
+
+    largest = tf.Variable(0.0)
+    real = keras.optimizers.RMSprop.update_step
+
+    def recording(self, gradient, variable, learning_rate):
+        largest.assign(tf.maximum(largest, tf.norm(gradient)))
+        return real(self, gradient, variable, learning_rate)
+
+    monkeypatch.setattr(keras.optimizers.RMSprop, "update_step", recording)
+    assert fit.main(train_args(small_corpus, tmp_path, "--epochs", "1", "--clipnorm", str(clipnorm))) == 0
+    if clipnorm:
+        assert 0 < float(largest.numpy()) <= clipnorm * (1 + 1e-3)
+    else:
+        assert float(largest.numpy()) > 100 * 1e-4

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,19 @@ def parse_args(argv):
     p.add_argument("--artifacts", default="artifacts", help="parent directory of <name>/")
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
-    for name in ("epochs", "maxlen", "step", "batch_size", "seed", "sample_length"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--units", type=lambda s: tuple(int(u) for u in s.split(",")),
-                   help="LSTM widths, comma-separated, e.g. 256,256")
+    recipe = p.add_argument_group("recipe settings", "each replaces the recipe's value (train/config.py)")
+    for f in fields(Recipe):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type == "bool":
+            recipe.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            recipe.add_argument(flag, type=SETTING_TYPES[f.type], metavar=f.type.split("[")[0].upper(),
+                                help="comma-separated, e.g. 256,256" if f.name == "units" else None)
     return p.parse_args(argv)
+
+
+SETTING_TYPES = {"int": int, "float": float, "str": str,
+                 "tuple[int, ...]": lambda s: tuple(int(u) for u in s.split(","))}
 
 
 # Settings that only say when to stop: a resumed run may change them (e.g. EPOCHS=30 after 20).
@@ -61,10 +68,7 @@ def save_model_atomic(model, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = {k: getattr(args, k) for k in
-                 ("epochs", "maxlen", "step", "batch_size", "seed", "sample_length",
-                  "learning_rate", "dropout", "units")}
-    recipe = make_recipe(args.recipe, **overrides)
+    recipe = make_recipe(args.recipe, **{f.name: getattr(args, f.name) for f in fields(Recipe)})
     try:
         corpus = load_corpus(args.corpus, maxlen=recipe.maxlen, holdout=recipe.holdout,
                              lowercase=recipe.lowercase)
