@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -41,6 +42,15 @@ static int tear(int fd) {
     path[len] = '\0';
     if (strncmp(path, armed_dir, strlen(armed_dir)) != 0) return 0;
     return ++seen == fault_at;
+}
+
+/* Half of what a copy from in_fd would move: a request may ask for more than the file holds. */
+static size_t half_of_copy(int in_fd, const off_t *offset, size_t n) {
+    struct stat st;
+    off_t at = offset ? *offset : lseek(in_fd, 0, SEEK_CUR);
+    if (fstat(in_fd, &st) == 0 && S_ISREG(st.st_mode) && at >= 0 && st.st_size - at < (off_t)n)
+        n = st.st_size > at ? (size_t)(st.st_size - at) : 0;
+    return n / 2;
 }
 
 static ssize_t fail(void) {
@@ -80,17 +90,36 @@ ssize_t writev(int fd, const struct iovec *iov, int count) {
     return fail();
 }
 
-ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t n) {
-    REAL(sendfile);
-    if (!tear(out_fd)) return real(out_fd, in_fd, offset, n);
-    real(out_fd, in_fd, offset, n / 2);
+ssize_t pwritev(int fd, const struct iovec *iov, int count, off_t offset) {
+    REAL(pwritev);
+    if (!tear(fd)) return real(fd, iov, count, offset);
+    struct iovec half = {count > 0 ? iov[0].iov_base : NULL, count > 0 ? iov[0].iov_len / 2 : 0};
+    real(fd, &half, 1, offset);
     return fail();
 }
+
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int count, off_t offset, int flags) {
+    REAL(pwritev64v2);
+    if (!tear(fd)) return real(fd, iov, count, offset, flags);
+    struct iovec half = {count > 0 ? iov[0].iov_base : NULL, count > 0 ? iov[0].iov_len / 2 : 0};
+    real(fd, &half, 1, offset, flags);
+    return fail();
+}
+
+/* On 64-bit Linux sendfile64 is what CPython calls (shutil.copyfile); sendfile for other callers. */
+ssize_t sendfile64(int out_fd, int in_fd, off_t *offset, size_t n) {
+    REAL(sendfile64);
+    if (!tear(out_fd)) return real(out_fd, in_fd, offset, n);
+    real(out_fd, in_fd, offset, half_of_copy(in_fd, offset, n));
+    return fail();
+}
+
+ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t n) { return sendfile64(out_fd, in_fd, offset, n); }
 
 ssize_t copy_file_range(int in_fd, off_t *in_off, int out_fd, off_t *out_off, size_t n,
                         unsigned int flags) {
     REAL(copy_file_range);
     if (!tear(out_fd)) return real(in_fd, in_off, out_fd, out_off, n, flags);
-    real(in_fd, in_off, out_fd, out_off, n / 2, flags);
+    real(in_fd, in_off, out_fd, out_off, half_of_copy(in_fd, in_off, n), flags);
     return fail();
 }
