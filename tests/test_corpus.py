@@ -1,19 +1,79 @@
 import numpy as np
 import pytest
 
+from train import corpus as corpus_module
 from train.corpus import CorpusError, load_corpus
-from train.data import window_starts
+from train.data import window_count
 
 
 def test_ids_decode_to_the_lower_cased_text(small_corpus):
     corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
     text = small_corpus.read_text().lower()
-    assert corpus.text == text
+    assert corpus.decode(corpus.ids) == text
     assert list(corpus.chars) == sorted(set(text))
     assert corpus.ids.dtype == np.uint8
     assert "".join(corpus.chars[i] for i in corpus.ids) == text
     assert corpus.split == int(len(text) * 0.9)
     assert len(corpus.train_ids) + len(corpus.holdout_ids) == len(text)
+
+
+def whole_text_ids(text: str, lowercase: bool = True):
+    """The obvious encoding, all at once: the reference for the chunked one."""
+    text = text.lower() if lowercase else text
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    return tuple(chars), np.array([index[c] for c in text])
+
+
+# 300 CJK characters (ids past 255), 4-byte emoji and 2-byte accents cut by every chunk size below, a
+# final sigma whose lower case depends on the next character, a byte order mark, CRLF line ends.
+AWKWARD = ("\ufeff" + "".join(chr(0x4E00 + i) for i in range(300)) + " ΟΔΟΣ ΣΟΦΟΣ\r\n"
+           + "caf\u00e9 na\u00efve \U0001F600 \u00c9T\u00c9 " * 40 + "ΌΣΟΣ" + " x" * 10)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 5, 7, 64, 1 << 20])
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_chunked_encoding_equals_whole_text_encoding(tmp_path, monkeypatch, chunk_bytes, lowercase):
+    path = tmp_path / "awkward.txt"
+    path.write_text(AWKWARD, encoding="utf-8")
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", chunk_bytes)
+    chars, ids = whole_text_ids(AWKWARD.removeprefix("\ufeff"), lowercase)
+    for cache_dir in (None, tmp_path / "run"):  # in memory, and written to the cache file
+        corpus = load_corpus(path, maxlen=10, holdout=0.1, lowercase=lowercase, cache_dir=cache_dir)
+        assert corpus.chars == chars and len(chars) > 256 and corpus.ids.dtype == np.uint16
+        np.testing.assert_array_equal(corpus.ids, ids)
+
+
+def test_the_ids_are_cached_by_the_corpus_sha256_and_not_encoded_again(small_corpus, tmp_path, monkeypatch):
+    first = load_corpus(small_corpus, maxlen=20, holdout=0.1, cache_dir=tmp_path)
+    assert isinstance(first.ids, np.memmap)
+    (cached,) = tmp_path.glob("ids-*.bin")
+    assert cached.name.startswith(f"ids-{first.sha256[:16]}")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(corpus_module, "text_chunks", no_encoding)
+    again = load_corpus(small_corpus, maxlen=20, holdout=0.1, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.ids, first.ids)
+    assert again.chars == first.chars
+
+    changed = tmp_path / "changed.txt"
+    changed.write_text(small_corpus.read_text() + " more")
+    with pytest.raises(AssertionError, match="encoded again"):  # another sha256: not the cached ids
+        load_corpus(changed, maxlen=20, holdout=0.1, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("chunk_bytes", [3, 64, 4096])
+def test_invalid_utf8_in_a_later_chunk_is_located(tmp_path, monkeypatch, chunk_bytes):
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", chunk_bytes)
+    path = tmp_path / "late.txt"
+    good = ("caf\u00e9 line\n" * 500).encode()  # 6,000 bytes, 500 lines
+    for bad, column in [(b"ab\xff", 3), (b"ab\xe2\x28\xa1", 3), (b"abc\xf0\x9f\x98", 4)]:
+        path.write_bytes(good + bad + b"\nmore text")
+        byte = len(good) + column - 1
+        with pytest.raises(CorpusError, match=rf"byte {byte} \(line 501, column {column}\)"):
+            load_corpus(path, maxlen=20, holdout=0.1)
 
 
 def test_case_is_kept_when_asked(tmp_path):
@@ -47,7 +107,7 @@ def test_bad_corpus_is_a_clear_error(tmp_path, content, message):
 
 
 def test_window_count_matches_the_book():
-    assert len(window_starts(600893, 60, 3)) == 200278
+    assert window_count(600893, 60, 3) == 200278
 
 
 def test_a_bad_corpus_is_refused_before_tensorflow_is_imported(tmp_path):

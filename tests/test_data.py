@@ -1,31 +1,52 @@
 import numpy as np
+import pytest
 
 from train.corpus import load_corpus
-from train.data import window_dataset, window_starts
+from train.data import Windows, cut, holdout_starts, permute, window_count
 
 
-def test_windows_are_cut_and_one_hot_encoded_on_the_fly(small_corpus):
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097])
+def test_each_pass_visits_every_window_once_in_its_own_order(n):
+    orders = [permute(np.arange(n), n, seed=7, pass_number=p) for p in range(3)]
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    if n > 3:
+        assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[0], np.arange(n))
+    np.testing.assert_array_equal(orders[0], permute(np.arange(n), n, seed=7, pass_number=0))
+    assert not np.array_equal(orders[0], permute(np.arange(n), n, seed=8, pass_number=0)) or n <= 3
+
+
+def test_batches_cover_every_window_once_per_pass_across_replicas(small_corpus):
     corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
-    ids, vocab = corpus.train_ids, len(corpus.chars)
-    dataset = window_dataset(ids, maxlen=20, step=3, vocab_size=vocab, batch_size=50, shuffle=False)
-    starts = window_starts(len(ids), 20, 3)
-    seen = 0
-    for x, y in dataset:
-        x, y = x.numpy(), y.numpy()
-        assert x.shape[1:] == (20, vocab) and x.dtype == np.float32
-        assert (x.sum(axis=-1) == 1).all()
-        for row in range(len(x)):
-            start = starts[seen + row]
-            np.testing.assert_array_equal(x[row].argmax(-1), ids[start : start + 20])
-            assert y[row] == ids[start + 20]
-        seen += len(x)
-    assert seen == len(starts)
+    windows = Windows(corpus.train_ids, maxlen=20, step=3, batch_size=64, seed=1, loss_at="all")
+    n = windows.count
+    starts = {tuple(corpus.train_ids[s : s + 21]): s for s in np.arange(n) * 3}
+    assert len(starts) == n  # every window's text is distinct in this corpus, so texts identify windows
+
+    seen = []
+    for k in range(2 * n // 64 + 2):  # a little past two passes; batches straddle the pass ends
+        parts = [windows.batch(k, replica=r, replicas=4) for r in range(4)]
+        for x, y in parts:
+            assert x.shape == (16, 20) and y.shape == (16, 20) and x.dtype == np.int32
+            np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # the targets are the inputs shifted
+        for x, y in parts:
+            seen += [starts[(*row, last)] for row, last in zip(x.tolist(), y[:, -1].tolist(), strict=True)]
+        alone = windows.batch(k)  # one replica gets the concatenation of the four shares
+        np.testing.assert_array_equal(alone[0], np.concatenate([x for x, _ in parts]))
+    assert sorted(seen[:n]) == sorted(seen[n : 2 * n]) == list(np.arange(n) * 3)
+    assert seen[:n] != seen[n : 2 * n]  # each pass in its own order
 
 
-def test_shuffling_keeps_every_window_once(small_corpus):
+def test_windows_predict_the_character_after_them(small_corpus):
     corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
     ids = corpus.train_ids
-    kwargs = dict(maxlen=20, step=3, vocab_size=len(corpus.chars), batch_size=64)
-    plain = [y for _, ys in window_dataset(ids, shuffle=False, **kwargs) for y in ys.numpy()]
-    mixed = [y for _, ys in window_dataset(ids, shuffle=True, seed=1, **kwargs) for y in ys.numpy()]
-    assert sorted(plain) == sorted(mixed) and plain != mixed
+    x, y = cut(ids, np.array([0, 3, 30]), maxlen=20)
+    np.testing.assert_array_equal(x[2], ids[30:50])
+    np.testing.assert_array_equal(y, ids[[20, 23, 50]])
+
+
+def test_the_held_out_sample_is_fixed_and_capped():
+    assert list(holdout_starts(200, 60, 10, 0)) == list(range(0, 140, 10))
+    capped = holdout_starts(10_000_000, 60, 1, 1000)
+    assert len(capped) == 1000 and capped[0] == 0 and capped[-1] == window_count(10_000_000, 60, 1) - 1
+    np.testing.assert_array_equal(capped, holdout_starts(10_000_000, 60, 1, 1000))

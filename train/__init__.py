@@ -2,5 +2,7 @@
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter quiet
+# TensorFlow's C++ start-up chatter stays quiet; without an NVIDIA driver its CUDA probing ("failed call
+# to cuInit … 303") is logged as an error, so then errors from C++ are hidden too (Python still raises).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/proc/driver/nvidia") else "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -16,18 +16,32 @@ class Recipe:
     learning_rate: float = 0.01
     cosine_decay: bool = False  # decay the learning rate to 0 over `epochs` (cosine)
     clipnorm: float = 0.0  # clip each gradient update to this norm; 0 = no clipping
-    batch_size: int = 128
+    batch_size: int = 128  # windows per step, over all workers and GPUs together
     epochs: int = 20
+    steps_per_epoch: int = 0  # steps between checkpoints, log entries and samples; 0 = one pass over the windows
     time_budget_s: float = 0.0  # training time not to pass: no epoch starts that would end past it; 0 = none
     patience: int = 0  # stop after this many epochs without a better held-out figure; 0 = never
     holdout: float = 0.1  # the last 10% of the corpus is never trained on
     holdout_stride: int = 1  # score every n-th held-out window after each epoch (1 = all of them)
+    holdout_windows: int = 10_000  # at most this many of those, spread evenly (the same every epoch); 0 = all
     lowercase: bool = True  # the book lower-cases the corpus (and so every seed text)
     seed: int = 1337  # shuffling and weight initialisation
     sample_length: int = 400  # characters generated after each epoch, per temperature
 
     def to_dict(self) -> dict:
         return {**asdict(self), "units": list(self.units)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Recipe:
+        """A recipe as logged (settings added since take their defaults)."""
+        return cls(**{**values, "units": tuple(values["units"])})
+
+    def updated(self, **overrides) -> Recipe:
+        """This recipe with the given fields replaced (None means keep the recipe's value)."""
+        unknown = set(overrides) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown recipe setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 RECIPES = {
@@ -47,8 +61,4 @@ def make_recipe(name: str, **overrides) -> Recipe:
     """The named recipe with the given fields replaced (None means keep the recipe's value)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    valid = {f.name for f in fields(Recipe)}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown recipe setting(s): {', '.join(sorted(unknown))}")
-    return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+    return RECIPES[name].updated(**overrides)

@@ -1,15 +1,33 @@
-"""The corpus as integer ids, checked before TensorFlow starts any work."""
+"""The corpus as integer ids: read and encoded in chunks, cached beside the run, memory-mapped.
+
+A corpus of any size goes through here without being held in memory: the file is decoded 16 MB at a
+time (characters split between chunks are carried over; invalid UTF-8 anywhere is reported with its
+byte, line and column), once to find the characters and once to encode them with a lookup table (no
+Python loop per character). The ids go to a file keyed by the corpus sha256, which later runs and
+resumes memory-map instead of encoding again. Everything here is checked before TensorFlow is imported.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from charsdk.vocab import write_atomic
+
 # The file Deep Learning with Python (section 8.1) trains on.
 BOOK_URL = "https://s3.amazonaws.com/text-datasets/nietzsche.txt"
+CHUNK_BYTES = 16 << 20  # bytes decoded at a time
+CACHE_FORMAT = 1  # bump when the ids file layout changes
+PROGRESS_BYTES = 64 << 20  # larger files show progress while they are read
+LONGEST_WORD = 1 << 20  # characters carried to the next chunk at most, looking for whitespace to cut at
 
 
 class CorpusError(Exception):
@@ -18,9 +36,8 @@ class CorpusError(Exception):
 
 @dataclass(frozen=True)
 class Corpus:
-    text: str  # after lower-casing, if the recipe asks for it
     chars: tuple[str, ...]  # sorted: the model's character index
-    ids: np.ndarray  # uint8 (or uint16 past 256 characters), one per character of `text`
+    ids: np.ndarray  # uint8 (uint16, uint32 past 256, 65,536 characters), one per character; memory-mapped
     split: int  # ids[:split] trains, ids[split:] is held out
     sha256: str  # of the file's bytes
     path: str
@@ -33,56 +50,176 @@ class Corpus:
     def holdout_ids(self) -> np.ndarray:
         return self.ids[self.split :]
 
+    def decode(self, ids) -> str:
+        """The text of some ids (after lower-casing, if the recipe asks for it)."""
+        codes = np.array([ord(c) for c in self.chars], np.uint32)
+        return codes[np.asarray(ids)].tobytes().decode("utf-32-le")
+
 
 def download_book_corpus() -> Path:
     """Fetch the book's Nietzsche text once into Keras's cache (~/.keras/datasets)."""
     import keras  # only here: a corpus given by path needs no TensorFlow to be checked
 
-    return Path(keras.utils.get_file("nietzsche.txt", origin=BOOK_URL))
-
-
-def read_text(path: Path) -> tuple[str, str]:
-    """The file's text and the sha256 of its bytes; a clear CorpusError for a bad file."""
     try:
-        data = path.read_bytes()
+        return Path(keras.utils.get_file("nietzsche.txt", origin=BOOK_URL))
+    except Exception as exc:  # keras raises its own types for every network failure
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CorpusError(f"could not download the book's corpus from {BOOK_URL} ({reason}): "
+                          "pass CORPUS=path/to/text.txt, or try again online") from None
+
+
+def open_corpus(path: Path):
+    try:
+        return path.open("rb")
     except FileNotFoundError:
         raise CorpusError(f"corpus file {path} does not exist: pass CORPUS=path/to/text.txt") from None
     except IsADirectoryError:
         raise CorpusError(f"corpus {path} is a directory: pass a UTF-8 text file") from None
     except OSError as exc:
         raise CorpusError(f"corpus file {path} cannot be read: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise CorpusError(
-            f"corpus file {path} is not UTF-8: byte {exc.start} (line {line}, column {column}) "
-            f"is {data[exc.start:exc.start + 1]!r}; convert it, e.g. iconv -t UTF-8"
-        ) from None
-    return text.removeprefix("\ufeff"), hashlib.sha256(data).hexdigest()
 
 
-def load_corpus(
-    path: str | Path | None, *, maxlen: int, holdout: float, lowercase: bool = True
-) -> Corpus:
-    """Read, check and encode a corpus; `path=None` downloads the book's text."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open_corpus(path) as f:
+        while block := f.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Progress:
+    """'reading corpus …: 42%' on stderr, at most once a second, for files that take a while."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.shown = label, total, time.monotonic()
+
+    def __call__(self, done: int, final: bool = False):
+        if not self.label or self.total < PROGRESS_BYTES or not (final or time.monotonic() - self.shown > 1):
+            return
+        self.shown = time.monotonic()
+        end = "\n" if final else ("\r" if sys.stderr.isatty() else "\n")
+        print(f"{self.label}: {done / self.total:.0%} of {self.total / 1e6:,.0f} MB", end=end,
+              file=sys.stderr, flush=True)
+
+
+def text_chunks(path: Path, lowercase: bool, label: str) -> Iterator[str]:
+    """The file's text, chunk by chunk: each chunk ends at whitespace where it can (so that lower-casing,
+    e.g. a final sigma, sees the same context as in the whole text) and never inside a character."""
+    size, done = path.stat().st_size, 0
+    progress = Progress(label, size)
+    line, line_start = 1, 0  # line number and byte offset where it starts, before this chunk
+    pending_bytes, pending_text = b"", ""
+    with open_corpus(path) as f:
+        while True:
+            block = f.read(CHUNK_BYTES)
+            data = pending_bytes + block
+            offset = done - len(pending_bytes)  # the file offset of data[0]
+            try:
+                text = data.decode("utf-8")
+                pending_bytes = b""
+            except UnicodeDecodeError as exc:
+                # Only a character cut by the chunk's end may wait for the next block.
+                if block and exc.reason == "unexpected end of data" and exc.end == len(data):
+                    text, pending_bytes = data[: exc.start].decode("utf-8"), data[exc.start :]
+                else:
+                    at = offset + exc.start
+                    line += data.count(b"\n", 0, exc.start)
+                    newline = data.rfind(b"\n", 0, exc.start)
+                    column = at - (offset + newline + 1 if newline >= 0 else line_start) + 1
+                    raise CorpusError(
+                        f"corpus file {path} is not UTF-8: byte {at} (line {line}, column {column}) "
+                        f"is {data[exc.start:exc.start + 1]!r}; convert it, e.g. iconv -t UTF-8"
+                    ) from None
+            decoded = data[: len(data) - len(pending_bytes)]
+            line += decoded.count(b"\n")
+            if (newline := decoded.rfind(b"\n")) >= 0:
+                line_start = offset + newline + 1
+            done += len(block)
+            progress(done, final=not block)
+            if offset == 0:
+                text = text.removeprefix("\ufeff")
+            text = pending_text + text
+            cut = max(text.rfind(" "), text.rfind("\n")) + 1 if block else len(text)
+            if cut == 0 and len(text) > LONGEST_WORD:  # no whitespace for that long: cut anyway
+                cut = len(text)
+            text, pending_text = text[:cut], text[cut:]
+            if text:
+                yield text.lower() if lowercase else text
+            if not block:
+                return
+
+
+def id_dtype(n_chars: int):
+    return np.uint8 if n_chars <= 1 << 8 else np.uint16 if n_chars <= 1 << 16 else np.uint32
+
+
+def encode(chunks: Iterator[str], chars: tuple[str, ...]) -> Iterator[np.ndarray]:
+    """Each chunk's ids, through a table from code point to id (vectorised)."""
+    codes = np.array([ord(c) for c in chars], np.int64)
+    table = np.zeros(int(codes.max()) + 1, id_dtype(len(chars)))
+    table[codes] = np.arange(len(chars))
+    for text in chunks:
+        yield table[np.frombuffer(text.encode("utf-32-le"), np.uint32)]
+
+
+def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowercase: bool = True,
+                cache_dir: Path | None = None) -> Corpus:
+    """Read, check and encode a corpus (`path=None` downloads the book's text). With `cache_dir`, the ids
+    are kept there in a file named after the corpus sha256 and memory-mapped, and a later call with the
+    same corpus reads that file instead of encoding again."""
     path = Path(path) if path else download_book_corpus()
-    text, sha256 = read_text(path)
-    if lowercase:
-        text = text.lower()
-    if not text:
-        raise CorpusError(f"corpus file {path} is empty: give it some text to learn from")
-    split = int(len(text) * (1 - holdout))
+    sha256 = file_sha256(path)
+    key = f"ids-{sha256[:16]}-{'lower' if lowercase else 'cased'}"
+    cached = read_cache(cache_dir, key, sha256) if cache_dir else None
+    if cached:
+        chars, ids = cached
+    else:
+        seen: set[str] = set()
+        for text in text_chunks(path, lowercase, f"reading {path.name}"):
+            seen.update(text)
+        chars = tuple(sorted(seen))
+        if not chars:
+            raise CorpusError(f"corpus file {path} is empty: give it some text to learn from")
+        ids = write_cache(cache_dir, key, sha256, chars, path, lowercase) if cache_dir else \
+            np.concatenate(list(encode(text_chunks(path, lowercase, ""), chars)))
+    split = int(len(ids) * (1 - holdout))
     # Both parts need at least one window of maxlen characters plus the one to predict.
     needed = int(np.ceil((maxlen + 1) / min(holdout, 1 - holdout)))
-    if min(split, len(text) - split) < maxlen + 1:
+    if min(split, len(ids) - split) < maxlen + 1:
         raise CorpusError(
-            f"corpus file {path} has {len(text)} characters; with a context of {maxlen} and "
+            f"corpus file {path} has {len(ids)} characters; with a context of {maxlen} and "
             f"{holdout:.0%} held out it needs at least {needed}: give a longer text or a smaller MAXLEN"
         )
-    chars = tuple(sorted(set(text)))
-    dtype = np.uint8 if len(chars) <= 256 else np.uint16 if len(chars) <= 65536 else np.uint32
-    index = {c: i for i, c in enumerate(chars)}
-    ids = np.fromiter((index[c] for c in text), dtype=dtype, count=len(text))
-    return Corpus(text, chars, ids, split, sha256, str(path))
+    return Corpus(chars, ids, split, sha256, str(path))
+
+
+def read_cache(cache_dir: Path, key: str, sha256: str):
+    try:
+        meta = json.loads((cache_dir / f"{key}.json").read_text(encoding="utf-8"))
+        if meta["format"] != CACHE_FORMAT or meta["sha256"] != sha256:
+            return None
+        ids = np.memmap(cache_dir / f"{key}.bin", dtype=meta["dtype"], mode="r")
+    except (OSError, ValueError, KeyError):
+        return None  # absent or damaged: encode again
+    return (tuple(meta["chars"]), ids) if len(ids) == meta["n_chars"] else None
+
+
+def write_cache(cache_dir: Path, key: str, sha256: str, chars, path: Path, lowercase: bool) -> np.ndarray:
+    """Encode into cache_dir/<key>.bin (renamed into place when complete), then memory-map it."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.glob("ids-*"):  # an earlier corpus of this run: its ids are no use now
+        if not stale.name.startswith(key):
+            stale.unlink()
+    target, tmp = cache_dir / f"{key}.bin", cache_dir / f".{key}.bin.tmp"
+    n_chars = 0
+    with open(tmp, "wb") as f:
+        for ids in encode(text_chunks(path, lowercase, f"encoding {path.name}"), chars):
+            f.write(ids.tobytes())
+            n_chars += len(ids)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    write_atomic(cache_dir / f"{key}.json", json.dumps({
+        "format": CACHE_FORMAT, "sha256": sha256, "corpus": str(path), "n_chars": n_chars,
+        "dtype": np.dtype(id_dtype(len(chars))).name, "chars": list(chars)}, ensure_ascii=False) + "\n")
+    return np.memmap(target, dtype=id_dtype(len(chars)), mode="r")

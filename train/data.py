@@ -1,39 +1,94 @@
-"""Training windows cut and one-hot encoded batch by batch: only the ids are held in memory."""
+"""Training windows, cut from the (memory-mapped) ids batch by batch: no array of windows is ever built.
+
+The windows of a pass are visited in a pseudo-random order: a keyed bijection of [0, n) (a Feistel
+network with cycle-walking) maps a position in the pass to a window, so a shuffled pass needs no buffer
+and no stored permutation, each pass has its own order (the key is the seed and the pass number), and any
+position of any pass can be found again, which is how a resumed run continues mid-pass. Batch k is the
+positions [k·B, (k+1)·B) of the endless sequence pass 0, pass 1, …: every window is used once per pass.
+With several replicas (workers, GPUs) replica r takes its B / R consecutive positions of each batch.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
-import tensorflow as tf
+
+ROUNDS = 4
 
 
-def window_starts(n_chars: int, maxlen: int, step: int) -> np.ndarray:
-    """Where each window of `maxlen` inputs + 1 target begins (the book's `range(0, n - maxlen, step)`)."""
-    return np.arange(0, n_chars - maxlen, step, dtype=np.int64)
+def window_count(n_chars: int, maxlen: int, step: int) -> int:
+    """Windows of `maxlen` inputs + 1 target, one every `step` characters (the book's
+    `range(0, n - maxlen, step)`)."""
+    return max(0, math.ceil((n_chars - maxlen) / step))
 
 
-def window_dataset(
-    ids: np.ndarray,
-    *,
-    maxlen: int,
-    step: int,
-    vocab_size: int,
-    batch_size: int,
-    shuffle: bool,
-    seed: int | None = None,
-    loss_at: str = "last",
-) -> tf.data.Dataset:
-    """Batches of (one-hot [batch, maxlen, vocab], next-char ids): [batch] for loss_at="last",
-    [batch, maxlen] (the character after every prefix of the window) for loss_at="all"."""
-    corpus = tf.constant(ids.astype(np.int32))
-    starts = window_starts(len(ids), maxlen, step)
-    offsets = tf.range(maxlen + 1, dtype=tf.int64)
-    dataset = tf.data.Dataset.from_tensor_slices(starts)
-    if shuffle:
-        dataset = dataset.shuffle(len(starts), seed=seed, reshuffle_each_iteration=True)
+def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
+    """A 64-bit hash (splitmix64's finaliser) of x xor key."""
+    x = x ^ key
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
-    def cut(batch_starts):
-        windows = tf.gather(corpus, batch_starts[:, None] + offsets)
-        targets = windows[:, 1:] if loss_at == "all" else windows[:, maxlen]
-        return tf.one_hot(windows[:, :maxlen], vocab_size), targets
 
-    return dataset.batch(batch_size).map(cut, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+def permute(positions: np.ndarray, n: int, seed: int, pass_number: int) -> np.ndarray:
+    """The window at each position of pass `pass_number`: a bijection of [0, n) keyed by (seed, pass)."""
+    half = max(1, (int(n - 1).bit_length() + 1) // 2)  # a Feistel network on 2·half bits >= n
+    mask = np.uint64((1 << half) - 1)
+    keys = np.random.SeedSequence([seed, pass_number]).generate_state(ROUNDS, np.uint64)
+
+    def feistel(x):
+        left, right = x >> np.uint64(half), x & mask
+        for key in keys:
+            left, right = right, left ^ (_mix(right, key) & mask)
+        return (left << np.uint64(half)) | right
+
+    with np.errstate(over="ignore"):
+        x = feistel(np.asarray(positions, np.uint64))
+        outside = x >= np.uint64(n)
+        while outside.any():  # cycle-walking: apply again until the value falls inside [0, n)
+            x[outside] = feistel(x[outside])
+            outside = x >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The shuffled training windows of `ids`, batch by batch."""
+
+    ids: np.ndarray
+    maxlen: int
+    step: int
+    batch_size: int  # windows per batch, over all replicas
+    seed: int
+    loss_at: str = "last"
+
+    @property
+    def count(self) -> int:
+        return window_count(len(self.ids), self.maxlen, self.step)
+
+    def batch(self, k: int, replica: int = 0, replicas: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Replica `replica`'s part of batch k: input ids [B / R, maxlen] and targets, [B / R] (the
+        character after each window) or [B / R, maxlen] (after every prefix, loss_at="all")."""
+        share = self.batch_size // replicas
+        positions = k * self.batch_size + replica * share + np.arange(share, dtype=np.int64)
+        n = self.count
+        passes, within = np.divmod(positions, n)
+        windows = np.empty_like(positions)
+        for p in np.unique(passes):  # a batch spans at most two passes
+            windows[passes == p] = permute(within[passes == p], n, self.seed, int(p))
+        return cut(self.ids, windows * self.step, self.maxlen, self.loss_at)
+
+
+def cut(ids: np.ndarray, starts: np.ndarray, maxlen: int, loss_at: str = "last"):
+    """Input ids [len(starts), maxlen] (int32) and the targets after them."""
+    windows = np.asarray(ids[starts[:, None] + np.arange(maxlen + 1)], np.int32)
+    return windows[:, :maxlen], windows[:, 1:] if loss_at == "all" else windows[:, maxlen]
+
+
+def holdout_starts(n_chars: int, maxlen: int, stride: int, limit: int) -> np.ndarray:
+    """A fixed sample of held-out windows: every `stride`-th, at most `limit` of them spread evenly."""
+    count = window_count(n_chars, maxlen, stride)
+    picked = np.linspace(0, count - 1, limit).astype(np.int64) if limit and count > limit else np.arange(count)
+    return picked * stride

@@ -1,7 +1,13 @@
 """Train a recipe on a corpus: `python -m train.fit --corpus FILE --name NAME [--epochs N ...]`.
 
-Writes under artifacts/<name>/: best.keras (lowest held-out loss), last.keras (to resume),
-log.json (per-epoch loss, held-out bits/char, wall time). Running it again resumes.
+Writes under artifacts/<name>/: best.keras (lowest held-out loss), last.keras (to resume), log.json
+(per-epoch loss, held-out bits/char, wall time) and the corpus ids (ids-*.bin, memory-mapped). Running it
+again resumes, with the corpus and recipe the run was started with.
+
+One training loop for one process and for a cluster: each step runs under a tf.distribute strategy —
+MultiWorkerMirroredStrategy when TF_CONFIG names several workers (see train/cluster.py), MirroredStrategy
+over several local GPUs, else the default one. (Keras 3's model.fit fails under MultiWorkerMirroredStrategy:
+keras-team/keras#20585.) Worker 0 alone writes files and prints samples.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ from .config import RECIPES, Recipe, make_recipe
 from .corpus import Corpus, CorpusError, load_corpus
 
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
+HOLDOUT_BATCH = 256  # held-out windows per replica and call
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m train.fit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", help="UTF-8 text file (default: download the book's Nietzsche text)")
+    p.add_argument("--corpus", help="UTF-8 text file (default: the run's own, else --fallback-corpus)")
+    p.add_argument("--fallback-corpus", help="for a new run without --corpus (default: download the "
+                                             "book's Nietzsche text)")
     p.add_argument("--name", default="nietzsche", help="artifacts/<name>/ receives the results")
     p.add_argument("--artifacts", default="artifacts", help="parent directory of <name>/")
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="default: the run's own recipe, else 'default'")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     recipe = p.add_argument_group("recipe settings", "each replaces the recipe's value (train/config.py)")
     for f in fields(Recipe):
@@ -47,7 +57,6 @@ def parse_args(argv):
 SETTING_TYPES = {"int": int, "float": float, "str": str,
                  "tuple[int, ...]": lambda s: tuple(int(u) for u in s.split(","))}
 
-
 # Settings that only say when to stop: a resumed run may change them (e.g. EPOCHS=30 after 20).
 STOPPING = {"epochs", "time_budget_s", "patience", "sample_length"}
 
@@ -56,7 +65,8 @@ def same_run(previous: dict, current: dict) -> bool:
     """Whether `current` continues the run logged in `previous` (same corpus, same recipe)."""
     def model_settings(log):
         return {k: v for k, v in log["recipe"].items() if k not in STOPPING}
-    return previous["corpus"] == current["corpus"] and model_settings(previous) == model_settings(current)
+    return (previous["corpus"]["sha256"] == current["corpus"]["sha256"]
+            and model_settings(previous) == model_settings(current))
 
 
 def save_model_atomic(model, path: Path) -> None:
@@ -66,124 +76,254 @@ def save_model_atomic(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def read_log(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "log.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    recipe = make_recipe(args.recipe, **{f.name: getattr(args, f.name) for f in fields(Recipe)})
+    out = Path(args.artifacts) / args.name
+    # A run named again continues with what it was started with, unless told otherwise.
+    previous = None if args.fresh else read_log(out)
+    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)}
+    if args.recipe is None and previous:
+        recipe_name = previous["recipe_name"]
+        recipe = Recipe.from_dict(previous["recipe"]).updated(**overrides)
+    else:
+        recipe_name = args.recipe or "default"
+        recipe = make_recipe(recipe_name, **overrides)
+    corpus_path = args.corpus or (previous and previous["corpus"]["path"]) or args.fallback_corpus
     try:
-        corpus = load_corpus(args.corpus, maxlen=recipe.maxlen, holdout=recipe.holdout,
-                             lowercase=recipe.lowercase)
+        corpus = load_corpus(corpus_path, maxlen=recipe.maxlen, holdout=recipe.holdout,
+                             lowercase=recipe.lowercase, cache_dir=out)
     except CorpusError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.artifacts) / args.name
-    out.mkdir(parents=True, exist_ok=True)
-    return fit(corpus, args.recipe, recipe, out, fresh=args.fresh)
+    return fit(corpus, recipe_name, recipe, out, fresh=args.fresh)
+
+
+def cluster() -> tuple[int, int]:
+    """(this worker's index, number of workers) from TF_CONFIG; (0, 1) without one."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    workers = len(config.get("cluster", {}).get("worker", [])) + len(config.get("cluster", {}).get("chief", []))
+    task = config.get("task", {})
+    index = task.get("index", 0) + (1 if task.get("type") == "worker" and "chief" in config["cluster"] else 0)
+    return index, max(workers, 1)
+
+
+def distribution_strategy():
+    import tensorflow as tf
+
+    if cluster()[1] > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool = False) -> int:
+    strategy = distribution_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
     import keras
+    import tensorflow as tf
 
-    from .data import window_dataset
+    from .data import Windows, holdout_starts
     from .model import build_model, inference_function
 
+    chief = cluster()[0] == 0
+    replicas = strategy.num_replicas_in_sync
+    if recipe.batch_size % replicas:
+        print(f"train: error: BATCH_SIZE {recipe.batch_size} cannot be shared by {replicas} replicas: "
+              f"choose a multiple of {replicas}", file=sys.stderr)
+        return 2
     log_path, last_path, best_path = out / "log.json", out / "last.keras", out / "best.keras"
+    windows = Windows(corpus.train_ids, recipe.maxlen, recipe.step, recipe.batch_size, recipe.seed,
+                      recipe.loss_at)
+    steps_per_epoch = recipe.steps_per_epoch or math.ceil(windows.count / recipe.batch_size)
+    holdout = holdout_starts(len(corpus.holdout_ids), recipe.maxlen, recipe.holdout_stride,
+                             recipe.holdout_windows)
     log = {
         "recipe_name": recipe_name,
         "recipe": recipe.to_dict(),
-        "corpus": {"path": corpus.path, "sha256": corpus.sha256, "chars": len(corpus.text),
+        "corpus": {"path": corpus.path, "sha256": corpus.sha256, "chars": len(corpus.ids),
                    "vocab": list(corpus.chars), "train_chars": corpus.split},
+        "steps_per_epoch": steps_per_epoch,
+        "training_windows": windows.count,
+        "holdout_windows_scored": len(holdout),
+        "workers": cluster()[1],
         "epochs": [],
     }
-    model = None
-    if not fresh and last_path.exists() and log_path.exists():
-        previous = json.loads(log_path.read_text())
-        if not same_run(previous, log):
-            print(f"train: error: {out} holds a run with another recipe or corpus: "
-                  "pass --fresh (FRESH=1) to start over, or choose another NAME", file=sys.stderr)
-            return 2
-        log = previous
-        model = keras.models.load_model(last_path)
-    common = dict(maxlen=recipe.maxlen, vocab_size=len(corpus.chars))
-    train = window_dataset(corpus.train_ids, step=recipe.step, shuffle=True, seed=recipe.seed,
-                           batch_size=recipe.batch_size, loss_at=recipe.loss_at, **common)
-    # Held-out: every 60-character window of the last 10% predicts the character after it, as in
-    # the reference table (every `holdout_stride`-th window during training, to save time).
-    holdout = window_dataset(corpus.holdout_ids, step=recipe.holdout_stride, shuffle=False,
-                             batch_size=512, **common)
-    if model is None:
-        keras.utils.set_random_seed(recipe.seed)
-        model = build_model(len(corpus.chars), recipe, steps_per_epoch=len(train))
-    else:
-        forget_epochs_after(log, int(model.optimizer.iterations) // len(train))
+    previous = None if fresh else read_log(out)
+    resuming = previous is not None and last_path.exists()
+    if resuming and not same_run(previous, log):
+        print(f"train: error: {out} holds a run with another recipe or corpus: "
+              "pass --fresh (FRESH=1) to start over, or choose another NAME", file=sys.stderr)
+        return 2
+    with strategy.scope():
+        if resuming:
+            model = keras.models.load_model(last_path)
+        else:
+            keras.utils.set_random_seed(recipe.seed)
+            model = build_model(len(corpus.chars), recipe, steps_per_epoch=steps_per_epoch)
+    if resuming:
+        log = {**log, "epochs": previous["epochs"], **{k: previous[k] for k in ("best_epoch",) if k in previous}}
+        forget_epochs_after(log, int(model.optimizer.iterations.numpy()) // steps_per_epoch)
         print(f"Resuming {out} after epoch {len(log['epochs'])}")
-    model.summary()
-    holdout_nats = holdout_scorer(model)
+    if chief:
+        model.summary()
+        print(f"{windows.count:,} training windows, {steps_per_epoch:,} steps of {recipe.batch_size} per epoch, "
+              f"{replicas} replica(s); held-out: {len(holdout):,} windows scored per epoch")
+    train_step = make_train_step(model, strategy, recipe)
+    holdout_nats = make_holdout_scorer(model, strategy, corpus, holdout, recipe.maxlen)
 
-    class EpochEnd(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
+    def batch(k):
+        def replica_batch(context):
+            return tuple(tf.constant(a) for a in windows.batch(k, context.replica_id_in_sync_group, replicas))
+        return strategy.experimental_distribute_values_from_function(replica_batch)
 
-        def on_epoch_end(self, epoch, logs=None):
-            seconds = time.perf_counter() - self.started
-            loss, val_loss = float(logs["loss"]), holdout_nats(holdout)
-            entries = log["epochs"]
-            best = min((e["val_loss"] for e in entries), default=math.inf)
-            entries.append({
-                "epoch": epoch + 1,
-                "loss": loss,
-                "val_loss": val_loss,
-                "val_bits_per_char": val_loss / math.log(2),
-                "epoch_s": round(seconds, 2),
-                "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
-            })
-            if math.isfinite(val_loss) and val_loss < best:
-                save_model_atomic(self.model, best_path)
-                log["best_epoch"] = epoch + 1
-            # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
-            # resuming trusts the checkpoint's own step count (forget_epochs_after).
-            write_atomic(log_path, json.dumps(log, indent=2) + "\n")
-            save_model_atomic(self.model, last_path)
-            print(f"\nepoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
-                  f"(best epoch {log.get('best_epoch')})")
-            print_samples(self.model, epoch)
-            if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
-                print(f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s: "
-                      "stopping")
-                self.model.stop_training = True
-            if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
-                print(f"no better held-out figure for {recipe.patience} epochs: stopping")
-                self.model.stop_training = True
+    def everyone_agrees_to_stop(flag: bool) -> bool:
+        """The workers stop together: true if any worker wants to (each judges its own clock)."""
+        value = tf.constant(float(flag))
+        return bool(strategy.reduce("SUM", strategy.run(lambda: tf.identity(value)), axis=None) > 0)
 
-    def print_samples(model, epoch):
+    def print_samples(epoch):
         step_fn, states = inference_function(model)  # a copy of this epoch's weights
         rng = np.random.default_rng(recipe.seed + epoch)
         start = int(rng.integers(0, corpus.split - recipe.maxlen))
         seed_ids = corpus.ids[start : start + recipe.maxlen]
-        print(f'--- seed: "{corpus.text[start:start + recipe.maxlen]}"')
+        print(f'--- seed: "{corpus.decode(seed_ids)}"')
         for temperature in TEMPERATURES:
             text = sample_text(step_fn, states, seed_ids, len(corpus.chars), temperature,
                                recipe.sample_length, rng)
-            print(f"--- temperature {temperature}:\n{''.join(corpus.chars[i] for i in text)}")
+            print(f"--- temperature {temperature}:\n{corpus.decode(text)}")
         sys.stdout.flush()
 
     done = len(log["epochs"])
     if done >= recipe.epochs:
         print(f"{out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
         return 0
-    model.fit(
-        train,
-        initial_epoch=done,
-        epochs=recipe.epochs,
-        shuffle=False,  # the dataset shuffles its windows itself
-        callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd()],
-        verbose="auto",
-    )
-    if "best_epoch" not in log:
-        print("train: error: no epoch finished with a finite held-out loss", file=sys.stderr)
-        return 1
+    for epoch in range(done, recipe.epochs):
+        if chief:
+            print(f"Epoch {epoch + 1}/{recipe.epochs}")
+        progress = keras.utils.Progbar(steps_per_epoch, verbose=1 if chief else 0, stateful_metrics=["loss"])
+        started, total, finite = time.perf_counter(), 0.0, True
+        for step in range(steps_per_epoch):
+            loss = float(train_step(*batch(epoch * steps_per_epoch + step)))
+            if not math.isfinite(loss):
+                finite = False
+                break
+            total += loss
+            progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
+        seconds = time.perf_counter() - started
+        val_loss = holdout_nats() if finite else math.nan
+        entries = log["epochs"]
+        best = min((e["val_loss"] for e in entries), default=math.inf)
+        entries.append({
+            "epoch": epoch + 1,
+            "loss": total / (step + 1) if finite else math.nan,
+            "val_loss": val_loss,
+            "val_bits_per_char": val_loss / math.log(2),
+            "epoch_s": round(seconds, 2),
+            "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
+        })
+        if not finite:
+            if chief:
+                write_atomic(log_path, json.dumps(log, indent=2) + "\n")
+            print(f"\ntrain: error: the loss became NaN at step {step + 1} of epoch {epoch + 1}: "
+                  "lower LEARNING_RATE or set CLIPNORM (the checkpoints hold the epochs before)",
+                  file=sys.stderr)
+            return 1
+        if val_loss < best:
+            log["best_epoch"] = epoch + 1
+        if chief:
+            if log["best_epoch"] == epoch + 1:
+                save_model_atomic(model, best_path)
+            # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
+            # resuming trusts the checkpoint's own step count (forget_epochs_after).
+            write_atomic(log_path, json.dumps(log, indent=2) + "\n")
+            save_model_atomic(model, last_path)
+            print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
+                  f"(best epoch {log.get('best_epoch')})")
+            print_samples(epoch)
+        reasons = []
+        if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
+            reasons.append(f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s")
+        if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
+            reasons.append(f"no better held-out figure for {recipe.patience} epochs")
+        if everyone_agrees_to_stop(bool(reasons)):
+            print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
+            break
     best = log["epochs"][log["best_epoch"] - 1]
     print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> {best_path}")
     return 0
+
+
+def make_train_step(model, strategy, recipe: Recipe):
+    """One optimisation step on a distributed batch (ids); returns the batch's mean loss.
+
+    Each replica one-hot encodes its share, averages its loss over the global batch
+    (tf.nn.compute_average_loss), and the Keras optimizer, built under the strategy, sums the replicas'
+    gradients and applies them (clipped per replica, as its clipnorm does)."""
+    import keras
+    import tensorflow as tf
+
+    vocab_size = model.input_shape[-1]
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            probs = model(tf.one_hot(x, vocab_size), training=True)
+            per_window = keras.losses.sparse_categorical_crossentropy(y, probs)
+            if recipe.loss_at == "all":
+                per_window = tf.reduce_mean(per_window, axis=1)
+            loss = tf.nn.compute_average_loss(per_window, global_batch_size=recipe.batch_size)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return loss
+
+    @tf.function
+    def train_step(x, y):
+        return strategy.reduce("SUM", strategy.run(replica_step, args=(x, y)), axis=None)
+
+    return train_step
+
+
+def make_holdout_scorer(model, strategy, corpus: Corpus, starts: np.ndarray, maxlen: int):
+    """Mean negative log-likelihood (nats) of the character after each of the fixed held-out windows,
+    the windows shared out between the replicas (padded with zero-weight windows to equal calls)."""
+    import tensorflow as tf
+
+    from .data import cut
+
+    replicas, vocab_size = strategy.num_replicas_in_sync, model.input_shape[-1]
+    per_call = HOLDOUT_BATCH * replicas
+    padded = np.resize(starts, math.ceil(len(starts) / per_call) * per_call)
+    weights = (np.arange(len(padded)) < len(starts)).astype(np.float32)
+
+    def replica_nats(x, y, w):
+        probs = model(tf.one_hot(x, vocab_size), training=False)
+        if len(probs.shape) == 3:  # loss_at="all": the distribution after the whole window
+            probs = probs[:, -1]
+        picked = tf.gather(probs, y, batch_dims=1)
+        return tf.reduce_sum(-tf.math.log(tf.maximum(picked, 1e-30)) * w)
+
+    @tf.function
+    def call_nats(x, y, w):
+        return strategy.reduce("SUM", strategy.run(replica_nats, args=(x, y, w)), axis=None)
+
+    def score() -> float:
+        total = 0.0
+        for lo in range(0, len(padded), per_call):
+            def replica_share(context, lo=lo):
+                part = slice(lo + context.replica_id_in_sync_group * HOLDOUT_BATCH,
+                             lo + (context.replica_id_in_sync_group + 1) * HOLDOUT_BATCH)
+                x, y = cut(corpus.holdout_ids, padded[part], maxlen)
+                return tf.constant(x), tf.constant(y), tf.constant(weights[part])
+            total += float(call_nats(*strategy.experimental_distribute_values_from_function(replica_share)))
+        return total / len(starts)
+
+    return score
 
 
 def next_epoch_overruns(wall_s: float, last_epoch_s: float, budget_s: float) -> bool:
@@ -199,28 +339,6 @@ def forget_epochs_after(log: dict, finished: int) -> None:
     log.pop("best_epoch", None)
     if finite:
         log["best_epoch"] = min(finite, key=lambda e: e["val_loss"])["epoch"]
-
-
-def holdout_scorer(model):
-    """Mean negative log-likelihood (nats) of the character after each held-out window."""
-    import tensorflow as tf
-
-    @tf.function
-    def batch_nats(x, y):
-        probs = model(x, training=False)
-        if len(probs.shape) == 3:  # loss_at="all": the distribution after the whole window
-            probs = probs[:, -1]
-        picked = tf.gather(probs, tf.cast(y, tf.int32), batch_dims=1)
-        return -tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-30))), tf.size(y)
-
-    def score(dataset) -> float:
-        total, count = 0.0, 0
-        for x, y in dataset:
-            nats, n = batch_nats(x, y)
-            total, count = total + float(nats), count + int(n)
-        return total / count
-
-    return score
 
 
 def sample_text(step_fn, states, seed_ids, vocab_size, temperature, length, rng) -> list[int]:
