@@ -1,19 +1,22 @@
-# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make bench` · `make plot` · `make lint`
+# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make bench` · `make bench-train`
+#          `make plot` · `make lint`
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 RUNTIME_VENV := .venv-runtime# runtime dependencies only: what `pip install charsdk` gives users
 DEV_VENV := .venv# runtime + training + test dependencies
 
-SHARED_CORPUS := ../shared/corpora/nietzsche.txt
-CORPUS ?= $(if $(wildcard $(SHARED_CORPUS)),$(SHARED_CORPUS))# empty: download the book's text
+SHARED_CORPUS := $(wildcard ../shared/corpora/nietzsche.txt)# this workspace's copy of the book's text
+CORPUS ?=# a new run: the text to train on (empty: the book's, downloaded); a run named again: its own
 NAME ?= nietzsche# the run: artifacts/$(NAME)/
 MODEL ?= nietzsche# a shipped model: charsdk/models/$(MODEL)/ (nietzsche is the default one)
-RECIPE ?= default
+RECIPE ?=# a new run: default or book (empty: default); a run named again: its own
 ARTIFACTS ?= artifacts
 EPOCHS ?=
+EPOCH_STEPS ?=# steps per epoch (checkpoint, log entry, samples); empty: one pass over the corpus
+WORKERS ?= 1# >1: a cluster of that many workers on this machine (train/cluster.py)
 FRESH ?=
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship bench plot lint clean
+.PHONY: gen test train export ship bench bench-train plot lint clean
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -31,17 +34,19 @@ gen: $(RUNTIME_VENV)/.installed
 test: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+TRAIN_ARGS = --name $(NAME) --artifacts $(ARTIFACTS) $(if $(RECIPE),--recipe $(RECIPE)) \
+	$(if $(CORPUS),--corpus $(CORPUS)) $(if $(SHARED_CORPUS),--fallback-corpus $(SHARED_CORPUS)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCH_STEPS),--steps-per-epoch $(EPOCH_STEPS)) $(if $(FRESH),--fresh)
 train: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.fit --name $(NAME) --recipe $(RECIPE) --artifacts $(ARTIFACTS) \
-		$(if $(CORPUS),--corpus $(CORPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FRESH),--fresh)
+	$(DEV_VENV)/bin/python -m $(if $(filter-out 1,$(WORKERS)),train.cluster --workers $(WORKERS),train.fit) \
+		$(TRAIN_ARGS)
 
 export: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS)
 
-# Copy the export of run $(NAME) into the package as charsdk/models/$(MODEL)/.
-ship:
-	rm -rf charsdk/models/$(MODEL) && mkdir -p charsdk/models/$(MODEL)
-	cp $(ARTIFACTS)/$(NAME)/vocab.json $(ARTIFACTS)/$(NAME)/*.onnx charsdk/models/$(MODEL)/
+# Copy the export of run $(NAME) into the package as charsdk/models/$(MODEL)/ (checked, then swapped in).
+ship: $(RUNTIME_VENV)/.installed
+	$(RUNTIME_VENV)/bin/python -m train.ship $(ARTIFACTS)/$(NAME) charsdk/models/$(MODEL)
 
 # Generation speed: the book's Keras loop against charsdk on the book model's weights, then the
 # default model (tables printed, JSON written beside each run's log).
@@ -49,6 +54,10 @@ bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.bench --model nietzsche-book --run $(ARTIFACTS)/book \
 		--out $(ARTIFACTS)/book/bench.json
 	$(DEV_VENV)/bin/python -m train.bench --model nietzsche --out $(ARTIFACTS)/nietzsche/bench.json
+
+# Training cost as the corpus grows (the Nietzsche text, repeated to 100 MB and 1 GB) and on 2 workers.
+bench-train: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.bench_train $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
 PLOT_RUNS ?= book book60 nietzsche

@@ -53,8 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "corpora" / "nietzsche.txt"  # beside the checkout, not for users
 
 
-def run_python(code: str, *args, executable=sys.executable):
+def run_python(code: str, *args, executable=sys.executable, env_home=None):
+    import os
     import subprocess
 
+    env = {**os.environ, "HOME": env_home} if env_home else None
     return subprocess.run([executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+                          cwd=ROOT, env=env)

@@ -124,3 +124,16 @@ def test_a_bad_corpus_is_refused_before_tensorflow_is_imported(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train: error:") and "does not exist" in lines[0]
+
+
+def test_a_failed_download_is_one_clear_line(tmp_path):
+    from tests.conftest import run_python
+
+    result = run_python(
+        "from train import corpus, fit\n"
+        "corpus.BOOK_URL = 'http://127.0.0.1:9/nietzsche.txt'  # nothing listens there\n"
+        f"raise SystemExit(fit.main(['--name', 'n', '--artifacts', {str(tmp_path)!r}]))\n",
+        env_home=str(tmp_path))  # no cached copy of the book's text in ~/.keras
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train: error: could not download the book's corpus")

@@ -345,3 +345,49 @@ def test_gradients_are_clipped_when_the_recipe_says_so(small_corpus, tmp_path, m
         assert 0 < float(largest.numpy()) <= clipnorm * (1 + 1e-3)
     else:
         assert float(largest.numpy()) > 100 * 1e-4
+
+
+def test_a_resumed_run_continues_the_pass_where_it_stopped(small_corpus, tmp_path):
+    """Epochs of 20 steps where a pass is 71: resuming after epoch 1 lands mid-pass, and the run goes on
+    with the very batches an uninterrupted run trains on (the same losses, the same weights)."""
+    from train import fit
+
+    def run(name, *extra):
+        args = train_args(small_corpus, tmp_path, "--steps-per-epoch", "20", *extra)
+        args[args.index("--name") + 1] = name
+        assert fit.main(args) == 0
+        return json.loads((tmp_path / name / "log.json").read_text())
+
+    straight = run("straight", "--epochs", "3")
+    run("resumed", "--epochs", "1")
+    resumed = run("resumed", "--epochs", "3")
+    assert straight["steps_per_epoch"] == 20 and straight["training_windows"] > 20 * 64
+    assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in straight["epochs"]],
+                                                                    rel=1e-5)
+    assert resumed["epochs"][-1]["weights_sha256"] == straight["epochs"][-1]["weights_sha256"]
+
+
+def test_a_run_named_again_keeps_its_corpus_and_recipe(small_corpus, tmp_path, capsys):
+    from train import fit
+
+    assert fit.main(train_args(small_corpus, tmp_path, "--epochs", "1")) == 0
+    # no --corpus, no --recipe: the run's own, not the default recipe or a download of the book's text
+    assert fit.main(["--name", "run", "--artifacts", str(tmp_path), "--epochs", "2"]) == 0
+    assert f"Resuming {tmp_path / 'run'} after epoch 1" in capsys.readouterr().out
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert log["recipe_name"] == "book" and log["recipe"]["units"] == [32] and len(log["epochs"]) == 2
+    assert log["corpus"]["path"] == str(small_corpus)
+
+
+def test_make_ship_checks_the_export_before_touching_the_package(trained_dir, tmp_path):
+    from train.ship import main as ship
+
+    package = tmp_path / "models" / "mine"
+    assert ship([str(trained_dir), str(package)]) == 0
+    first = Generator.load(package).vocab.onnx_sha256
+    empty = tmp_path / "no-export"
+    empty.mkdir()
+    assert ship([str(empty), str(package)]) == 2  # nothing to ship: the shipped model stays
+    assert Generator.load(package).vocab.onnx_sha256 == first
+    assert ship([str(trained_dir), str(package)]) == 0  # over an existing one: swapped whole
+    assert sorted(p.name for p in package.parent.iterdir()) == ["mine"]

@@ -18,7 +18,7 @@ class Recipe:
     clipnorm: float = 0.0  # clip each gradient update to this norm; 0 = no clipping
     batch_size: int = 128  # windows per step, over all workers and GPUs together
     epochs: int = 20
-    steps_per_epoch: int = 0  # steps between checkpoints, log entries and samples; 0 = one pass over the windows
+    steps_per_epoch: int = 0  # steps between checkpoints, log entries and samples; 0 = one pass
     time_budget_s: float = 0.0  # training time not to pass: no epoch starts that would end past it; 0 = none
     patience: int = 0  # stop after this many epochs without a better held-out figure; 0 = never
     holdout: float = 0.1  # the last 10% of the corpus is never trained on

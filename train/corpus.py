@@ -53,7 +53,7 @@ class Corpus:
     def decode(self, ids) -> str:
         """The text of some ids (after lower-casing, if the recipe asks for it)."""
         codes = np.array([ord(c) for c in self.chars], np.uint32)
-        return codes[np.asarray(ids)].tobytes().decode("utf-32-le")
+        return codes[np.asarray(ids, np.int64)].tobytes().decode("utf-32-le")
 
 
 def download_book_corpus() -> Path:
@@ -210,7 +210,8 @@ def write_cache(cache_dir: Path, key: str, sha256: str, chars, path: Path, lower
     for stale in cache_dir.glob("ids-*"):  # an earlier corpus of this run: its ids are no use now
         if not stale.name.startswith(key):
             stale.unlink()
-    target, tmp = cache_dir / f"{key}.bin", cache_dir / f".{key}.bin.tmp"
+    # Workers of one cluster on one machine may encode at once: each into its own file, renamed whole.
+    target, tmp = cache_dir / f"{key}.bin", cache_dir / f".{key}.bin.{os.getpid()}.tmp"
     n_chars = 0
     with open(tmp, "wb") as f:
         for ids in encode(text_chunks(path, lowercase, f"encoding {path.name}"), chars):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ROUNDS = 4
+ROUNDS = 10  # 4 rounds on the 8-bit halves of a small corpus gave an order that trained markedly worse
 
 
 def window_count(n_chars: int, maxlen: int, step: int) -> int:
@@ -90,5 +90,6 @@ def cut(ids: np.ndarray, starts: np.ndarray, maxlen: int, loss_at: str = "last")
 def holdout_starts(n_chars: int, maxlen: int, stride: int, limit: int) -> np.ndarray:
     """A fixed sample of held-out windows: every `stride`-th, at most `limit` of them spread evenly."""
     count = window_count(n_chars, maxlen, stride)
-    picked = np.linspace(0, count - 1, limit).astype(np.int64) if limit and count > limit else np.arange(count)
-    return picked * stride
+    if limit and count > limit:
+        return np.linspace(0, count - 1, limit).astype(np.int64) * stride
+    return np.arange(count) * stride

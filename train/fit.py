@@ -13,6 +13,7 @@ keras-team/keras#20585.) Worker 0 alone writes files and prints samples.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from charsdk.vocab import write_atomic
 from .config import RECIPES, Recipe, make_recipe
 from .corpus import Corpus, CorpusError, load_corpus
 
+STARTED = time.monotonic()  # about when the process started: make bench-train times the first step from it
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
 HOLDOUT_BATCH = 256  # held-out windows per replica and call
 
@@ -108,9 +110,9 @@ def main(argv=None) -> int:
 def cluster() -> tuple[int, int]:
     """(this worker's index, number of workers) from TF_CONFIG; (0, 1) without one."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    workers = len(config.get("cluster", {}).get("worker", [])) + len(config.get("cluster", {}).get("chief", []))
-    task = config.get("task", {})
-    index = task.get("index", 0) + (1 if task.get("type") == "worker" and "chief" in config["cluster"] else 0)
+    cluster_spec, task = config.get("cluster", {}), config.get("task", {})
+    workers = len(cluster_spec.get("worker", [])) + len(cluster_spec.get("chief", []))
+    index = task.get("index", 0) + (1 if task.get("type") == "worker" and "chief" in cluster_spec else 0)
     return index, max(workers, 1)
 
 
@@ -168,13 +170,13 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             keras.utils.set_random_seed(recipe.seed)
             model = build_model(len(corpus.chars), recipe, steps_per_epoch=steps_per_epoch)
     if resuming:
-        log = {**log, "epochs": previous["epochs"], **{k: previous[k] for k in ("best_epoch",) if k in previous}}
+        log["epochs"] = previous["epochs"]
         forget_epochs_after(log, int(model.optimizer.iterations.numpy()) // steps_per_epoch)
         print(f"Resuming {out} after epoch {len(log['epochs'])}")
     if chief:
         model.summary()
-        print(f"{windows.count:,} training windows, {steps_per_epoch:,} steps of {recipe.batch_size} per epoch, "
-              f"{replicas} replica(s); held-out: {len(holdout):,} windows scored per epoch")
+        print(f"{windows.count:,} training windows, {steps_per_epoch:,} steps of {recipe.batch_size} per "
+              f"epoch, {replicas} replica(s); held-out: {len(holdout):,} windows scored per epoch")
     train_step = make_train_step(model, strategy, recipe)
     holdout_nats = make_holdout_scorer(model, strategy, corpus, holdout, recipe.maxlen)
 
@@ -215,6 +217,8 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
                 finite = False
                 break
             total += loss
+            if step == 0 and epoch == done and chief:
+                print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
             progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
         seconds = time.perf_counter() - started
         val_loss = holdout_nats() if finite else math.nan
@@ -228,6 +232,9 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             "epoch_s": round(seconds, 2),
             "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
         })
+        entries[-1]["weights_sha256"] = weights_sha256(model)
+        if not chief:
+            print(f"worker {cluster()[0]}: epoch {epoch + 1}: weights sha256 {entries[-1]['weights_sha256']}")
         if not finite:
             if chief:
                 write_atomic(log_path, json.dumps(log, indent=2) + "\n")
@@ -324,6 +331,14 @@ def make_holdout_scorer(model, strategy, corpus: Corpus, starts: np.ndarray, max
         return total / len(starts)
 
     return score
+
+
+def weights_sha256(model) -> str:
+    """A fingerprint of the model's weights: equal on every worker of a cluster after each step."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
 
 def next_epoch_overruns(wall_s: float, last_epoch_s: float, budget_s: float) -> bool:

@@ -24,12 +24,14 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    corpora = []
     for name in args.names:
         path = Path(args.artifacts) / name / "log.json"
         if not path.exists():
             print(f"plot: error: {path} does not exist: train {name} first", file=sys.stderr)
             return 2
         log = json.loads(path.read_text())
+        corpora.append(Path(log["corpus"]["path"]).stem)
         minutes = [e["wall_s"] / 60 for e in log["epochs"]]
         bits = [e["val_bits_per_char"] for e in log["epochs"]]
         best = min(bits)
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
                 label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")
     ax.set_xlabel("training time (minutes, 2 CPU cores)")
     ax.set_ylabel("held-out bits per character")
-    ax.set_title("Nietzsche, last 10% held out: lower is better")
+    ax.set_title(f"{', '.join(dict.fromkeys(corpora))}: last 10% held out, lower is better")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
