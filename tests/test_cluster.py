@@ -9,13 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from charsdk import Generator
 from tests.conftest import ROOT, TINY
 
 
+def fit_args(corpus, artifacts, epochs):
+    return ["--corpus", str(corpus), "--name", "c", "--artifacts", str(artifacts), "--recipe", "book", *TINY,
+            "--epochs", str(epochs)]
+
+
 def cluster_command(corpus, artifacts, epochs):
-    return [sys.executable, "-m", "train.cluster", "--workers", "2", "--corpus", str(corpus), "--name", "c",
-            "--artifacts", str(artifacts), "--recipe", "book", *TINY, "--epochs", str(epochs)]
+    return [sys.executable, "-m", "train.cluster", "--workers", "2", *fit_args(corpus, artifacts, epochs)]
 
 
 def worker_digests(run: Path) -> dict[int, str]:
@@ -36,6 +42,12 @@ def test_two_workers_train_to_identical_weights_and_the_export_loads(small_corpu
     # the global batch of 64 is shared: a pass takes as many steps as on one worker
     assert log["steps_per_epoch"] == -(-log["training_windows"] // 64)
     assert worker_digests(run) == {e["epoch"]: e["weights_sha256"] for e in log["epochs"]}
+    # each worker trains its half of every batch: summed, the same steps as one process taking it whole
+    command = [sys.executable, "-m", "train.fit", *fit_args(small_corpus, tmp_path / "alone", 2)]
+    alone = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    one = json.loads((tmp_path / "alone" / "c" / "log.json").read_text())
+    assert [e["loss"] for e in log["epochs"]] == pytest.approx([e["loss"] for e in one["epochs"]], rel=1e-3)
     assert export.main(["--name", "c", "--artifacts", str(tmp_path)]) == 0
     assert len(Generator.load(run).generate("the ", length=40, seed=0)) == 40
 
