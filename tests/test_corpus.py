@@ -134,6 +134,9 @@ def test_a_failed_download_is_one_clear_line(tmp_path):
         "corpus.BOOK_URL = 'http://127.0.0.1:9/nietzsche.txt'  # nothing listens there\n"
         f"raise SystemExit(fit.main(['--name', 'n', '--artifacts', {str(tmp_path)!r}]))\n",
         env_home=str(tmp_path))  # no cached copy of the book's text in ~/.keras
+    # (one line of progress, then the error; TensorFlow never started, so none of its start-up lines)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train: error: could not download the book's corpus")
+    assert lines[0] == "Downloading http://127.0.0.1:9/nietzsche.txt"
+    assert len(lines) == 2 and lines[1].startswith("train: error: could not download the book's corpus")
+    assert not list(tmp_path.rglob("*.tmp"))

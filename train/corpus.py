@@ -57,15 +57,28 @@ class Corpus:
 
 
 def download_book_corpus() -> Path:
-    """Fetch the book's Nietzsche text once into Keras's cache (~/.keras/datasets)."""
-    import keras  # only here: a corpus given by path needs no TensorFlow to be checked
+    """Fetch the book's Nietzsche text once into Keras's dataset cache (~/.keras/datasets), with the
+    standard library: TensorFlow is not imported before the corpus is ready."""
+    import urllib.error
+    import urllib.request
 
+    path = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets" / "nietzsche.txt"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    print(f"Downloading {BOOK_URL}", file=sys.stderr)
     try:
-        return Path(keras.utils.get_file("nietzsche.txt", origin=BOOK_URL))
-    except Exception as exc:  # keras raises its own types for every network failure
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        with urllib.request.urlopen(BOOK_URL, timeout=60) as response, open(tmp, "wb") as f:
+            while block := response.read(CHUNK_BYTES):
+                f.write(block)
+        os.replace(tmp, path)
+    except (urllib.error.URLError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
         raise CorpusError(f"could not download the book's corpus from {BOOK_URL} ({reason}): "
                           "pass CORPUS=path/to/text.txt, or try again online") from None
+    return path
 
 
 def open_corpus(path: Path):
