@@ -46,7 +46,7 @@ def test_chunked_encoding_equals_whole_text_encoding(tmp_path, monkeypatch, chun
 
 def test_the_ids_are_cached_by_the_corpus_sha256_and_not_encoded_again(small_corpus, tmp_path, monkeypatch):
     first = load_corpus(small_corpus, maxlen=20, holdout=0.1, cache_dir=tmp_path)
-    assert isinstance(first.ids, np.memmap)
+    assert not first.ids.flags.writeable and len(first.ids) == first.split + len(first.holdout_ids)
     (cached,) = tmp_path.glob("ids-*.bin")
     assert cached.name.startswith(f"ids-{first.sha256[:16]}")
 

@@ -16,9 +16,11 @@ def test_each_pass_visits_every_window_once_in_its_own_order(n):
     assert not np.array_equal(orders[0], permute(np.arange(n), n, seed=8, pass_number=0)) or n <= 3
 
 
-def test_batches_cover_every_window_once_per_pass_across_replicas(small_corpus):
-    corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
-    windows = Windows(corpus.train_ids, maxlen=20, step=3, batch_size=64, seed=1, loss_at="all")
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_batches_cover_every_window_once_per_pass_across_replicas(small_corpus, tmp_path, on_disk):
+    corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1, cache_dir=tmp_path if on_disk else None)
+    assert (corpus.ids_path is not None) == on_disk  # windows read with pread from the ids file, or not
+    windows = Windows(corpus, maxlen=20, step=3, batch_size=64, seed=1, loss_at="all")
     n = windows.count
     starts = {tuple(corpus.train_ids[s : s + 21]): s for s in np.arange(n) * 3}
     assert len(starts) == n  # every window's text is distinct in this corpus, so texts identify windows
@@ -37,12 +39,13 @@ def test_batches_cover_every_window_once_per_pass_across_replicas(small_corpus):
     assert seen[:n] != seen[n : 2 * n]  # each pass in its own order
 
 
-def test_windows_predict_the_character_after_them(small_corpus):
-    corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
-    ids = corpus.train_ids
-    x, y = cut(ids, np.array([0, 3, 30]), maxlen=20)
-    np.testing.assert_array_equal(x[2], ids[30:50])
-    np.testing.assert_array_equal(y, ids[[20, 23, 50]])
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_windows_predict_the_character_after_them(small_corpus, tmp_path, on_disk):
+    corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1, cache_dir=tmp_path if on_disk else None)
+    for holdout, ids in [(False, corpus.train_ids), (True, corpus.holdout_ids)]:
+        x, y = cut(corpus, np.array([0, 3, 30]), maxlen=20, holdout=holdout)
+        np.testing.assert_array_equal(x[2], ids[30:50])
+        np.testing.assert_array_equal(y, ids[[20, 23, 50]])
 
 
 def test_the_held_out_sample_is_fixed_and_capped():

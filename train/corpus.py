@@ -9,8 +9,10 @@ resumes memory-map instead of encoding again. Everything here is checked before 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import mmap
 import os
 import sys
 import time
@@ -49,6 +51,25 @@ class Corpus:
     @property
     def holdout_ids(self) -> np.ndarray:
         return self.ids[self.split :]
+
+    ids_path: str | None = None  # the file behind `ids`, when they are cached on disk
+
+    @functools.cached_property
+    def _ids_file(self):
+        return open(self.ids_path, "rb")  # noqa: SIM115 - open as long as the corpus
+
+    def read(self, starts: np.ndarray, length: int, holdout: bool = False) -> np.ndarray:
+        """ids[s : s + length] of the training (or held-out) part for each start: int32 [len(starts), length].
+
+        From the ids file with pread when there is one, rather than through the memory map: a page
+        touched through the map stays counted in the process's resident memory (the kernel maps whole
+        folios of up to 2 MB per touch), so a pass over a 1 GB corpus would end with all of it resident."""
+        starts = np.asarray(starts, np.int64) + (self.split if holdout else 0)
+        if self.ids_path is None:
+            return np.asarray(self.ids[starts[:, None] + np.arange(length)], np.int32)
+        size, fd = self.ids.itemsize, self._ids_file.fileno()
+        data = b"".join(os.pread(fd, length * size, int(start) * size) for start in starts)
+        return np.frombuffer(data, self.ids.dtype).reshape(len(starts), length).astype(np.int32)
 
     def decode(self, ids) -> str:
         """The text of some ids (after lower-casing, if the recipe asks for it)."""
@@ -185,7 +206,7 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
     key = f"ids-{sha256[:16]}-{'lower' if lowercase else 'cased'}"
     cached = read_cache(cache_dir, key, sha256) if cache_dir else None
     if cached:
-        chars, ids = cached
+        chars, ids, ids_path = cached
     else:
         seen: set[str] = set()
         for text in text_chunks(path, lowercase, f"reading {path.name}"):
@@ -193,8 +214,11 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
         chars = tuple(sorted(seen))
         if not chars:
             raise CorpusError(f"corpus file {path} is empty: give it some text to learn from")
-        ids = write_cache(cache_dir, key, sha256, chars, path, lowercase) if cache_dir else \
-            np.concatenate(list(encode(text_chunks(path, lowercase, ""), chars)))
+        if cache_dir:
+            ids_path = cache_dir / f"{key}.bin"
+            ids = write_cache(cache_dir, key, sha256, chars, path, lowercase)
+        else:
+            ids, ids_path = np.concatenate(list(encode(text_chunks(path, lowercase, ""), chars))), None
     split = int(len(ids) * (1 - holdout))
     # Both parts need at least one window of maxlen characters plus the one to predict.
     needed = int(np.ceil((maxlen + 1) / min(holdout, 1 - holdout)))
@@ -203,7 +227,7 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
             f"corpus file {path} has {len(ids)} characters; with a context of {maxlen} and "
             f"{holdout:.0%} held out it needs at least {needed}: give a longer text or a smaller MAXLEN"
         )
-    return Corpus(chars, ids, split, sha256, str(path))
+    return Corpus(chars, ids, split, sha256, str(path), ids_path and str(ids_path))
 
 
 def read_cache(cache_dir: Path, key: str, sha256: str):
@@ -211,10 +235,10 @@ def read_cache(cache_dir: Path, key: str, sha256: str):
         meta = json.loads((cache_dir / f"{key}.json").read_text(encoding="utf-8"))
         if meta["format"] != CACHE_FORMAT or meta["sha256"] != sha256:
             return None
-        ids = np.memmap(cache_dir / f"{key}.bin", dtype=meta["dtype"], mode="r")
+        ids = map_ids(cache_dir / f"{key}.bin", meta["dtype"])
     except (OSError, ValueError, KeyError):
         return None  # absent or damaged: encode again
-    return (tuple(meta["chars"]), ids) if len(ids) == meta["n_chars"] else None
+    return (tuple(meta["chars"]), ids, cache_dir / f"{key}.bin") if len(ids) == meta["n_chars"] else None
 
 
 def write_cache(cache_dir: Path, key: str, sha256: str, chars, path: Path, lowercase: bool) -> np.ndarray:
@@ -236,4 +260,10 @@ def write_cache(cache_dir: Path, key: str, sha256: str, chars, path: Path, lower
     write_atomic(cache_dir / f"{key}.json", json.dumps({
         "format": CACHE_FORMAT, "sha256": sha256, "corpus": str(path), "n_chars": n_chars,
         "dtype": np.dtype(id_dtype(len(chars))).name, "chars": list(chars)}, ensure_ascii=False) + "\n")
-    return np.memmap(target, dtype=id_dtype(len(chars)), mode="r")
+    return map_ids(target, id_dtype(len(chars)))
+
+
+def map_ids(path: Path, dtype) -> np.ndarray:
+    """The ids file as a read-only array, memory-mapped."""
+    with open(path, "rb") as f:
+        return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype)

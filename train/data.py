@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .corpus import Corpus
+
 ROUNDS = 10  # 4 rounds on the 8-bit halves of a small corpus gave an order that trained markedly worse
 
 
@@ -57,7 +59,7 @@ def permute(positions: np.ndarray, n: int, seed: int, pass_number: int) -> np.nd
 class Windows:
     """The shuffled training windows of `ids`, batch by batch."""
 
-    ids: np.ndarray
+    corpus: Corpus  # its training part
     maxlen: int
     step: int
     batch_size: int  # windows per batch, over all replicas
@@ -66,7 +68,7 @@ class Windows:
 
     @property
     def count(self) -> int:
-        return window_count(len(self.ids), self.maxlen, self.step)
+        return window_count(self.corpus.split, self.maxlen, self.step)
 
     def batch(self, k: int, replica: int = 0, replicas: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Replica `replica`'s part of batch k: input ids [B / R, maxlen] and targets, [B / R] (the
@@ -78,12 +80,13 @@ class Windows:
         windows = np.empty_like(positions)
         for p in np.unique(passes):  # a batch spans at most two passes
             windows[passes == p] = permute(within[passes == p], n, self.seed, int(p))
-        return cut(self.ids, windows * self.step, self.maxlen, self.loss_at)
+        return cut(self.corpus, windows * self.step, self.maxlen, self.loss_at)
 
 
-def cut(ids: np.ndarray, starts: np.ndarray, maxlen: int, loss_at: str = "last"):
-    """Input ids [len(starts), maxlen] (int32) and the targets after them."""
-    windows = np.asarray(ids[starts[:, None] + np.arange(maxlen + 1)], np.int32)
+def cut(corpus: Corpus, starts: np.ndarray, maxlen: int, loss_at: str = "last", holdout: bool = False):
+    """Input ids [len(starts), maxlen] (int32) of the training (or held-out) windows at `starts`, and the
+    targets after them."""
+    windows = corpus.read(starts, maxlen + 1, holdout)
     return windows[:, :maxlen], windows[:, 1:] if loss_at == "all" else windows[:, maxlen]
 
 

@@ -141,8 +141,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
               f"choose a multiple of {replicas}", file=sys.stderr)
         return 2
     log_path, last_path, best_path = out / "log.json", out / "last.keras", out / "best.keras"
-    windows = Windows(corpus.train_ids, recipe.maxlen, recipe.step, recipe.batch_size, recipe.seed,
-                      recipe.loss_at)
+    windows = Windows(corpus, recipe.maxlen, recipe.step, recipe.batch_size, recipe.seed, recipe.loss_at)
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(windows.count / recipe.batch_size)
     holdout = holdout_starts(len(corpus.holdout_ids), recipe.maxlen, recipe.holdout_stride,
                              recipe.holdout_windows)
@@ -325,7 +324,7 @@ def make_holdout_scorer(model, strategy, corpus: Corpus, starts: np.ndarray, max
             def replica_share(context, lo=lo):
                 part = slice(lo + context.replica_id_in_sync_group * HOLDOUT_BATCH,
                              lo + (context.replica_id_in_sync_group + 1) * HOLDOUT_BATCH)
-                x, y = cut(corpus.holdout_ids, padded[part], maxlen)
+                x, y = cut(corpus, padded[part], maxlen, holdout=True)
                 return tf.constant(x), tf.constant(y), tf.constant(weights[part])
             total += float(call_nats(*strategy.experimental_distribute_values_from_function(replica_share)))
         return total / len(starts)
