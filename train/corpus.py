@@ -4,7 +4,8 @@ A corpus of any size goes through here without being held in memory: the file is
 time (characters split between chunks are carried over; invalid UTF-8 anywhere is reported with its
 byte, line and column), once to find the characters and once to encode them with a lookup table (no
 Python loop per character). The ids go to a file keyed by the corpus sha256, which later runs and
-resumes memory-map instead of encoding again. Everything here is checked before TensorFlow is imported.
+resumes memory-map instead of encoding again, and from which training reads its windows (Corpus.read).
+Everything here is checked before TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -250,13 +251,18 @@ def write_cache(cache_dir: Path, key: str, sha256: str, chars, path: Path, lower
     # Workers of one cluster on one machine may encode at once: each into its own file, renamed whole.
     target, tmp = cache_dir / f"{key}.bin", cache_dir / f".{key}.bin.{os.getpid()}.tmp"
     n_chars = 0
-    with open(tmp, "wb") as f:
-        for ids in encode(text_chunks(path, lowercase, f"encoding {path.name}"), chars):
-            f.write(ids.tobytes())
-            n_chars += len(ids)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as f:
+            for ids in encode(text_chunks(path, lowercase, f"encoding {path.name}"), chars):
+                f.write(ids.tobytes())
+                n_chars += len(ids)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CorpusError(f"cannot write the corpus ids to {target}: {exc.strerror}; free some space "
+                          "or choose another ARTIFACTS directory") from None
     write_atomic(cache_dir / f"{key}.json", json.dumps({
         "format": CACHE_FORMAT, "sha256": sha256, "corpus": str(path), "n_chars": n_chars,
         "dtype": np.dtype(id_dtype(len(chars))).name, "chars": list(chars)}, ensure_ascii=False) + "\n")
