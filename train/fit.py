@@ -184,10 +184,13 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             return tuple(tf.constant(a) for a in windows.batch(k, context.replica_id_in_sync_group, replicas))
         return strategy.experimental_distribute_values_from_function(replica_batch)
 
+    @tf.function
+    def votes(flag):
+        return strategy.reduce("SUM", strategy.run(tf.identity, args=(flag,)), axis=None)
+
     def everyone_agrees_to_stop(flag: bool) -> bool:
         """The workers stop together: true if any worker wants to (each judges its own clock)."""
-        value = tf.constant(float(flag))
-        return bool(strategy.reduce("SUM", strategy.run(lambda: tf.identity(value)), axis=None) > 0)
+        return bool(votes(tf.constant(float(flag))) > 0)
 
     def print_samples(epoch):
         step_fn, states = inference_function(model)  # a copy of this epoch's weights
@@ -205,62 +208,72 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     if done >= recipe.epochs:
         print(f"{out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
         return 0
-    for epoch in range(done, recipe.epochs):
-        if chief:
-            print(f"Epoch {epoch + 1}/{recipe.epochs}")
-        progress = keras.utils.Progbar(steps_per_epoch, verbose=1 if chief else 0, stateful_metrics=["loss"])
-        started, total, finite = time.perf_counter(), 0.0, True
-        for step in range(steps_per_epoch):
-            loss = float(train_step(*batch(epoch * steps_per_epoch + step)))
-            if not math.isfinite(loss):
-                finite = False
-                break
-            total += loss
-            if step == 0 and epoch == done and chief:
-                print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
-            progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
-        seconds = time.perf_counter() - started
-        val_loss = holdout_nats() if finite else math.nan
-        entries = log["epochs"]
-        best = min((e["val_loss"] for e in entries), default=math.inf)
-        entries.append({
-            "epoch": epoch + 1,
-            "loss": total / (step + 1) if finite else math.nan,
-            "val_loss": val_loss,
-            "val_bits_per_char": val_loss / math.log(2),
-            "epoch_s": round(seconds, 2),
-            "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
-        })
-        entries[-1]["weights_sha256"] = weights_sha256(model)
-        if not chief:
-            print(f"worker {cluster()[0]}: epoch {epoch + 1}: weights sha256 {entries[-1]['weights_sha256']}")
-        if not finite:
+    try:
+        for epoch in range(done, recipe.epochs):
             if chief:
+                print(f"Epoch {epoch + 1}/{recipe.epochs}")
+            progress = keras.utils.Progbar(steps_per_epoch, verbose=int(chief), stateful_metrics=["loss"])
+            started, total, finite = time.perf_counter(), 0.0, True
+            for step in range(steps_per_epoch):
+                loss = float(train_step(*batch(epoch * steps_per_epoch + step)))
+                if not math.isfinite(loss):
+                    finite = False
+                    break
+                total += loss
+                if step == 0 and epoch == done and chief:
+                    print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
+                progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
+            seconds = time.perf_counter() - started
+            val_loss = holdout_nats() if finite else math.nan
+            entries = log["epochs"]
+            best = min((e["val_loss"] for e in entries), default=math.inf)
+            entries.append({
+                "epoch": epoch + 1,
+                "loss": total / (step + 1) if finite else math.nan,
+                "val_loss": val_loss,
+                "val_bits_per_char": val_loss / math.log(2),
+                "epoch_s": round(seconds, 2),
+                "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
+            })
+            entries[-1]["weights_sha256"] = digest = weights_sha256(model)
+            if not chief:
+                print(f"worker {cluster()[0]}: epoch {epoch + 1}: weights sha256 {digest}")
+            if not finite:
+                if chief:
+                    write_atomic(log_path, json.dumps(log, indent=2) + "\n")
+                print(f"\ntrain: error: the loss became NaN at step {step + 1} of epoch {epoch + 1}: "
+                      "lower LEARNING_RATE or set CLIPNORM (the checkpoints hold the epochs before)",
+                      file=sys.stderr)
+                return 1
+            if val_loss < best:
+                log["best_epoch"] = epoch + 1
+            if chief:
+                if log["best_epoch"] == epoch + 1:
+                    save_model_atomic(model, best_path)
+                # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
+                # resuming trusts the checkpoint's own step count (forget_epochs_after).
                 write_atomic(log_path, json.dumps(log, indent=2) + "\n")
-            print(f"\ntrain: error: the loss became NaN at step {step + 1} of epoch {epoch + 1}: "
-                  "lower LEARNING_RATE or set CLIPNORM (the checkpoints hold the epochs before)",
-                  file=sys.stderr)
-            return 1
-        if val_loss < best:
-            log["best_epoch"] = epoch + 1
-        if chief:
-            if log["best_epoch"] == epoch + 1:
-                save_model_atomic(model, best_path)
-            # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
-            # resuming trusts the checkpoint's own step count (forget_epochs_after).
-            write_atomic(log_path, json.dumps(log, indent=2) + "\n")
-            save_model_atomic(model, last_path)
-            print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
-                  f"(best epoch {log.get('best_epoch')})")
-            print_samples(epoch)
-        reasons = []
-        if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
-            reasons.append(f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s")
-        if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
-            reasons.append(f"no better held-out figure for {recipe.patience} epochs")
-        if everyone_agrees_to_stop(bool(reasons)):
-            print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
-            break
+                save_model_atomic(model, last_path)
+                print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
+                      f"(best epoch {log.get('best_epoch')})")
+                print_samples(epoch)
+            reasons = []
+            if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
+                reasons.append(f"another epoch would end past the time budget of "
+                               f"{recipe.time_budget_s:.0f} s")
+            if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
+                reasons.append(f"no better held-out figure for {recipe.patience} epochs")
+            if everyone_agrees_to_stop(bool(reasons)):
+                print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
+                break
+    except tf.errors.OpError as exc:  # a collective operation failed: a worker is gone
+        if cluster()[1] == 1:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"train: error: the cluster lost a worker ({reason}): start every worker again with the "
+              "same command, and the run resumes after its last finished epoch", file=sys.stderr)
+        return 1
+
     best = log["epochs"][log["best_epoch"] - 1]
     print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> {best_path}")
     return 0
