@@ -60,7 +60,7 @@ bench-train: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.bench_train $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
-PLOT_RUNS ?= book book60 nietzsche
+PLOT_RUNS ?= book book60 nietzsche default-loop
 plot: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.plot $(PLOT_RUNS) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/holdout.png
 
