@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
 from charsdk import Generator
+from train.limits import PRECISIONS
 
 
 def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):
@@ -8,12 +10,15 @@ def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):
 
     generator = Generator.load(trained_dir)
     p = profile(generator, batch=2, threads=1, repeats=1)
-    assert list(p["matrix_products_us"]) == ["layer 0 recurrent 32x128", f"dense 32x{generator.vocab.size}"]
+    names = ["layer 0 recurrent 32x128", f"dense 32x{generator.vocab.size}"]
+    assert list(p["matrix_products_us"]) == names
+    assert {k: list(v) for k, v in p["int8_matrix_products_us"].items()} == {
+        "int8 DynamicQuantizeMatMul": names, "int8 DynamicQuantizeLinear+MatMulInteger": names}
     # the stateful loop body: 3 kernels to draw, 11 for the cell (2 of them a lookup and a Gemm), 1 dense
     assert p["kernels_per_step"] == 15 and p["other_kernels"] == 13
     timed = [p["sampler_us_per_step"], p["small_kernel_us"], *p["matrix_products_us"].values()]
     assert all(np.isfinite(v) for v in timed)  # no bound on timings: a busy machine makes them noisy
-    assert "B=2, 1 thread(s)" in describe(p)[0]
+    assert "B=2, 1 thread(s)" in describe(p)[0] and "MatMulInteger" in describe(p)[-1]
 
 
 def test_the_timed_product_loop_really_multiplies(trained_dir):
@@ -26,3 +31,35 @@ def test_the_timed_product_loop_really_multiplies(trained_dir):
                                           "y": np.zeros((3, 6), np.float32)})
     np.testing.assert_allclose(y_final, x @ weights, rtol=1e-6)
     np.testing.assert_array_equal(x_final, x)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS[1:])
+def test_the_timed_int8_product_multiplies_with_per_channel_scales(precision):
+    from train.limits import _product, _session
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((64, 48)).astype(np.float32) * np.linspace(0.01, 3, 48, dtype=np.float32)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    graph = _product(weights, precision)
+    ops = {n.op_type for n in graph.graph.node[0].attribute[0].g.node}
+    portable = precision.endswith("MatMulInteger")
+    assert ("DynamicQuantizeMatMul" in ops) != portable
+    if portable:  # only standard ONNX ops: other runtimes (onnxruntime-web, -node) can run it
+        assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node[0].attribute[0].g.node)
+    _, y = _session(graph, threads=1).run(None, {"steps": np.array(1, np.int64), "x": x,
+                                                "y": np.zeros((3, 48), np.float32)})
+    exact = x @ weights
+    # one scale per output column: each column's error is small against that column's own size
+    error = np.abs(y - exact).max(axis=0) / np.abs(exact).max(axis=0)
+    assert error.max() < 0.03
+
+
+def test_the_limit_line_measures_large_products(trained_dir):
+    from train.limits import describe_limit, limit_line
+
+    generator = Generator.load(trained_dir)
+    line = limit_line(generator, threads=1, repeats=1)
+    assert list(line["macs_per_s"]) == list(PRECISIONS)
+    assert line["macs_per_char"] == 4 * 32 * (generator.vocab.size + 32) + 32 * generator.vocab.size
+    assert all(np.isfinite(v) for v in line["chars_per_s_allowed"].values())
+    assert len(describe_limit(line)) == 1 + len(PRECISIONS)

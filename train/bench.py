@@ -22,7 +22,7 @@ from charsdk import Generator
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, sample
 
-from .limits import describe, median_rates, profile
+from .limits import describe, describe_limit, limit_line, median_rates, multiply_adds_per_step, profile
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
 TEMPERATURE = 0.5
@@ -60,13 +60,6 @@ def fresh_process(command: list[str]) -> tuple[float, float, float]:
     code, first, wall, rss = json.loads(out.stdout)
     assert code == 0, command
     return first, wall, rss
-
-
-def multiply_adds_per_step(generator: Generator) -> int:
-    """LSTM gates (4 x units x (inputs + units)) per layer plus the softmax layer."""
-    sizes = [s.size for s in generator.vocab.states[::2]]
-    inputs = [generator.vocab.size] + sizes[:-1]
-    return sum(4 * u * (i + u) for u, i in zip(sizes, inputs, strict=True)) + sizes[-1] * generator.vocab.size
 
 
 def main(argv=None) -> int:
@@ -114,6 +107,7 @@ def main(argv=None) -> int:
         processes['python -c "import tensorflow"'] = [
             fresh_process([sys.executable, "-c", "import tensorflow; print('x')"]) for _ in range(r)]
     limits = [profile(generator, 1, 1), profile(generator, 256, os.cpu_count())]
+    line = limit_line(generator, os.cpu_count())
     result = {
         "model": str(generator.path),
         "recipe": generator.vocab.training.get("recipe_name"),
@@ -131,6 +125,7 @@ def main(argv=None) -> int:
             for name, runs in processes.items()
         },
         "limits": limits,
+        "limit_line": line,
     }
     print(f"\n{result['model']} ({result['recipe']} recipe): {result['parameters']:,} parameters, "
           f"{result['multiply_adds_per_step']:,} multiply-adds per step; medians of {r} runs\n")
@@ -147,6 +142,7 @@ def main(argv=None) -> int:
     print("\nWhere a step's time goes (train/limits.py says how each part is timed):")
     for p in limits:
         print("\n".join(describe(p)))
+    print("\n".join(describe_limit(line)))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {args.out}")
     return 0

@@ -4,8 +4,11 @@ onnxruntime's own profiler adds microseconds to every kernel, more than most ker
 the parts are timed by difference instead: ONNX Loops of the sampler's shapes whose bodies hold only
 the part in question, run in the same way the sampler runs. Parts: the loop iteration itself, one small
 kernel (an elementwise op over [B, units]), and each weight matrix product of the model at its
-real size. They are set against the sampler's own time per step (the stateful loop without
-top-k/top-p) and the number of kernels its loop body holds.
+real size, in float32 and with int8 weights (two ways: onnxruntime's fused DynamicQuantizeMatMul, and
+the standard DynamicQuantizeLinear + MatMulInteger that other ONNX runtimes also run). They are set against
+the sampler's own time per step (the stateful loop without top-k/top-p) and the number of kernels its
+loop body holds. A limit line: the multiply-adds per second of one large product in float32 and in int8
+on this machine, and the characters per second that would allow this model if products were all it did.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from .sampler_graph import _cell_weights
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 SMALL_KERNELS = 10  # chained elementwise kernels timed against one
+LARGE = (256, 1024, 4096)  # batch, in, out of the product behind the limit line
+
+
+def multiply_adds_per_step(generator: Generator) -> int:
+    """LSTM gates (4 x units x (inputs + units)) per layer plus the softmax layer."""
+    sizes = [s.size for s in generator.vocab.states[::2]]
+    inputs = [generator.vocab.size] + sizes[:-1]
+    return sum(4 * u * (i + u) for u, i in zip(sizes, inputs, strict=True)) + sizes[-1] * generator.vocab.size
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -65,7 +76,8 @@ def _loop(body_nodes, carried: list[tuple[str, int]], weights: dict[str, np.ndar
         [info(f"{n}_final", w) for n, w in carried],
         initializer=[numpy_helper.from_array(np.array(True), "true"),
                      *[numpy_helper.from_array(v, k) for k, v in weights.items()]])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     return model
 
@@ -76,12 +88,36 @@ def _elementwise(count: int, units: int) -> onnx.ModelProto:
                  [("h", units)], {})
 
 
-def _product(weights: np.ndarray) -> onnx.ModelProto:
-    """x [B, in] @ W [in, out], and x carried on unchanged: the body is the one Gemm."""
+PRECISIONS = ("fp32", "int8 DynamicQuantizeMatMul", "int8 DynamicQuantizeLinear+MatMulInteger")
+
+
+def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights [in, out] with one float32 scale per output channel."""
+    scale = np.maximum(np.abs(weights).max(axis=0), 1e-30) / 127
+    return np.round(weights / scale).clip(-127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
+    """x [B, in] @ W [in, out], and x carried on unchanged: the body is the product alone, in float32
+    (one Gemm), or with int8 weights and x quantized on the fly: onnxruntime's fused contrib op, or the
+    standard ops any ONNX runtime has (quantize x, integer product, back to float, scale)."""
     n_in, n_out = weights.shape
-    return _loop([helper.make_node("Gemm", ["x_in", "w"], ["y_out"]),
-                  helper.make_node("Identity", ["x_in"], ["x_out"])],
-                 [("x", n_in), ("y", n_out)], {"w": weights})
+    node = helper.make_node
+    if precision == "fp32":
+        product, arrays = [node("Gemm", ["x_in", "w"], ["y_out"])], {"w": weights}
+    else:
+        q, scale = quantize_per_channel(weights)
+        arrays = {"w_q": q, "w_scale": scale, "w_zero": np.zeros(n_out, np.int8)}
+        if precision == PRECISIONS[1]:
+            product = [node("DynamicQuantizeMatMul", ["x_in", "w_q", "w_scale", "w_zero"], ["y_out"],
+                            domain="com.microsoft")]
+        else:
+            product = [node("DynamicQuantizeLinear", ["x_in"], ["x_q", "x_scale", "x_zero"]),
+                       node("MatMulInteger", ["x_q", "w_q", "x_zero", "w_zero"], ["y_int"]),
+                       node("Cast", ["y_int"], ["y_float"], to=F32),
+                       node("Mul", ["x_scale", "w_scale"], ["y_scale"]),
+                       node("Mul", ["y_float", "y_scale"], ["y_out"])]
+    return _loop([*product, node("Identity", ["x_in"], ["x_out"])], [("x", n_in), ("y", n_out)], arrays)
 
 
 def _per_step_us(run, steps: int, repeats: int) -> float:
@@ -129,6 +165,8 @@ def profile(generator: Generator, batch: int, threads: int, repeats: int = 7) ->
     loop = one - kernel
     products = {name: _loop_us(_product(w), batch, threads, steps, repeats) - loop
                 for name, w in matrices.items()}
+    int8_products = {precision: {name: _loop_us(_product(w, precision), batch, threads, steps, repeats) - loop
+                                 for name, w in matrices.items()} for precision in PRECISIONS[1:]}
     body = _plain_stateful_body(sampler)
     others = len(body.node) - sum(n.op_type in ("Gemm", "MatMul") for n in body.node)
 
@@ -143,12 +181,29 @@ def profile(generator: Generator, batch: int, threads: int, repeats: int = 7) ->
     accounted = loop + sum(products.values()) + others * kernel
     return {"batch": batch, "threads": threads, "sampler_us_per_step": measured,
             "kernels_per_step": len(body.node), "loop_iteration_us": loop, "small_kernel_us": kernel,
-            "matrix_products_us": products, "other_kernels": others, "accounted_us": accounted}
+            "matrix_products_us": products, "int8_matrix_products_us": int8_products,
+            "other_kernels": others, "accounted_us": accounted}
+
+
+def limit_line(generator: Generator, threads: int, repeats: int = 5) -> dict:
+    """Multiply-adds per second of one large product (LARGE) in each precision, and what that allows:
+    characters per second of this model if its weight products ran at that rate and nothing else cost."""
+    batch, n_in, n_out = LARGE
+    weights = np.random.default_rng(0).standard_normal((n_in, n_out)).astype(np.float32)
+    loop = _loop_us(_elementwise(1, n_in), batch, threads, 20, repeats)
+    per_char = multiply_adds_per_step(generator)
+    seconds = {p: (_loop_us(_product(weights, p), batch, threads, 20, repeats) - loop) * 1e-6
+               for p in PRECISIONS}
+    rates = {p: batch * n_in * n_out / s for p, s in seconds.items()}
+    return {"threads": threads, "shape": LARGE, "macs_per_char": per_char, "macs_per_s": rates,
+            "chars_per_s_allowed": {p: r / per_char for p, r in rates.items()}}
 
 
 def describe(p: dict) -> list[str]:
     products = " + ".join(f"{name} {us:.2f}" for name, us in p["matrix_products_us"].items())
     streams, measured = p["batch"], p["sampler_us_per_step"]
+    int8 = [f"  int8 weights, {precision}: " + " + ".join(f"{us:.2f}" for us in times.values()) + " µs"
+            for precision, times in p["int8_matrix_products_us"].items()]
     return [
         f"B={streams}, {p['threads']} thread(s): the sampler takes {measured:.1f} µs per step "
         f"({streams * 1e6 / measured:,.0f} chars/s), {p['kernels_per_step']} kernels per step",
@@ -156,4 +211,13 @@ def describe(p: dict) -> list[str]:
         f"  {p['other_kernels']} other kernels x {p['small_kernel_us']:.2f} µs (one elementwise op over "
         f"[{streams}, units]); these parts add up to {p['accounted_us']:.1f} µs "
         f"({streams * 1e6 / p['accounted_us']:,.0f} chars/s)",
+        *int8,
     ]
+
+
+def describe_limit(line: dict) -> list[str]:
+    batch, n_in, n_out = line["shape"]
+    return [f"limit line, {line['threads']} thread(s), one [{batch}, {n_in}] x [{n_in}, {n_out}] product: "
+            f"{line['macs_per_char']:,} multiply-adds per character of this model"] + [
+        f"  {p}: {rate / 1e9:.1f} G multiply-adds/s, at most {line['chars_per_s_allowed'][p]:,.0f} chars/s"
+        for p, rate in line["macs_per_s"].items()]
