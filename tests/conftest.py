@@ -49,6 +49,23 @@ def trained_dir(small_corpus, tmp_path_factory) -> Path:
     return artifacts / "tiny"
 
 
+def changed_copy(trained_dir: Path, target: Path) -> str:
+    """A copy of an exported run whose best.keras now holds other weights, so that exporting it again
+    gives a new model; returns the copy's current ONNX sha256."""
+    import shutil
+
+    import keras
+
+    from charsdk import Generator
+
+    shutil.copytree(trained_dir, target)
+    old = Generator.load(target).vocab.onnx_sha256
+    model = keras.models.load_model(target / "best.keras")
+    model.set_weights([w + 0.01 for w in model.get_weights()])
+    model.save(target / "best.keras")
+    return old
+
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "corpora" / "nietzsche.txt"  # beside the checkout, not for users
 

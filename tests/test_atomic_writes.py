@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, changed_copy
 
 CHILD = r"""
 import ctypes, json, shutil, sys
@@ -106,16 +106,8 @@ def test_training_writes_checkpoints_and_log_atomically(write_faults, small_corp
 
 
 def test_export_writes_vocab_and_onnx_files_atomically(write_faults, trained_dir, tmp_path):
-    import keras
-
-    from charsdk import Generator
-
     model_dir = tmp_path / "tiny"
-    shutil.copytree(trained_dir, model_dir)
-    old = Generator.load(model_dir).vocab.onnx_sha256
-    model = keras.models.load_model(model_dir / "best.keras")  # a different model to export
-    model.set_weights([w + 0.01 for w in model.get_weights()])
-    model.save(model_dir / "best.keras")
+    old = changed_copy(trained_dir, model_dir)
     outcome = tear_every_write(write_faults, "export", model_dir)
     assert outcome["faults"] >= 4  # model, sampler, vocab.json twice
     assert outcome["model"] != old and len(list(model_dir.glob("*.onnx"))) == 2

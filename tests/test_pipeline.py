@@ -173,18 +173,10 @@ export.export(Path(sys.argv[1]))
 
 
 def test_a_killed_export_leaves_the_old_model_or_the_new_one(trained_dir, tmp_path):
-    import shutil
-
-    import keras
-
-    from tests.conftest import run_python
+    from tests.conftest import changed_copy, run_python
 
     model_dir = tmp_path / "tiny"
-    shutil.copytree(trained_dir, model_dir)
-    old = Generator.load(model_dir).vocab.onnx_sha256
-    model = keras.models.load_model(model_dir / "best.keras")  # a different model to export
-    model.set_weights([w + 0.01 for w in model.get_weights()])
-    model.save(model_dir / "best.keras")
+    old = changed_copy(trained_dir, model_dir)
 
     seen = []
     for kill_at in range(1, 16):
