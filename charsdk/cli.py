@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,9 +25,28 @@ PROVIDERS = typer.Option(None, "--provider",
                          help="onnxruntime execution provider, repeatable, e.g. CUDAExecutionProvider.")
 
 
+# The Python API's argument names, as this command line spells them.
+FLAGS = {"n": "--samples", "length": "--length", "seed": "--seed", "seed_text": "--seed-text",
+         "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "stop": "--stop",
+         "mode": "--mode", "on_unknown": "--on-unknown", "threads": "--threads", "providers": "--provider"}
+
+
 def _fail(exc: Exception):
-    typer.echo(f"charsdk: error: {exc}", err=True)
+    message, argument = str(exc), getattr(exc, "argument", None)
+    if argument in FLAGS and message.startswith(argument):
+        message = FLAGS[argument] + message[len(argument):]
+    typer.echo(f"charsdk: error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _write(text: str):
+    """Print as produced; a reader that goes away (`| head`) ends the command quietly, with 0."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+        raise typer.Exit(0) from None
 
 
 def _load(model, threads, providers) -> Generator:
@@ -50,10 +70,11 @@ def gen(
     model: Path | None = MODEL,
     seed_text: str | None = typer.Option(None, "--seed-text", "-s",
                                             help="Text to continue. Default: the model's stored seed."),
-    length: int = typer.Option(400, "--length", "-n", help="Characters to generate."),
+    length: int = typer.Option(400, "--length", "-l", help="Characters to generate."),
     temperature: list[float] = typer.Option(
         [0.5], "--temperature", "-t", help="0 = greedy, higher = wilder; repeat for one sample each."),
-    samples: int = typer.Option(1, "--samples", help="Independent samples per temperature (batched)."),
+    samples: int = typer.Option(1, "--samples", "-n",
+                                help="Independent samples per temperature, batched (the API's n)."),
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely characters (0 = all)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Keep the smallest set of mass p (1 = all)."),
     stop: list[str] = typer.Option([], "--stop", help="End a sample at this string; repeatable."),
@@ -62,24 +83,27 @@ def gen(
     on_unknown: str = ON_UNKNOWN,
     threads: int = THREADS,
     provider: list[str] = PROVIDERS,
+    echo: bool = typer.Option(True, "--echo/--no-echo",
+                              help="Print the seed text before each sample (--no-echo: only new text)."),
 ):
     """Generate text to stdout; a single sample is printed as it is produced."""
     try:
         generator = _load(model, threads, provider)
         options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode,
                        on_unknown=on_unknown)
+        shown = (generator.vocab.default_seed_text if seed_text is None else seed_text) if echo else ""
         if len(temperature) == 1 and samples == 1:
-            for char in generator.stream(seed_text, length, temperature[0], **options):
-                sys.stdout.write(char)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
+            chars = generator.stream(seed_text, length, temperature[0], **options)
+            _write(shown)
+            for char in chars:
+                _write(char)
+            _write("\n")
             return
         texts = generator.generate(seed_text, length, temperature, n=samples, **options)
     except CharsdkError as exc:
         _fail(exc)
     for i, text in enumerate(texts):
-        sys.stdout.write(f"--- temperature {temperature[i // samples]}, sample {i % samples + 1}\n"
-                         f"{text}\n")
+        _write(f"--- temperature {temperature[i // samples]}, sample {i % samples + 1}\n{shown}{text}\n")
 
 
 @app.command("eval")

@@ -10,4 +10,9 @@ class ModelError(CharsdkError):
 
 
 class InputError(CharsdkError, ValueError):
-    """An argument or seed text the model cannot use."""
+    """An argument or seed text the model cannot use; `argument` names the argument, when there is one
+    (the message starts with it), so that the command line can name its own flag instead."""
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument

@@ -45,6 +45,10 @@ def chunk_sizes(length: int, streams: int = 1, vocab_size: int = 1) -> Iterator[
         done += size
 
 
+def is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -93,6 +97,12 @@ class Generator:
         `threads`: onnxruntime intra-op threads (one is fastest for a small LSTM);
         `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"] with onnxruntime-gpu.
         """
+        if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+            raise InputError(f"threads must be an integer >= 1, got {threads!r}", "threads")
+        unknown = sorted(set(providers or ()) - set(ort.get_available_providers()))
+        if unknown:
+            raise InputError(f"providers: this onnxruntime has no {', '.join(unknown)}; it has "
+                             f"{', '.join(ort.get_available_providers())}", "providers")
         path = Path(path) if path is not None else default_model_dir()
         if not path.is_dir() and path.name == str(path) and (shipped_models_dir() / path).is_dir():
             path = shipped_models_dir() / path
@@ -185,15 +195,20 @@ class Generator:
     def _texts(self, seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
                on_unknown) -> Iterator[list[str]]:
         """Check every argument now, then return an iterator over the chunks' new text per stream."""
-        if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
-            raise InputError(f"length must be an integer >= 0, got {length!r}")
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise InputError(f"n must be an integer >= 1, got {n!r}")
+        if not is_integer(length) or length < 0:
+            raise InputError(f"length must be an integer >= 0, got {length!r}", "length")
+        if not is_integer(n) or n < 1:
+            raise InputError(f"n must be an integer >= 1, got {n!r}", "n")
+        if seed is not None and (not is_integer(seed) or seed < 0):
+            raise InputError(f"seed must be an integer >= 0 (or None for a fresh one), got {seed!r}", "seed")
+        if seed_text is not None and not isinstance(seed_text, str):
+            raise InputError(f"seed_text must be a string (or None for the model's own), got "
+                             f"{type(seed_text).__name__}", "seed_text")
         if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
         stop = [stop] if isinstance(stop, str) else list(stop or ())
         if any(not isinstance(s, str) or not s for s in stop):
-            raise InputError("stop must be a list of non-empty strings")
+            raise InputError("stop must be a list of non-empty strings", "stop")
         options = [SamplingOptions.check(t, top_k, top_p) for t in temperatures for _ in range(n)]
         seed_text = self.vocab.default_seed_text if seed_text is None else seed_text
         ids = self.vocab.encode(seed_text, on_unknown)
@@ -260,7 +275,7 @@ class Generator:
         """
         temperatures = [temperature] if np.isscalar(temperature) else list(temperature)
         if not temperatures:
-            raise InputError("temperature must be a number or a non-empty list of numbers")
+            raise InputError("temperature must be a number or a non-empty list of numbers", "temperature")
         texts = [""] * (len(temperatures) * n)
         for pieces in self._texts(seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
                                   on_unknown):

@@ -36,11 +36,12 @@ class SamplingOptions:
         except (TypeError, ValueError):
             raise InputError("temperature and top_p must be numbers") from None
         if not math.isfinite(temperature) or temperature < 0:
-            raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+            raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}",
+                             "temperature")
         if not (isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool)) or top_k < 0:
-            raise InputError(f"top_k must be an integer >= 0 (0 = no limit), got {top_k!r}")
+            raise InputError(f"top_k must be an integer >= 0 (0 = no limit), got {top_k!r}", "top_k")
         if not 0 < top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1] (1 = no limit), got {top_p}")
+            raise InputError(f"top_p must be in (0, 1] (1 = no limit), got {top_p}", "top_p")
         return cls(temperature, int(top_k), top_p)
 
     @property

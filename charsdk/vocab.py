@@ -61,11 +61,13 @@ class Vocab:
         """Character ids; characters the model does not know raise InputError, or are dropped
         with on_unknown="skip"."""
         if on_unknown not in ("error", "skip"):
-            raise InputError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
+            raise InputError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}", "on_unknown")
         text = self.normalize(text)
         unknown = sorted({c for c in text if c not in self._index})
         if unknown and on_unknown == "error":
             shown = ", ".join(repr(c) for c in unknown[:10])
+            if len(unknown) > 10:
+                shown += f" and {len(unknown) - 10} more"
             raise InputError(
                 f"the text has {len(unknown)} character(s) this model does not know: {shown}; "
                 "remove them, or skip them (on_unknown='skip', --on-unknown skip)"

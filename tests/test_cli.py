@@ -13,25 +13,30 @@ def test_gen_prints_what_the_api_generates():
                                  "--temperature", "0.8", "--seed", "3"])
     assert result.exit_code == 0
     expected = Generator.load().generate("the will to ", length=80, temperature=0.8, seed=3)
-    assert result.stdout == expected + "\n"
+    assert result.stdout == "the will to " + expected + "\n"  # the seed text, then what follows it
+    quiet = runner.invoke(app, ["gen", "--seed-text", "the will to ", "--length", "80", "--temperature",
+                                "0.8", "--seed", "3", "--no-echo"])
+    assert quiet.exit_code == 0 and quiet.stdout == expected + "\n"
+    model_seed = runner.invoke(app, ["gen", "--length", "10", "--seed", "3"])
+    assert model_seed.stdout.startswith(Generator.load().vocab.default_seed_text)
 
 
 def test_gen_with_a_model_directory_and_window_mode(trained_dir):
     result = runner.invoke(app, ["gen", "--model", str(trained_dir), "--seed-text", "the ",
-                                 "--length", "30", "--seed", "1", "--mode", "window"])
+                                 "--length", "30", "--seed", "1", "--mode", "window", "--no-echo"])
     assert result.exit_code == 0
     assert result.stdout == Generator.load(trained_dir).generate(
         "the ", length=30, seed=1, mode="window") + "\n"
 
 
 def test_gen_with_several_temperatures_and_samples():
-    result = runner.invoke(app, ["gen", "-s", "the ", "-n", "40", "-t", "0.2", "-t", "1.0",
-                                 "--samples", "2", "--seed", "5", "--top-p", "0.9"])
+    result = runner.invoke(app, ["gen", "-s", "the ", "-l", "40", "-t", "0.2", "-t", "1.0",
+                                 "-n", "2", "--seed", "5", "--top-p", "0.9"])
     assert result.exit_code == 0
     texts = Generator.load().generate("the ", 40, [0.2, 1.0], n=2, seed=5, top_p=0.9)
     assert result.stdout.count("--- temperature") == 4
     for text in texts:
-        assert f"\n{text}\n" in result.stdout
+        assert f"\nthe {text}\n" in result.stdout
 
 
 def test_eval_reports_bits_per_char(tmp_path):
@@ -51,8 +56,8 @@ def test_eval_reports_bits_per_char(tmp_path):
 
 
 def test_unknown_seed_characters_can_be_skipped():
-    result = runner.invoke(app, ["gen", "-s", "the \u2603will", "-n", "30", "--seed", "1",
-                                 "--on-unknown", "skip"])
+    result = runner.invoke(app, ["gen", "-s", "the \u2603will", "-l", "30", "--seed", "1",
+                                 "--on-unknown", "skip", "--no-echo"])
     assert result.exit_code == 0
     assert result.stdout == Generator.load().generate("the will", 30, seed=1) + "\n"
 
@@ -75,15 +80,22 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
         (["gen", "--model", str(tmp_path / "missing")], "does not exist"),
         (["gen", "--model", str(broken)], "format_version 7"),
         (["eval", str(tmp_path / "nope.txt")], "cannot read"),
-        (["gen", "--top-p", "1.5"], "top_p"),
-        (["gen", "--length", "-3"], "length"),
-        (["gen", "--temperature", "-2"], "temperature"),
+        (["gen", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["gen", "--length", "-3"], "--length must be"),
+        (["gen", "--temperature", "-2"], "--temperature must be"),
         (["gen", "--seed-text", "\u2603"], "does not know"),
+        (["gen", "--seed", "-1"], "--seed must be an integer >= 0"),
+        (["gen", "--threads", "-3"], "--threads must be an integer >= 1"),
+        (["gen", "--provider", "Bogus"], "--provider: this onnxruntime has no Bogus"),
+        (["gen", "--samples", "0"], "--samples must be an integer >= 1"),
+        (["gen", "--top-k", "-1"], "--top-k must be"),
+        (["eval", __file__, "--threads", "0"], "--threads must be"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, args
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("charsdk: error:") and message in lines[0]
+        assert len(lines) == 1 and lines[0].startswith("charsdk: error:") and message in lines[0], lines
+        assert result.stdout == ""
         assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
@@ -92,3 +104,26 @@ def test_info_describes_the_model():
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["format_version"] == 1 and data["maxlen"] == 60 and len(data["chars"]) == 57
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`charsdk gen | head -3`: the pipe closes early; the command ends with 0 and says nothing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    process = subprocess.Popen([sys.executable, "-m", "charsdk", "gen", "--length", "20000", "-n", "1"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(100)
+    process.stdout.close()
+    assert process.wait(timeout=120) == 0
+    assert process.stderr.read() == b""
+
+
+def test_python_dash_m_charsdk_is_the_command_line():
+    from tests.conftest import run_python
+
+    result = run_python("import runpy, sys; sys.argv = ['charsdk', '--version']; runpy.run_module('charsdk', "
+                        "run_name='__main__')")
+    assert result.returncode == 0 and result.stdout.strip() == f"charsdk {__version__}"

@@ -182,7 +182,8 @@ def test_length_zero_and_empty_seed(generator):
     [({"temperature": -1}, "temperature"), ({"length": -1}, "length"), ({"mode": "x"}, "mode"),
      ({"seed_text": "caf\u00e9 \u2603"}, "does not know"), ({"top_p": 0}, "top_p"),
      ({"top_k": -2}, "top_k"), ({"n": 0}, "n must be"), ({"temperature": []}, "temperature"),
-     ({"stop": [""]}, "stop")],
+     ({"stop": [""]}, "stop"), ({"seed": -1}, "seed must be"), ({"seed_text": 123}, "seed_text must be"),
+     ({"seed": 1.5}, "seed must be")],
 )
 def test_bad_arguments_raise_input_error(generator, kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -290,11 +291,11 @@ def test_the_cli_labels_each_sample_with_its_temperature():
 
     from charsdk.cli import app
 
-    result = CliRunner().invoke(app, ["gen", "-s", "we ", "-n", "24", "-t", "0.3", "-t", "1.5",
+    result = CliRunner().invoke(app, ["gen", "-s", "we ", "-l", "24", "-t", "0.3", "-t", "1.5",
                                       "--samples", "3", "--seed", "4"])
     assert result.exit_code == 0
     texts = Generator.load().generate("we ", 24, [0.3, 1.5], n=3, seed=4)
-    assert result.stdout == "".join(f"--- temperature {t}, sample {k + 1}\n{texts[3 * j + k]}\n"
+    assert result.stdout == "".join(f"--- temperature {t}, sample {k + 1}\nwe {texts[3 * j + k]}\n"
                                     for j, t in enumerate([0.3, 1.5]) for k in range(3))
 
 
@@ -397,3 +398,16 @@ def test_the_shipped_default_model_measures_its_claimed_held_out_figure(generato
     bits = generator.evaluate(held_out, mode="stateful")["bits_per_char"]
     assert bits < 1.90  # the README's claim, and PPMd's 1.899 beaten
     assert bits == pytest.approx(training["holdout_bits_per_char_stateful"], abs=5e-4)
+
+
+def test_load_refuses_bad_threads_and_unknown_providers():
+    with pytest.raises(InputError, match="threads must be an integer >= 1"):
+        Generator.load(threads=0)
+    with pytest.raises(InputError, match="this onnxruntime has no Bogus"):
+        Generator.load(providers=["Bogus", "CPUExecutionProvider"])
+
+
+def test_many_unknown_characters_are_counted(generator):
+    unknown = "".join(chr(0x4E00 + i) for i in range(14))
+    with pytest.raises(InputError, match=r"14 character\(s\) this model does not know: .* and 4 more;"):
+        generator.generate("the " + unknown)
