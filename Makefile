@@ -16,7 +16,7 @@ WORKERS ?= 1# >1: a cluster of that many workers on this machine (train/cluster.
 FRESH ?=
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship bench bench-train plot lint clean
+.PHONY: gen test train export ship bench bench-train baselines plot lint clean
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -58,6 +58,10 @@ bench: $(DEV_VENV)/.installed
 # Training cost as the corpus grows (the Nietzsche text, repeated to 100 MB and 1 GB) and on 2 workers.
 bench-train: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.bench_train $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
+
+# Classic compressors on the same held-out text (artifacts/baselines.json; make plot draws PPMd).
+baselines: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.baselines $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
 PLOT_RUNS ?= book book60 nietzsche default-loop

@@ -140,3 +140,22 @@ def test_a_failed_download_is_one_clear_line(tmp_path):
     assert lines[0] == "Downloading http://127.0.0.1:9/nietzsche.txt"
     assert len(lines) == 2 and lines[1].startswith("train: error: could not download the book's corpus")
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_baselines_code_the_held_out_part_after_the_training_part(small_corpus, tmp_path):
+    import json
+    import zlib
+
+    from train.baselines import main
+
+    out = tmp_path / "baselines.json"
+    assert main(["--corpus", str(small_corpus), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    text = small_corpus.read_text().lower()
+    split = int(len(text) * 0.9)
+    assert result["holdout_chars"] == len(text) - split
+    by_hand = (len(zlib.compress(text.encode(), 9)) - len(zlib.compress(text[:split].encode(), 9))) * 8
+    bits = result["bits_per_char"]
+    assert bits["zlib -9"] == pytest.approx(by_hand / (len(text) - split))
+    # on this repetitive text every compressor beats 8 bits per character, and PPMd beats zlib
+    assert 0 < bits["PPMd order 6, 256 MB"] < bits["zlib -9"] < 8

@@ -16,6 +16,8 @@ def main(argv=None) -> int:
     p.add_argument("names", nargs="+", help="runs under artifacts/ to plot")
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--out", default="artifacts/holdout.png")
+    p.add_argument("--baselines", default="artifacts/baselines.json",
+                   help="make baselines' output: PPMd is drawn as a line for runs on the same corpus")
     args = p.parse_args(argv)
 
     import matplotlib
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    corpora = []
+    corpora, sha256s = [], set()
     for name in args.names:
         path = Path(args.artifacts) / name / "log.json"
         if not path.exists():
@@ -32,11 +34,16 @@ def main(argv=None) -> int:
             return 2
         log = json.loads(path.read_text())
         corpora.append(Path(log["corpus"]["path"]).stem)
+        sha256s.add(log["corpus"]["sha256"])
         minutes = [e["wall_s"] / 60 for e in log["epochs"]]
         bits = [e["val_bits_per_char"] for e in log["epochs"]]
         best = min(bits)
         ax.plot(minutes, bits, marker="o", markersize=3,
                 label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")
+    baselines = Path(args.baselines)
+    if baselines.exists() and json.loads(baselines.read_text())["corpus"]["sha256"] in sha256s:
+        ppmd = next(v for k, v in json.loads(baselines.read_text())["bits_per_char"].items() if "PPMd" in k)
+        ax.axhline(ppmd, color="grey", linestyle="--", label=f"PPMd order 6 (make baselines): {ppmd:.3f}")
     ax.set_xlabel("training time (minutes, 2 CPU cores)")
     ax.set_ylabel("held-out bits per character")
     ax.set_title(f"{', '.join(dict.fromkeys(corpora))}: last 10% held out, lower is better")
