@@ -383,3 +383,20 @@ def test_make_ship_checks_the_export_before_touching_the_package(trained_dir, tm
     assert Generator.load(package).vocab.onnx_sha256 == first
     assert ship([str(trained_dir), str(package)]) == 0  # over an existing one: swapped whole
     assert sorted(p.name for p in package.parent.iterdir()) == ["mine"]
+
+
+def test_a_bfloat16_run_trains_in_bfloat16_and_exports_float32(small_corpus, tmp_path):
+    import keras
+
+    from train import export, fit
+
+    assert fit.main(train_args(small_corpus, tmp_path, "--epochs", "1", "--bfloat16")) == 0
+    model = keras.models.load_model(tmp_path / "run" / "best.keras")
+    lstm = next(layer for layer in model.layers if isinstance(layer, keras.layers.LSTM))
+    assert lstm.compute_dtype == "bfloat16" and lstm.variable_dtype == "float32"
+    assert model.layers[-1].compute_dtype == "float32"  # the softmax
+    # the export is float32 and agrees with the float32 computation of the same weights within 1e-5
+    assert export.main(["--name", "run", "--artifacts", str(tmp_path)]) == 0
+    generator = Generator.load(tmp_path / "run")
+    assert generator.vocab.training["recipe"]["bfloat16"] is True
+    assert len(generator.generate("the ", length=20, seed=0)) == 20

@@ -19,12 +19,13 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
     """
     inputs = keras.Input((None, vocab_size), name="chars")
     x = inputs
+    compute = "mixed_bfloat16" if recipe.bfloat16 else "float32"
     for i, units in enumerate(recipe.units):
         last = i == len(recipe.units) - 1
-        x = keras.layers.LSTM(units, return_sequences=recipe.loss_at == "all" or not last)(x)
+        x = keras.layers.LSTM(units, return_sequences=recipe.loss_at == "all" or not last, dtype=compute)(x)
         if recipe.dropout:
-            x = keras.layers.Dropout(recipe.dropout)(x)
-    outputs = keras.layers.Dense(vocab_size, activation="softmax")(x)
+            x = keras.layers.Dropout(recipe.dropout, dtype=compute)(x)
+    outputs = keras.layers.Dense(vocab_size, activation="softmax", dtype="float32")(x)  # float32 softmax
     model = keras.Model(inputs, outputs)
     learning_rate = recipe.learning_rate
     if recipe.cosine_decay:
@@ -37,9 +38,22 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
     return model
 
 
+def float32_model(model: keras.Model) -> keras.Model:
+    """The model computing in float32 (one trained in bfloat16 is rebuilt with its weights), as exported."""
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer["config"]["dtype"] = "float32"
+    clone = keras.Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def last_step_probs(model: keras.Model, x) -> np.ndarray:
-    """The next-character distribution after each whole window, whatever loss_at the model has."""
-    probs = model.predict(x, verbose=0, batch_size=len(x))
+    """The next-character distribution after each whole window, whatever loss_at the model has, in
+    float32 (the precision of the export)."""
+    probs = float32_model(model).predict(x, verbose=0, batch_size=len(x))
     return probs[:, -1] if probs.ndim == 3 else probs
 
 
@@ -53,7 +67,8 @@ def inference_function(model: keras.Model):
     lstms, dense = [], None
     for layer in model.layers:
         if isinstance(layer, keras.layers.LSTM):
-            config = {**layer.get_config(), "return_sequences": True, "return_state": True}
+            config = {**layer.get_config(), "return_sequences": True, "return_state": True,
+                      "dtype": "float32"}  # a model trained in bfloat16 still exports float32
             copy = keras.layers.LSTM.from_config({**config, "name": f"lstm_{len(lstms)}"})
             copy.build((None, None, layer.input.shape[-1]))
             copy.set_weights(layer.get_weights())
