@@ -42,6 +42,9 @@ def test_chunked_encoding_equals_whole_text_encoding(tmp_path, monkeypatch, chun
         corpus = load_corpus(path, maxlen=10, holdout=0.1, lowercase=lowercase, cache_dir=cache_dir)
         assert corpus.chars == chars and len(chars) > 256 and corpus.ids.dtype == np.uint16
         np.testing.assert_array_equal(corpus.ids, ids)
+        starts = np.array([0, 5, len(corpus.holdout_ids) - 11])  # windows read back, 2 bytes per id
+        np.testing.assert_array_equal(corpus.read(starts, 11, holdout=True),
+                                      ids[corpus.split + starts[:, None] + np.arange(11)])
 
 
 def test_the_ids_are_cached_by_the_corpus_sha256_and_not_encoded_again(small_corpus, tmp_path, monkeypatch):
