@@ -97,7 +97,7 @@ class Generator:
         `threads`: onnxruntime intra-op threads (one is fastest for a small LSTM);
         `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"] with onnxruntime-gpu.
         """
-        if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+        if not is_integer(threads) or threads < 1:
             raise InputError(f"threads must be an integer >= 1, got {threads!r}", "threads")
         unknown = sorted(set(providers or ()) - set(ort.get_available_providers()))
         if unknown:
