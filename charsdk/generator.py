@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError, ModelError
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, is_integer
 from .vocab import Vocab
 
 DEFAULT_MODEL = "nietzsche"
@@ -43,10 +43,6 @@ def chunk_sizes(length: int, streams: int = 1, vocab_size: int = 1) -> Iterator[
         size = min(FIRST_CHUNK if done == 0 else CHUNK, limit, length - done)
         yield size
         done += size
-
-
-def is_integer(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def sha256_of(path: Path) -> str:

@@ -21,6 +21,11 @@ from .errors import InputError
 LOG_LOG_CAP = 88.0  # log(-log u) for u = 0 is +inf: cap it so that 0 · cap stays 0 for T = 0
 
 
+def is_integer(value) -> bool:
+    """An int or numpy integer, and not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """One stream's settings; `check` turns user values into this or raises InputError."""
@@ -38,7 +43,7 @@ class SamplingOptions:
         if not math.isfinite(temperature) or temperature < 0:
             raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}",
                              "temperature")
-        if not (isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool)) or top_k < 0:
+        if not is_integer(top_k) or top_k < 0:
             raise InputError(f"top_k must be an integer >= 0 (0 = no limit), got {top_k!r}", "top_k")
         if not 0 < top_p <= 1:
             raise InputError(f"top_p must be in (0, 1] (1 = no limit), got {top_p}", "top_p")

@@ -104,7 +104,25 @@ def main(argv=None) -> int:
     except CorpusError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
-    return fit(corpus, recipe_name, recipe, out, fresh=args.fresh)
+    try:
+        return fit(corpus, recipe_name, recipe, out, fresh=args.fresh)
+    except Exception as exc:
+        if not lost_worker(exc):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        reason = next((line for line in lines if "aborted" in line), lines[0])  # TF's own cause, if given
+        print(f"\ntrain: error: the cluster lost a worker ({reason}): start every worker again with the "
+              "same command, and the run resumes after its last finished epoch", file=sys.stderr)
+        return 1
+
+
+def lost_worker(exc: Exception) -> bool:
+    """Whether a collective operation of a cluster failed (a worker is gone): TensorFlow's OpError."""
+    if cluster()[1] == 1 or "tensorflow" not in sys.modules:
+        return False
+    import tensorflow as tf
+
+    return isinstance(exc, tf.errors.OpError)
 
 
 def cluster() -> tuple[int, int]:
@@ -134,7 +152,8 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     from .data import Windows, holdout_starts
     from .model import build_model, inference_function
 
-    chief = cluster()[0] == 0
+    worker, workers = cluster()
+    chief = worker == 0
     replicas = strategy.num_replicas_in_sync
     if recipe.batch_size % replicas:
         print(f"train: error: BATCH_SIZE {recipe.batch_size} cannot be shared by {replicas} replicas: "
@@ -153,7 +172,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         "steps_per_epoch": steps_per_epoch,
         "training_windows": windows.count,
         "holdout_windows_scored": len(holdout),
-        "workers": cluster()[1],
+        "workers": workers,
         "epochs": [],
     }
     previous = None if fresh else read_log(out)
@@ -208,71 +227,63 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     if done >= recipe.epochs:
         print(f"{out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
         return 0
-    try:
-        for epoch in range(done, recipe.epochs):
-            if chief:
-                print(f"Epoch {epoch + 1}/{recipe.epochs}")
-            progress = keras.utils.Progbar(steps_per_epoch, verbose=int(chief), stateful_metrics=["loss"])
-            started, total, finite = time.perf_counter(), 0.0, True
-            for step in range(steps_per_epoch):
-                loss = float(train_step(*batch(epoch * steps_per_epoch + step)))
-                if not math.isfinite(loss):
-                    finite = False
-                    break
-                total += loss
-                if step == 0 and epoch == done and chief:
-                    print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
-                progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
-            seconds = time.perf_counter() - started
-            val_loss = holdout_nats() if finite else math.nan
-            entries = log["epochs"]
-            best = min((e["val_loss"] for e in entries), default=math.inf)
-            entries.append({
-                "epoch": epoch + 1,
-                "loss": total / (step + 1) if finite else math.nan,
-                "val_loss": val_loss,
-                "val_bits_per_char": val_loss / math.log(2),
-                "epoch_s": round(seconds, 2),
-                "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
-            })
-            entries[-1]["weights_sha256"] = digest = weights_sha256(model)
-            if not chief:
-                print(f"worker {cluster()[0]}: epoch {epoch + 1}: weights sha256 {digest}")
-            if not finite:
-                if chief:
-                    write_atomic(log_path, json.dumps(log, indent=2) + "\n")
-                print(f"\ntrain: error: the loss became NaN at step {step + 1} of epoch {epoch + 1}: "
-                      "lower LEARNING_RATE or set CLIPNORM (the checkpoints hold the epochs before)",
-                      file=sys.stderr)
-                return 1
-            if val_loss < best:
-                log["best_epoch"] = epoch + 1
-            if chief:
-                if log["best_epoch"] == epoch + 1:
-                    save_model_atomic(model, best_path)
-                # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
-                # resuming trusts the checkpoint's own step count (forget_epochs_after).
-                write_atomic(log_path, json.dumps(log, indent=2) + "\n")
-                save_model_atomic(model, last_path)
-                print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
-                      f"(best epoch {log.get('best_epoch')})")
-                print_samples(epoch)
-            reasons = []
-            if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
-                reasons.append(f"another epoch would end past the time budget of "
-                               f"{recipe.time_budget_s:.0f} s")
-            if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
-                reasons.append(f"no better held-out figure for {recipe.patience} epochs")
-            if everyone_agrees_to_stop(bool(reasons)):
-                print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
+    for epoch in range(done, recipe.epochs):
+        if chief:
+            print(f"Epoch {epoch + 1}/{recipe.epochs}")
+        progress = keras.utils.Progbar(steps_per_epoch, verbose=int(chief), stateful_metrics=["loss"])
+        started, total, finite = time.perf_counter(), 0.0, True
+        for step in range(steps_per_epoch):
+            loss = float(train_step(*batch(epoch * steps_per_epoch + step)))
+            if not math.isfinite(loss):
+                finite = False
                 break
-    except tf.errors.OpError as exc:  # a collective operation failed: a worker is gone
-        if cluster()[1] == 1:
-            raise
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"train: error: the cluster lost a worker ({reason}): start every worker again with the "
-              "same command, and the run resumes after its last finished epoch", file=sys.stderr)
-        return 1
+            total += loss
+            if step == 0 and epoch == done and chief:
+                print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
+            progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
+        seconds = time.perf_counter() - started
+        val_loss = holdout_nats() if finite else math.nan
+        entries = log["epochs"]
+        best = min((e["val_loss"] for e in entries), default=math.inf)
+        entries.append({
+            "epoch": epoch + 1,
+            "loss": total / (step + 1) if finite else math.nan,
+            "val_loss": val_loss,
+            "val_bits_per_char": val_loss / math.log(2),
+            "epoch_s": round(seconds, 2),
+            "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
+        })
+        entries[-1]["weights_sha256"] = digest = weights_sha256(model)
+        if not chief:
+            print(f"worker {worker}: epoch {epoch + 1}: weights sha256 {digest}")
+        if not finite:
+            if chief:
+                write_atomic(log_path, json.dumps(log, indent=2) + "\n")
+            print(f"\ntrain: error: the loss became NaN at step {step + 1} of epoch {epoch + 1}: "
+                  "lower LEARNING_RATE or set CLIPNORM (the checkpoints hold the epochs before)",
+                  file=sys.stderr)
+            return 1
+        if val_loss < best:
+            log["best_epoch"] = epoch + 1
+        if chief:
+            if log["best_epoch"] == epoch + 1:
+                save_model_atomic(model, best_path)
+            # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
+            # resuming trusts the checkpoint's own step count (forget_epochs_after).
+            write_atomic(log_path, json.dumps(log, indent=2) + "\n")
+            save_model_atomic(model, last_path)
+            print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
+                  f"(best epoch {log.get('best_epoch')})")
+            print_samples(epoch)
+        reasons = []
+        if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
+            reasons.append(f"another epoch would end past the time budget of "
+                           f"{recipe.time_budget_s:.0f} s")
+        if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
+            reasons.append(f"no better held-out figure for {recipe.patience} epochs")
+        if everyone_agrees_to_stop(bool(reasons)):
+            print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
+            break
 
     best = log["epochs"][log["best_epoch"] - 1]
     print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> {best_path}")
