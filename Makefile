@@ -1,5 +1,5 @@
 # charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make bench` · `make bench-train`
-#          `make plot` · `make lint`
+#          `make plot` · `make lint` · `make check-js`
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 RUNTIME_VENV := .venv-runtime# runtime dependencies only: what `pip install charsdk` gives users
 DEV_VENV := .venv# runtime + training + test dependencies
@@ -14,9 +14,10 @@ EPOCHS ?=
 EPOCH_STEPS ?=# steps per epoch (checkpoint, log entry, samples); empty: one pass over the corpus
 WORKERS ?= 1# >1: a cluster of that many workers on this machine (train/cluster.py)
 FRESH ?=
+PRECISION ?= int8# export: int8 weights (one scale per output channel) or fp32
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship bench bench-train baselines plot lint clean
+.PHONY: gen test train export ship bench bench-train baselines plot lint clean check-js
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -42,7 +43,7 @@ train: $(DEV_VENV)/.installed
 		$(TRAIN_ARGS)
 
 export: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS)
+	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS) --precision $(PRECISION)
 
 # Copy the export of run $(NAME) into the package as charsdk/models/$(MODEL)/ (checked, then swapped in).
 ship: $(RUNTIME_VENV)/.installed
@@ -58,6 +59,10 @@ bench: $(DEV_VENV)/.installed
 # Training cost as the corpus grows (the Nietzsche text, repeated to 100 MB and 1 GB) and on 2 workers.
 bench-train: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.bench_train $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
+
+# The shipped models in onnxruntime-node and onnxruntime-web (headless Chromium): ids as charsdk's.
+check-js: $(RUNTIME_VENV)/.installed
+	$(RUNTIME_VENV)/bin/python -m train.check_js
 
 # Classic compressors on the same held-out text (artifacts/baselines.json; make plot draws PPMd).
 baselines: $(DEV_VENV)/.installed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -110,7 +111,8 @@ def gen(
 def evaluate(
     text_file: Path = typer.Argument(..., help="UTF-8 text to score."),
     model: Path | None = MODEL,
-    mode: str = typer.Option("window", "--mode", help="window or stateful."),
+    mode: str = typer.Option("stateful", "--mode",
+                             help="stateful (as gen reads) or window (each character from the last maxlen)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     on_unknown: str = ON_UNKNOWN,
     threads: int = THREADS,
@@ -122,7 +124,8 @@ def evaluate(
     except (OSError, UnicodeDecodeError) as exc:
         _fail(InputError(f"cannot read {text_file} as UTF-8 text: {exc}"))
     try:
-        result = _load(model, threads, provider).evaluate(text, mode=mode, on_unknown=on_unknown)
+        result = _load(model, threads, provider).evaluate(text, mode=mode, on_unknown=on_unknown,
+                                                          progress=_progress_printer())
     except CharsdkError as exc:
         _fail(exc)
     if as_json:
@@ -130,6 +133,24 @@ def evaluate(
     else:
         typer.echo(f"{result['bits_per_char']:.4f} bits/char, perplexity {result['perplexity']:.3f} "
                    f"({result['chars_scored']} characters, {result['mode']} mode)")
+
+
+def _progress_printer(after_s: float = 2.0):
+    """progress(done, total) that writes "scored N of M characters" to stderr, once the work has taken
+    longer than after_s, at most twice a second, and a newline at the end."""
+    started, shown = time.monotonic(), [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - started < after_s or (now - shown[0] < 0.5 and done < total):
+            return
+        shown[0] = now
+        sys.stderr.write(f"\rscored {done:,} of {total:,} characters ({done / total:.0%})")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return progress
 
 
 @app.command()

@@ -1,11 +1,14 @@
-"""Text generation with onnxruntime: prime on the seed text, then sample characters in chunks."""
+"""Text generation and scoring with onnxruntime: one graph reads characters and draws new ones.
+
+Every use is a call of model.onnx: prime on a seed (read it), sample (draw K characters, feeding
+each back), score a text (read it, keeping every step's logits). Many characters per call: one call
+per character would cost more in onnxruntime overhead than the LSTM step itself."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -21,8 +24,12 @@ MODES = ("stateful", "window")
 FIRST_CHUNK = 16  # characters in the first onnxruntime call: the first ones show quickly
 CHUNK = 256  # characters per call after that: onnxruntime's per-call overhead is paid once per chunk
 UNIFORMS_PER_CALL = 1 << 21  # 8 MB of float32 per call, whatever n is (n=4096 would need 240 MB)
-SAMPLER_INPUTS = {"logits", "uniforms", "temperature", "top_k", "top_p", "use_filter", "window", "start"}
-PROBABILITY_FLOOR = 1e-30  # float32 softmax can round a probability to 0: score it as 1e-30
+GRAPH_INPUTS = {"ids", "logits", "uniforms", "temperature", "top_k", "top_p", "use_filter", "window", "start"}
+SCORE_CHUNK = 4096  # characters read per call when scoring a text
+# onnxruntime's MatMul+Add -> Gemm fusion runs before its int8 fusions and would turn every int8 product
+# (QuantizeLinear/DequantizeLinear around a MatMul) into a float32 Gemm on weights dequantized every step:
+# ~70x slower, and ids no longer those of the integer kernels. Any onnxruntime takes this setting.
+SESSION_CONFIG = {"optimization.disable_specified_optimizers": "MatMulAddFusion"}
 
 
 def shipped_models_dir() -> Path:
@@ -49,10 +56,18 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def stream_generators(seed: int | None, count: int) -> list[np.random.Generator]:
+    """One generator per stream: stream i's numbers depend on (seed, i) only. SFC64: making the numbers
+    is the cost here (one per vocabulary character per step), and it makes them twice as fast as PCG64."""
+    return [np.random.Generator(np.random.SFC64(s)) for s in np.random.SeedSequence(seed).spawn(count)]
+
+
 def session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     return options
 
 
@@ -75,14 +90,12 @@ def _open_session(path: Path, sha256: str, threads: int, providers) -> ort.Infer
 class Generator:
     """A loaded model: `Generator.load(dir).generate("seed text")`. Safe to share between threads."""
 
-    def __init__(self, vocab: Vocab, model: ort.InferenceSession, sampler: ort.InferenceSession,
-                 path: Path):
+    def __init__(self, vocab: Vocab, session: ort.InferenceSession, path: Path):
         self.vocab = vocab
-        self.model = model  # one step function: (x, state) -> (probs, state)
-        self.sampler = sampler  # a Loop of sample-then-step, many characters per call
+        self.session = session  # model.onnx: read ids, then draw characters (see train/graph.py)
         self.path = path
         self._codes = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
-        self._model_outputs = [vocab.probs_name] + [s.output for s in vocab.states]
+        self._outputs = ["logits_out", *[s.output for s in vocab.states], "ids_out", "read_logits"]
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, threads: int = 1,
@@ -90,7 +103,7 @@ class Generator:
         """Load a model directory, or a shipped model by name ("nietzsche", the default, or
         "nietzsche-book", the book's recipe).
 
-        `threads`: onnxruntime intra-op threads (one is fastest for a small LSTM);
+        `threads`: onnxruntime intra-op threads (one is fastest for one stream);
         `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"] with onnxruntime-gpu.
         """
         if not is_integer(threads) or threads < 1:
@@ -104,85 +117,79 @@ class Generator:
             path = shipped_models_dir() / path
         if not path.is_dir():
             raise ModelError(f"model directory {path} does not exist: pass a directory that holds "
-                             "vocab.json and the ONNX files it names")
+                             "vocab.json and the ONNX file it names")
         vocab = Vocab.load(path / "vocab.json")
-        model = _open_session(path / vocab.onnx_file, vocab.onnx_sha256, threads, providers)
-        sampler = _open_session(path / vocab.sampler_file, vocab.sampler_sha256, threads, providers)
-        width = model.get_inputs()[0].shape[-1]
-        if width != vocab.size:
-            raise ModelError(
-                f"vocab.json lists {vocab.size} characters but {vocab.onnx_file} takes {width}: "
-                "the files do not belong together; re-export the model"
-            )
-        if {i.name for i in sampler.get_inputs()} != SAMPLER_INPUTS | {s.input for s in vocab.states}:
-            raise ModelError(f"{vocab.sampler_file} does not take the inputs this charsdk gives it "
+        session = _open_session(path / vocab.onnx_file, vocab.onnx_sha256, threads, providers)
+        inputs = {i.name: i for i in session.get_inputs()}
+        if set(inputs) != GRAPH_INPUTS | {s.input for s in vocab.states}:
+            raise ModelError(f"{vocab.onnx_file} does not take the inputs this charsdk gives it "
                              "(an export by another version): re-export the model with make export")
-        return cls(vocab, model, sampler, path)
+        if inputs["logits"].shape[-1] != vocab.size:
+            raise ModelError(
+                f"vocab.json lists {vocab.size} characters but {vocab.onnx_file} has "
+                f"{inputs['logits'].shape[-1]}: the files do not belong together; re-export the model")
+        return cls(vocab, session, path)
 
-    # -- the graphs ---------------------------------------------------------------------------
+    # -- the graph ----------------------------------------------------------------------------
 
-    def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        return {s.input: np.zeros((batch, s.size), np.float32) for s in self.vocab.states}
+    def _zero_state(self, rows: int) -> dict[str, np.ndarray]:
+        return {s.input: np.zeros((rows, s.size), np.float32) for s in self.vocab.states}
 
-    def _run(self, x: np.ndarray, state: dict[str, np.ndarray]):
-        """model.onnx: the distribution after the last step of x [B, T, V], and the state it leaves."""
-        probs, *new = self.model.run(self._model_outputs, {self.vocab.input_name: x, **state})
-        return probs, {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
+    def run(self, ids: np.ndarray, state: dict[str, np.ndarray], logits: np.ndarray | None = None,
+            uniforms: np.ndarray | None = None, options: Sequence[SamplingOptions] | None = None,
+            window: int = 0, start: int = 0):
+        """One call of model.onnx for B streams: read ids [B, T], then draw uniforms.shape[1] characters.
 
-    def _prime(self, ids: np.ndarray, batch: int):
-        # An empty seed is one all-zero input from the zero state: "no character yet".
-        x = self.vocab.one_hot(ids) if len(ids) else np.zeros((1, 1, self.vocab.size), np.float32)
-        probs, state = self._run(x, self._zero_state(1))
-        return np.repeat(probs, batch, 0), {k: np.repeat(v, batch, 0) for k, v in state.items()}
-
-    def _stateful_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
-        """Chunks of drawn ids [k, B]: the seed run once, then one LSTM step per character."""
-        probs, state = self._prime(ids, len(options))
-        return self._sample(probs, state, options, uniform_chunks, window=0, read=0)
-
-    def _window_ids(self, ids, options, uniform_chunks) -> Iterator[np.ndarray]:
-        """Chunks of drawn ids [k, B], each predicted from the last maxlen characters and a zero state.
-
-        Rather than rerunning maxlen LSTM steps per character, each stream keeps maxlen staggered
-        windows (state rows) advanced together: before character t, window t mod maxlen restarts from
-        zero; every window then reads character t; the one that started maxlen characters ago (or at
-        the start of the text) gives the next distribution. The same arithmetic as the book's loop,
-        one batched step per character. sampler.onnx does this for the generated characters.
-        """
-        batch, maxlen, size = len(options), self.vocab.maxlen, self.vocab.size
-        state = self._zero_state(batch * maxlen)
-        x = np.zeros((batch * maxlen, 1, size), np.float32)
-        read = 0
-        for char in ids[-maxlen:]:
-            for value in state.values():
-                value.reshape(batch, maxlen, -1)[:, read % maxlen] = 0.0
-            x[:] = 0.0
-            x[:, 0, char] = 1.0
-            probs, state = self._run(x, state)
-            read += 1
-        if read:
-            probs = probs.reshape(batch, maxlen, size)[:, read % maxlen if read >= maxlen else 0]
-        else:  # an empty seed: one all-zero input from the zero state, as in stateful mode
-            probs, _ = self._prime(ids, batch)
-        return self._sample(probs, state, options, uniform_chunks, window=maxlen, read=read)
-
-    def _sample(self, probs, state, options, uniform_chunks, window: int, read: int):
-        """sampler.onnx, one call per chunk of uniforms [B, k, V]: draw a character, feed it back, k times."""
-        with np.errstate(divide="ignore"):
-            logits = np.log(probs)  # log 0 = -inf: that character keeps probability 0
-        settings = {
+        Returns (logits after the last character [B, V], the state after it, drawn ids [K, B], the
+        logits after each read character [T, B, V]). Window mode (window = maxlen): the states hold
+        maxlen rows per stream and `start` counts the characters they have read."""
+        streams, size = len(ids), self.vocab.size
+        options = options or [SamplingOptions()] * streams
+        feed = {
+            "ids": np.asarray(ids, np.int64).reshape(streams, -1),
+            "logits": np.zeros((streams, size), np.float32) if logits is None else logits,
+            **state,
+            "uniforms": np.zeros((streams, 0, size), np.float32) if uniforms is None else uniforms,
             "temperature": np.array([o.temperature for o in options], np.float32),
             "top_k": np.array([o.top_k for o in options], np.int64),
             "top_p": np.array([o.top_p for o in options], np.float32),
             "use_filter": np.array(any(o.filters for o in options)),
             "window": np.array(window, np.int64),
+            "start": np.array(start, np.int64),
         }
-        names = ["logits_out"] + [s.output for s in self.vocab.states] + ["ids"]
+        logits, *new, drawn, read = self.session.run(self._outputs, feed)
+        return logits, dict(zip([s.input for s in self.vocab.states], new, strict=True)), drawn, read
+
+    def _prime(self, ids: np.ndarray, streams: int, mode: str):
+        """Read the seed once (one stream) and copy the result to every stream: (logits, state, start).
+
+        An empty seed reads the "no character" id: one zero input from the zero state."""
+        maxlen = self.vocab.maxlen
+        if mode == "window" and len(ids):
+            seed = ids[-maxlen:]
+            logits, state, _, _ = self.run(seed[None], self._zero_state(maxlen), window=maxlen)
+            return (np.repeat(logits, streams, 0), {k: np.tile(v, (streams, 1)) for k, v in state.items()},
+                    len(seed))
+        logits, state, _, _ = self.run((ids if len(ids) else np.array([self.vocab.no_char_id]))[None],
+                                       self._zero_state(1))
+        if mode == "window":  # an empty seed: every window still empty
+            return np.repeat(logits, streams, 0), self._zero_state(streams * maxlen), 0
+        return np.repeat(logits, streams, 0), {k: np.repeat(v, streams, 0) for k, v in state.items()}, 0
+
+    def _draws(self, ids, options, uniform_chunks, mode: str) -> Iterator[np.ndarray]:
+        """Chunks of drawn ids [k, B], one call per chunk of uniforms [B, k, V].
+
+        Window mode predicts each character from the last maxlen characters and a zero state. Rather
+        than rerunning maxlen LSTM steps per character, each stream keeps maxlen staggered windows
+        (state rows) advanced together: before character t, window t mod maxlen restarts from zero;
+        every window then reads character t; the one that started maxlen characters ago (or at the
+        start of the text) gives the next distribution. The same arithmetic as the book's loop, one
+        batched step per character."""
+        logits, state, read = self._prime(ids, len(options), mode)
+        window = self.vocab.maxlen if mode == "window" else 0
+        no_ids = np.zeros((len(options), 0), np.int64)
         for uniforms in uniform_chunks:
-            logits, *new, drawn = self.sampler.run(names, {
-                "logits": logits, **state, "uniforms": uniforms, "start": np.array(read, np.int64),
-                **settings})
-            state = {s.input: v for s, v in zip(self.vocab.states, new, strict=True)}
+            logits, state, drawn, _ = self.run(no_ids, state, logits, uniforms, options, window, read)
             read += len(drawn)
             yield drawn
 
@@ -211,10 +218,9 @@ class Generator:
         if length == 0:
             return iter(())
         # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
-        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(options))]
+        rngs = stream_generators(seed, len(options))
         uniform_chunks = (self._uniforms(rngs, k) for k in chunk_sizes(length, len(rngs), self.vocab.size))
-        steps = self._window_ids if mode == "window" else self._stateful_ids
-        return self._decode(steps(ids, options, uniform_chunks), len(options), length, stop)
+        return self._decode(self._draws(ids, options, uniform_chunks, mode), len(options), length, stop)
 
     def _uniforms(self, rngs, k: int) -> np.ndarray:
         """[B, k, V] uniform numbers in [0, 1), row b from stream b's generator."""
@@ -278,40 +284,36 @@ class Generator:
             texts = [t + p for t, p in zip(texts, pieces, strict=True)]
         return texts[0] if np.isscalar(temperature) and n == 1 else texts
 
-    def evaluate(self, text: str, mode: str = "window", on_unknown: str = "error",
-                 batch: int = 256) -> dict:
+    def evaluate(self, text: str, mode: str = "stateful", on_unknown: str = "error",
+                 progress: Callable[[int, int], None] | None = None) -> dict:
         """Bits per character on `text`, scoring every position that has `maxlen` characters before it.
 
-        "window" predicts each from exactly those characters and a zero state (as in training);
-        "stateful" reads the text from its start, carrying the state.
+        "stateful" reads the text from its start, carrying the state (as `generate` does by default);
+        "window" predicts each from exactly those characters and a zero state (as in training).
+        The text is read SCORE_CHUNK characters per call; `progress(done, total)` is called after each.
         """
         if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
         ids, maxlen = self.vocab.encode(text, on_unknown), self.vocab.maxlen
         if len(ids) <= maxlen:
             raise InputError(f"the text needs more than {maxlen} characters to be scored, "
                              f"it has {len(ids)}")
-        targets = np.arange(maxlen, len(ids))
-        logp = np.empty(len(targets))
-        if mode == "window":
-            offsets = np.arange(-maxlen, 0)
-            for lo in range(0, len(targets), batch):
-                positions = targets[lo : lo + batch]
-                x = np.zeros((len(positions), maxlen, self.vocab.size), np.float32)
-                x[np.arange(len(positions))[:, None], offsets[None, :] + maxlen,
-                  ids[positions[:, None] + offsets[None, :]]] = 1.0
-                probs, _ = self._run(x, self._zero_state(len(positions)))
-                logp[lo : lo + batch] = np.log(np.maximum(
-                    probs[np.arange(len(positions)), ids[positions]], PROBABILITY_FLOOR))
-        else:
-            probs, state = self._run(self.vocab.one_hot(ids[:maxlen]), self._zero_state(1))
-            step = np.zeros((1, 1, self.vocab.size), np.float32)
-            for i, t in enumerate(targets):
-                logp[i] = math.log(max(float(probs[0, ids[t]]), PROBABILITY_FLOOR))
-                if t + 1 < len(ids):
-                    step[:] = 0.0
-                    step[0, 0, ids[t]] = 1.0
-                    probs, state = self._run(step, state)
-        bits = float(-logp.mean() / math.log(2))
-        return {"mode": mode, "chars_scored": int(len(targets)), "bits_per_char": bits,
+        window = maxlen if mode == "window" else 0
+        state = self._zero_state(maxlen if window else 1)
+        total_log_p, read = 0.0, 0
+        while read < len(ids) - 1:  # the logits after character t score character t + 1
+            chunk = ids[read : min(read + SCORE_CHUNK, len(ids) - 1)]
+            _, state, _, logits = self.run(chunk[None], state, window=window, start=read)
+            logits = logits[:, 0].astype(np.float64)
+            top = logits.max(axis=1)
+            log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+            targets = np.arange(read + 1, read + 1 + len(chunk))
+            scored = targets >= maxlen
+            total_log_p += float((logits[scored, ids[targets[scored]]] - log_z[scored]).sum())
+            read += len(chunk)
+            if progress:
+                progress(read + 1, len(ids))
+        scored = len(ids) - maxlen
+        bits = -total_log_p / scored / np.log(2)
+        return {"mode": mode, "chars_scored": int(scored), "bits_per_char": float(bits),
                 "perplexity": float(2**bits)}

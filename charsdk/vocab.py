@@ -1,7 +1,8 @@
 """vocab.json: the contract between training and every runtime.
 
 It holds everything needed to drive model.onnx: the characters in index order, the context
-length, the casing rule, the ONNX input/output names and the sha256 of the ONNX file it belongs to.
+length, the casing rule, the state tensors' names and sizes, the weights' precision and the sha256 of
+the ONNX file it belongs to.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from .errors import InputError, ModelError
 
 FORMAT = "charsdk-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one graph (model.onnx reads, scores and samples), int8 or float32 weights
+PRECISIONS = ("int8", "fp32")
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,7 @@ class Vocab:
     states: tuple[StateSpec, ...]
     onnx_file: str = "model.onnx"
     onnx_sha256: str = ""
-    sampler_file: str = "sampler.onnx"
-    sampler_sha256: str = ""
-    input_name: str = "x"
-    probs_name: str = "probs"
+    precision: str = "int8"
     default_seed_text: str = ""
     training: dict = field(default_factory=dict)
 
@@ -51,6 +50,11 @@ class Vocab:
 
     @property
     def size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def no_char_id(self) -> int:
+        """The id that reads as "no character yet" (a zero input): what an empty seed primes with."""
         return len(self.chars)
 
     def normalize(self, text: str) -> str:
@@ -78,14 +82,8 @@ class Vocab:
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
 
-    def one_hot(self, ids) -> np.ndarray:
-        """[1, len(ids), size] float32, the ONNX input layout."""
-        ids = np.asarray(ids, dtype=np.int64)
-        x = np.zeros((1, len(ids), self.size), dtype=np.float32)
-        x[0, np.arange(len(ids)), ids] = 1.0
-        return x
-
     def to_dict(self) -> dict:
+        V = self.size
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -95,14 +93,20 @@ class Vocab:
             "onnx": {
                 "file": self.onnx_file,
                 "sha256": self.onnx_sha256,
-                "input": {"name": self.input_name, "shape": ["batch", "time", self.size]},
-                "probs": {"name": self.probs_name, "shape": ["batch", self.size]},
+                "precision": self.precision,
+                "no_char_id": self.no_char_id,
+                "inputs": {
+                    "ids": ["batch", "T"], "logits": ["batch", V], "uniforms": ["batch", "K", V],
+                    "temperature": ["batch"], "top_k": ["batch"], "top_p": ["batch"],
+                    "use_filter": [], "window": [], "start": [],
+                },
+                "outputs": {"logits_out": ["batch", V], "ids_out": ["K", "batch"],
+                            "read_logits": ["T", "batch", V]},
                 "states": [
                     {"input": s.input, "output": s.output, "shape": ["batch", s.size]}
                     for s in self.states
                 ],
             },
-            "sampler": {"file": self.sampler_file, "sha256": self.sampler_sha256},
             "default_seed_text": self.default_seed_text,
             "training": self.training,
         }
@@ -118,15 +122,17 @@ class Vocab:
                 f"{FORMAT_VERSION}: re-export the model or upgrade charsdk"
             )
         try:
-            onnx, sampler = data["onnx"], data["sampler"]
+            onnx = data["onnx"]
             chars, maxlen = data["chars"], data["maxlen"]
             if not (isinstance(chars, list) and chars and all(isinstance(c, str) for c in chars)):
                 raise TypeError("'chars' must be a non-empty list of strings")
             if not (isinstance(maxlen, int) and not isinstance(maxlen, bool) and maxlen > 0):
                 raise TypeError("'maxlen' must be a positive integer")
-            for key, file in (("onnx", onnx["file"]), ("sampler", sampler["file"])):
-                if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
-                    raise TypeError(f"'{key}.file' must be a plain file name inside the model directory")
+            file = onnx["file"]
+            if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+                raise TypeError("'onnx.file' must be a plain file name inside the model directory")
+            if onnx["precision"] not in PRECISIONS:
+                raise TypeError(f"'onnx.precision' must be one of {', '.join(PRECISIONS)}")
             states = tuple(
                 StateSpec(str(s["input"]), str(s["output"]), int(s["shape"][1]))
                 for s in onnx["states"]
@@ -138,10 +144,7 @@ class Vocab:
                 states=states,
                 onnx_file=onnx["file"],
                 onnx_sha256=str(onnx["sha256"]),
-                sampler_file=sampler["file"],
-                sampler_sha256=str(sampler["sha256"]),
-                input_name=str(onnx["input"]["name"]),
-                probs_name=str(onnx["probs"]["name"]),
+                precision=onnx["precision"],
                 default_seed_text=str(data.get("default_seed_text", "")),
                 training=dict(data.get("training", {})),
             )

@@ -103,7 +103,7 @@ def test_info_describes_the_model():
     result = runner.invoke(app, ["info"])
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["format_version"] == 1 and data["maxlen"] == 60 and len(data["chars"]) == 57
+    assert data["format_version"] == 2 and data["maxlen"] == 60 and len(data["chars"]) == 57
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():

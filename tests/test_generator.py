@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 
 from charsdk import Generator, InputError, ModelError
-from charsdk.generator import default_model_dir
+from charsdk.generator import default_model_dir, sha256_of
 from tests.conftest import SHARED_CORPUS
 
 MODES = ["stateful", "window"]
@@ -104,14 +104,13 @@ def test_top_k_one_is_greedy(generator):
 
 @pytest.mark.parametrize("mode", ["stateful", "window"])
 def test_zero_uniform_numbers_give_no_nan_in_the_sampler(generator, mode):
-    """u = 0 makes log(-log u) infinite: sampler.onnx caps it, so every character gets the same noise
+    """u = 0 makes log(-log u) infinite: model.onnx caps it, so every character gets the same noise
     and each stream, greedy or not, filtered or not, draws the most likely character."""
     from charsdk.sampling import SamplingOptions
 
     options = [SamplingOptions(0.0), SamplingOptions(1.0), SamplingOptions(0.7, top_k=3, top_p=0.9)]
-    steps = generator._window_ids if mode == "window" else generator._stateful_ids
     uniforms = np.zeros((len(options), 40, generator.vocab.size), np.float32)
-    (drawn,) = steps(generator.vocab.encode("the "), options, [uniforms])
+    (drawn,) = generator._draws(generator.vocab.encode("the "), options, [uniforms], mode)
     greedy = generator.generate("the ", length=40, temperature=0, mode=mode)
     assert ["".join(generator.vocab.chars[i] for i in row) for row in drawn.T] == [greedy] * 3
 
@@ -132,18 +131,16 @@ def test_evaluate_scores_text_in_both_modes(generator):
 @pytest.mark.parametrize("seed_text", ["", "the ", "a seed text longer than the model's context: " * 3])
 def test_window_mode_is_the_books_loop(generator, seed_text):
     """Each character drawn from the last maxlen characters run from a zero state, as in the book."""
-    from charsdk.generator import FIRST_CHUNK, chunk_sizes
+    from charsdk.generator import FIRST_CHUNK, chunk_sizes, stream_generators
     from charsdk.sampling import draw, gumbel_noise
 
     length, maxlen, size = 150, generator.vocab.maxlen, generator.vocab.size
     assert FIRST_CHUNK < length
-    rng = np.random.default_rng(np.random.SeedSequence(11).spawn(1)[0])
+    (rng,) = stream_generators(11, 1)
     uniforms = np.concatenate([rng.random((k, size), np.float32) for k in chunk_sizes(length)])
     text = seed_text
     for u in uniforms:
-        window = generator.vocab.encode(text[-maxlen:])
-        x = generator.vocab.one_hot(window) if len(window) else np.zeros((1, 1, size), np.float32)
-        probs, _ = generator._run(x, generator._zero_state(1))
+        probs = probs_after(generator, generator.vocab.encode(text[-maxlen:]))
         text += generator.vocab.chars[int(draw(probs, gumbel_noise(u[None], [0.8]))[0])]
     assert generator.generate(seed_text, length, 0.8, seed=11, mode="window") == text[len(seed_text):]
 
@@ -236,42 +233,52 @@ def test_vocab_width_must_match_the_onnx_input(tmp_path):
         Generator.load(model)
 
 
-def test_a_sampler_with_other_inputs_is_refused(tmp_path):
-    """E.g. a sampler.onnx written by an older charsdk: re-export rather than fail mid-generation."""
-    import json
+def test_a_graph_with_other_inputs_is_refused(tmp_path):
+    """E.g. a graph written by another charsdk: re-export rather than fail mid-generation."""
+    import onnx
 
     model = copy_model(tmp_path)
+    vocab = Generator.load(model).vocab
+    proto = onnx.load(str(model / vocab.onnx_file))
+    proto.graph.input[0].name = "x"  # a valid graph that takes another input
+    for node in proto.graph.node:
+        node.input[:] = ["x" if name == "ids" else name for name in node.input]
+    onnx.save(proto, str(model / vocab.onnx_file))
     data = json.loads((model / "vocab.json").read_text())
-    data["sampler"] = data["onnx"]  # model.onnx as the sampler: a valid graph with the wrong inputs
+    data["onnx"]["sha256"] = sha256_of(model / vocab.onnx_file)
     (model / "vocab.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="re-export"):
         Generator.load(model)
 
 
+def probs_after(generator, ids) -> np.ndarray:
+    """The next-character distribution [1, V] after reading ids from a zero state, in one call
+    (no ids: after the "no character" input, as an empty seed primes)."""
+    ids = np.asarray(ids if len(ids) else [generator.vocab.no_char_id], np.int64)
+    _, _, _, logits = generator.run(ids[None], generator._zero_state(1))
+    z = logits[-1].astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def test_probabilities_are_a_distribution(generator):
-    probs, _ = generator._run(generator.vocab.one_hot(generator.vocab.encode("the ")),
-                              generator._zero_state(1))
+    probs = probs_after(generator, generator.vocab.encode("the "))
     assert probs.shape == (1, generator.vocab.size)
     assert abs(float(np.sum(probs)) - 1) < 1e-5
 
 
 def reference_text(generator, seed_text, length, temperature, rng, mode):
-    """One stream drawn the slow, obvious way: model.onnx run for every character (the state carried in
-    stateful mode; the last maxlen characters from a zero state in window mode), numpy's Gumbel-max
-    draw from uniforms that `rng` gives in one piece (chunking must not matter)."""
+    """One stream drawn the slow, obvious way: the whole text so far read from a zero state for every
+    character (in window mode only its last maxlen characters), numpy's Gumbel-max draw from uniforms
+    that `rng` gives in one piece (chunking must not matter)."""
     from charsdk.sampling import draw, gumbel_noise
 
     maxlen, size = generator.vocab.maxlen, generator.vocab.size
     uniforms = rng.random((length, size), np.float32)
     ids = list(generator.vocab.encode(seed_text))
-    x = generator.vocab.one_hot(ids) if ids else np.zeros((1, 1, size), np.float32)
-    probs, state = generator._run(x, generator._zero_state(1))
     for u in uniforms:
+        probs = probs_after(generator, ids[-maxlen:] if mode == "window" else ids)
         ids.append(int(draw(probs, gumbel_noise(u[None], [temperature]))[0]))
-        if mode == "stateful":
-            probs, state = generator._run(generator.vocab.one_hot(ids[-1:]), state)
-        else:
-            probs, _ = generator._run(generator.vocab.one_hot(ids[-maxlen:]), generator._zero_state(1))
     return generator.vocab.decode(ids[len(ids) - length :])
 
 
@@ -282,7 +289,8 @@ def test_temperature_lists_are_temperature_major_and_every_sample_is_its_own_str
     texts = generator.generate("we ", length, temperatures, n=n, seed=seed, mode=mode)
     streams = np.random.SeedSequence(seed).spawn(len(texts))
     expected = [reference_text(generator, "we ", length, temperatures[i // n],
-                               np.random.default_rng(streams[i]), mode) for i in range(len(texts))]
+                               np.random.Generator(np.random.SFC64(streams[i])), mode)
+                for i in range(len(texts))]
     assert texts == expected
 
 
@@ -363,19 +371,23 @@ def test_one_generator_shared_by_threads_taking_forced_turns(generator):
 
 
 def prefix_log_probs(model_dir, text: str) -> np.ndarray:
-    """log p(char t | chars before t) for t >= maxlen, each from a fresh run of model.onnx over the
-    whole prefix from a zero state: onnxruntime and vocab.json only, no charsdk code."""
+    """log p(char t | chars before t) for t >= maxlen, each from a fresh read of the whole prefix from
+    a zero state by model.onnx: onnxruntime and vocab.json only, no charsdk code."""
     vocab = json.loads((model_dir / "vocab.json").read_text(encoding="utf-8"))
     session = ort.InferenceSession(str(model_dir / vocab["onnx"]["file"]))
     index = {c: i for i, c in enumerate(vocab["chars"])}
-    ids = [index[c] for c in text.lower()]
-    one_hot = np.eye(len(index), dtype=np.float32)[ids][None]
-    zeros = {s["input"]: np.zeros((1, s["shape"][1]), np.float32) for s in vocab["onnx"]["states"]}
+    ids = np.array([[index[c] for c in text.lower()]], np.int64)
+    V = len(index)
+    feed = {"logits": np.zeros((1, V), np.float32), "uniforms": np.zeros((1, 0, V), np.float32),
+            "temperature": np.ones(1, np.float32), "top_k": np.zeros(1, np.int64),
+            "top_p": np.ones(1, np.float32), "use_filter": np.array(False), "window": np.array(0),
+            "start": np.array(0), **{s["input"]: np.zeros((1, s["shape"][1]), np.float32)
+                                     for s in vocab["onnx"]["states"]}}
     logp = []
-    for t in range(vocab["maxlen"], len(ids)):
-        (probs,) = session.run([vocab["onnx"]["probs"]["name"]],
-                               {vocab["onnx"]["input"]["name"]: one_hot[:, :t], **zeros})
-        logp.append(np.log(probs[0, ids[t]]))
+    for t in range(vocab["maxlen"], ids.shape[1]):
+        (logits,) = session.run(["read_logits"], {**feed, "ids": ids[:, :t]})
+        z = logits[-1, 0].astype(np.float64)
+        logp.append(z[ids[0, t]] - z.max() - np.log(np.exp(z - z.max()).sum()))
     return np.array(logp)
 
 

@@ -11,14 +11,14 @@ def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):
     generator = Generator.load(trained_dir)
     p = profile(generator, batch=2, threads=1, repeats=1)
     names = ["layer 0 recurrent 32x128", f"dense 32x{generator.vocab.size}"]
-    assert list(p["matrix_products_us"]) == names
-    assert {k: list(v) for k, v in p["int8_matrix_products_us"].items()} == {
-        "int8 DynamicQuantizeMatMul": names, "int8 DynamicQuantizeLinear+MatMulInteger": names}
-    # the stateful loop body: 3 kernels to draw, 11 for the cell (2 of them a lookup and a Gemm), 1 dense
-    assert p["kernels_per_step"] == 15 and p["other_kernels"] == 13
-    timed = [p["sampler_us_per_step"], p["small_kernel_us"], *p["matrix_products_us"].values()]
+    assert {k: list(v) for k, v in p["matrix_products_us"].items()} == {k: names for k in PRECISIONS}
+    # the stateful draw loop body of the int8 graph: 3 kernels to draw, a lookup, the cell's 9, and
+    # per product QuantizeLinear, the integer product and an Add
+    assert p["kernels_per_step"] == 3 + 1 + 9 + 2 * 3 and p["other_kernels"] == 3 + 1 + 9 + 2 * 2
+    timed = [p["sampler_us_per_step"], p["small_kernel_us"],
+             *[us for times in p["matrix_products_us"].values() for us in times.values()]]
     assert all(np.isfinite(v) for v in timed)  # no bound on timings: a busy machine makes them noisy
-    assert "B=2, 1 thread(s)" in describe(p)[0] and "MatMulInteger" in describe(p)[-1]
+    assert "B=2, 1 thread(s), int8 model" in describe(p)[0] and "DynamicQuantizeMatMul" in describe(p)[-1]
 
 
 def test_the_timed_product_loop_really_multiplies(trained_dir):
@@ -39,10 +39,10 @@ def test_the_timed_int8_product_multiplies_with_per_channel_scales(precision):
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((64, 48)).astype(np.float32) * np.linspace(0.01, 3, 48, dtype=np.float32)
-    x = rng.standard_normal((3, 64)).astype(np.float32)
+    x = rng.uniform(-1, 1, (3, 64)).astype(np.float32)  # what the model multiplies: LSTM outputs
     graph = _product(weights, precision)
     ops = {n.op_type for n in graph.graph.node[0].attribute[0].g.node}
-    portable = precision.endswith("MatMulInteger")
+    portable = precision.endswith("(model.onnx)")
     assert ("DynamicQuantizeMatMul" in ops) != portable
     if portable:  # only standard ONNX ops: other runtimes (onnxruntime-web, -node) can run it
         assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node[0].attribute[0].g.node)
@@ -51,7 +51,7 @@ def test_the_timed_int8_product_multiplies_with_per_channel_scales(precision):
     exact = x @ weights
     # one scale per output column: each column's error is small against that column's own size
     error = np.abs(y - exact).max(axis=0) / np.abs(exact).max(axis=0)
-    assert error.max() < 0.03
+    assert error.max() < 0.1  # one scale for all columns would make the small ones' errors ~100x that
 
 
 def test_the_limit_line_measures_large_products(trained_dir):

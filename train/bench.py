@@ -26,6 +26,7 @@ from .limits import describe, describe_limit, limit_line, median_rates, multiply
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
 TEMPERATURE = 0.5
+SCORED = (SEED_TEXT + "and whoever attempts it, even with the best right, but without being obliged ") * 250
 
 # Runs in a small helper process: a child forked from this one (TensorFlow loaded) would start with
 # this process's resident memory counted in its peak RSS.
@@ -48,7 +49,7 @@ def book_loop(model, generator: Generator, length: int, direct: bool):
     options = SamplingOptions(TEMPERATURE)
     text = SEED_TEXT[-vocab.maxlen :]
     for _ in range(length):
-        x = vocab.one_hot(vocab.encode(text[-vocab.maxlen :]))
+        x = np.eye(vocab.size, dtype=np.float32)[vocab.encode(text[-vocab.maxlen :])][None]
         probs = model(x, training=False).numpy()[0] if direct else model.predict(x, verbose=0)[0]
         text += vocab.chars[sample(probs, options, rng)]
 
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
          lambda: batched.generate(SEED_TEXT, 2000, TEMPERATURE, n=64, seed=1), 2000 * 64),
         (f"charsdk stateful, n=256, {os.cpu_count()} threads (aggregate)",
          lambda: batched.generate(SEED_TEXT, 1000, TEMPERATURE, n=256, seed=1), 1000 * 256),
+        ("charsdk eval, stateful (scoring a text)", lambda: generator.evaluate(SCORED), len(SCORED) - 60),
     ]
     rows = median_rates(jobs, r)
     book = rows[0][1] if args.run else None

@@ -1,14 +1,17 @@
-"""Export the best checkpoint: `python -m train.export --name NAME` writes model-<hash>.onnx,
-sampler-<hash>.onnx and vocab.json (which names both, with their sha256).
+"""Export the best checkpoint: `python -m train.export --name NAME [--precision int8|fp32]` writes
+model-<hash>.onnx (one graph that reads, scores and samples: train/graph.py) and vocab.json (which
+names it, with its sha256).
 
-The ONNX graph takes one-hot x [batch, time, vocab] and the LSTM state, and returns the
-next-character distribution after the last step and the new state. Before anything is moved into
-place, onnxruntime (through charsdk, as users run it) must agree with Keras on real windows.
+Before anything is moved into place, the float32 graph run by onnxruntime (through charsdk, as users
+run it) must agree with Keras on real windows, the graph's draws must be numpy's draws from its own
+distributions, and an int8 graph must score the held-out text within INT8_MAX_LOSS bits/char of the
+float32 one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -18,21 +21,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import onnx
-import tf2onnx
 
 from charsdk import Generator, ModelError
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, scores
-from charsdk.vocab import Vocab
+from charsdk.vocab import PRECISIONS, Vocab
 
 from .corpus import CorpusError, load_corpus
-from .model import inference_function, last_step_probs
-from .sampler_graph import build_sampler
+from .graph import OPSET, build_graph
+from .model import graph_weights, last_step_probs
 
-OPSET = 17
-TOLERANCE = 1e-5  # max abs difference of probabilities between Keras and onnxruntime
+TOLERANCE = 1e-5  # max abs difference of probabilities between Keras and the float32 graph
+INT8_MAX_LOSS = 0.005  # held-out bits/char an int8 export may lose against its float32 self
 # Held-out characters scored for vocab.json's figures, at most (the first ones of the held-out part):
-# window mode reruns maxlen steps per character, ~11x the work of stateful mode.
+# window mode does maxlen steps per character, ~maxlen/8 times the work of stateful mode.
 HOLDOUT_CHARS = {"stateful": 1_000_000, "window": 100_000}
 
 
@@ -40,8 +42,8 @@ class ExportError(Exception):
     pass
 
 
-def export(model_dir: Path, opset: int = OPSET) -> dict:
-    """Convert model_dir/best.keras; returns the parity figures. Raises ExportError on mismatch."""
+def export(model_dir: Path, precision: str = "int8") -> dict:
+    """Convert model_dir/best.keras; returns the checks' figures. Raises ExportError on a failed check."""
     log = json.loads((model_dir / "log.json").read_text())
     recipe, corpus_info = log["recipe"], log["corpus"]
     try:
@@ -53,61 +55,66 @@ def export(model_dir: Path, opset: int = OPSET) -> dict:
         raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
 
     model = keras.models.load_model(model_dir / "best.keras")
-    step, states = inference_function(model)
-    staging = model_dir / ".export-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    step_proto, _ = tf2onnx.convert.from_function(
-        step, input_signature=step.input_signature, opset=opset)
-    onnx_path, onnx_sha256 = save_content_addressed(step_proto, staging, "model")
-    sampler_path, sampler_sha256 = save_content_addressed(
-        build_sampler(step_proto, len(corpus.chars), states), staging, "sampler")
-
+    layers, dense, states = graph_weights(model)
     best = log["epochs"][log["best_epoch"] - 1]
     holdout_text = corpus.decode(corpus.holdout_ids[: max(HOLDOUT_CHARS.values())])
     seed_start = holdout_text.find(" ") + 1
-    vocab = Vocab(
-        chars=corpus.chars,
-        maxlen=recipe["maxlen"],
-        lowercase=recipe["lowercase"],
-        states=states,
-        onnx_file=onnx_path.name,
-        onnx_sha256=onnx_sha256,
-        sampler_file=sampler_path.name,
-        sampler_sha256=sampler_sha256,
-        default_seed_text=holdout_text[seed_start : seed_start + recipe["maxlen"]],
-        training={
-            "recipe_name": log["recipe_name"],
-            "recipe": recipe,
-            "corpus_sha256": corpus.sha256,
-            "corpus_chars": len(corpus.ids),
-            "epochs_trained": len(log["epochs"]),
-            "best_epoch": log["best_epoch"],
-            "holdout_bits_per_char_during_training": round(best["val_bits_per_char"], 4),
-            "train_wall_s": best["wall_s"],
-            "parameters": int(model.count_params()),
-            "checkpoint_sha256": sha256_of(model_dir / "best.keras"),
-            "opset": opset,
-        },
-    )
-    vocab.save(staging / "vocab.json")
-
+    training = {
+        "recipe_name": log["recipe_name"],
+        "recipe": recipe,
+        "corpus_sha256": corpus.sha256,
+        "corpus_chars": len(corpus.ids),
+        "epochs_trained": len(log["epochs"]),
+        "best_epoch": log["best_epoch"],
+        "holdout_bits_per_char_during_training": round(best["val_bits_per_char"], 4),
+        "train_wall_s": best["wall_s"],
+        "parameters": int(model.count_params()),
+        "checkpoint_sha256": sha256_of(model_dir / "best.keras"),
+        "opset": OPSET,
+    }
+    staging = model_dir / ".export-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
-        generator = Generator.load(staging, threads=os.cpu_count())
-        parity = check_parity(model, generator, corpus)
+        generators, figures = {}, {}
+        for graph_precision in ("fp32", precision) if precision != "fp32" else ("fp32",):
+            directory = staging / graph_precision
+            directory.mkdir()
+            path, sha256 = save_content_addressed(build_graph(layers, dense, states, graph_precision),
+                                                  directory, "model")
+            vocab = Vocab(chars=corpus.chars, maxlen=recipe["maxlen"], lowercase=recipe["lowercase"],
+                          states=states, onnx_file=path.name, onnx_sha256=sha256, precision=graph_precision,
+                          default_seed_text=holdout_text[seed_start : seed_start + recipe["maxlen"]],
+                          training=training)
+            vocab.save(directory / "vocab.json")
+            generators[graph_precision] = Generator.load(directory, threads=os.cpu_count())
+            # The figures users can reproduce with `charsdk eval` on the start of the held-out text.
+            figures[graph_precision] = {
+                mode: generators[graph_precision].evaluate(holdout_text[:limit], mode=mode)["bits_per_char"]
+                for mode, limit in HOLDOUT_CHARS.items()}
+        parity = check_parity(model, generators["fp32"], corpus)
         if parity["max_abs_diff"] > TOLERANCE:
             raise ExportError(f"onnxruntime and Keras disagree by {parity['max_abs_diff']:.2e} "
                               f"(> {TOLERANCE}): the export is wrong and was not installed")
+        generator = generators[precision]
+        parity["sampler_mismatches"] = sampler_mismatches(generator, corpus.holdout_ids[: recipe["maxlen"]])
         if parity["sampler_mismatches"]:
-            raise ExportError(f"sampler.onnx drew {parity['sampler_mismatches']} characters that "
+            raise ExportError(f"model.onnx drew {parity['sampler_mismatches']} characters that "
                               "numpy sampling did not: the export is wrong and was not installed")
-        # The figures users can reproduce with `charsdk eval` on the start of the held-out text.
+        parity["holdout_bits_per_char"] = figures
+        int8, fp32 = figures[precision]["stateful"], figures["fp32"]["stateful"]
+        if int8 > fp32 + INT8_MAX_LOSS:
+            raise ExportError(f"the {precision} graph scores {int8:.4f} bits/char on the held-out text "
+                              f"against {fp32:.4f} in float32 (more than {INT8_MAX_LOSS} worse): not "
+                              "installed; export with --precision fp32 (make export PRECISION=fp32)")
         for mode, limit in HOLDOUT_CHARS.items():
-            result = generator.evaluate(holdout_text[:limit], mode=mode)
-            vocab.training[f"holdout_bits_per_char_{mode}"] = round(result["bits_per_char"], 4)
-            vocab.training[f"holdout_chars_{mode}"] = len(holdout_text[:limit])
-        vocab.save(staging / "vocab.json")
-        install(staging, model_dir, keep={onnx_path.name, sampler_path.name})
+            training[f"holdout_bits_per_char_{mode}"] = round(figures[precision][mode], 4)
+            training[f"holdout_bits_per_char_{mode}_fp32"] = round(figures["fp32"][mode], 4)
+            training[f"holdout_chars_{mode}"] = len(holdout_text[:limit])
+        directory = staging / precision
+        vocab = Vocab.load(directory / "vocab.json")
+        dataclasses.replace(vocab, training=training).save(directory / "vocab.json")
+        install(directory, model_dir, keep={vocab.onnx_file})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return parity
@@ -143,37 +150,41 @@ def remove_unnamed_onnx(model_dir: Path) -> None:
     except ModelError:
         return  # no readable vocab.json: nothing is known to be unused
     for path in model_dir.glob("*.onnx"):
-        if path.name not in (vocab.onnx_file, vocab.sampler_file):
+        if path.name != vocab.onnx_file:
             path.unlink()
 
 
 def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped: int = 4) -> dict:
-    """Keras vs onnxruntime on held-out windows: whole window from a zero state, and step by step."""
+    """Keras vs the graph on held-out windows: whole windows in one call from a zero state, and one
+    character per call with the state carried."""
     maxlen, vocab = generator.vocab.maxlen, generator.vocab
     holdout = corpus.holdout_ids
     starts = np.linspace(0, len(holdout) - maxlen - 1, windows).astype(int)
-    x = np.stack([vocab.one_hot(holdout[s : s + maxlen])[0] for s in starts])
-    keras_probs = last_step_probs(model, x)
-    (onnx_probs,) = generator.model.run(
-        [vocab.probs_name], {vocab.input_name: x, **generator._zero_state(len(x))}
-    )
-    whole = float(np.abs(onnx_probs - keras_probs).max())
+    ids = np.stack([holdout[s : s + maxlen] for s in starts])
+    keras_probs = last_step_probs(model, np.eye(vocab.size, dtype=np.float32)[ids])
+    _, _, _, logits = generator.run(ids, generator._zero_state(len(ids)))
+    whole = float(np.abs(softmax(logits[-1]) - keras_probs).max())
 
     stepwise = 0.0
     for row in range(stepped):
         state = generator._zero_state(1)
         for t in range(maxlen):
-            probs, state = generator._run(x[row : row + 1, t : t + 1], state)
-        stepwise = max(stepwise, float(np.abs(probs - keras_probs[row]).max()))
-    return {"window_max_abs_diff": whole, "step_max_abs_diff": stepwise,
-            "max_abs_diff": max(whole, stepwise),
-            "sampler_mismatches": sampler_mismatches(generator, holdout[:maxlen])}
+            _, state, _, logits = generator.run(ids[row : row + 1, t : t + 1], state)
+        stepwise = max(stepwise, float(np.abs(softmax(logits[-1]) - keras_probs[row]).max()))
+    return {"window_max_abs_diff": whole, "step_max_abs_diff": stepwise, "max_abs_diff": max(whole, stepwise)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities [B, V] from logits [B, V], in float64."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def sampler_mismatches(generator: Generator, seed_ids, length: int = 200) -> int:
-    """Characters drawn by sampler.onnx, in both modes, that numpy's draw (float64, from model.onnx's
-    distribution given the same characters) would not draw with the same uniform numbers, for several
-    temperature / top-k / top-p settings at once."""
+    """Characters the graph drew, in both modes, that numpy's draw (float64, from the graph's own
+    distribution after the same characters, read in one call) would not draw with the same uniform
+    numbers, for several temperature / top-k / top-p settings at once."""
     options = [SamplingOptions.check(t, k, p) for t, k, p in
                [(0, 0, 1), (0.5, 0, 1), (1.0, 5, 1), (1.2, 0, 0.9), (0.8, 3, 0.5)]]
     inv_t = np.array([o.inv_temperature for o in options])
@@ -183,20 +194,18 @@ def sampler_mismatches(generator: Generator, seed_ids, length: int = 200) -> int
     noise = gumbel_noise(uniforms, [o.temperature for o in options])
     seed_ids, maxlen, rows = np.asarray(seed_ids), generator.vocab.maxlen, np.arange(len(options))
     mismatches = 0
-    for steps in (generator._stateful_ids, generator._window_ids):
-        (drawn,) = steps(seed_ids, options, [uniforms])
+    for mode in ("stateful", "window"):
+        (drawn,) = generator._draws(seed_ids, options, [uniforms], mode)
         texts = np.concatenate([np.tile(seed_ids, (len(options), 1)), drawn.T], axis=1)
-        probs, state = generator._prime(seed_ids, len(options))
+        # the distribution before each drawn character: read seed + drawn text in one call
+        window = maxlen if mode == "window" else 0
+        state = generator._zero_state(len(options) * (maxlen if window else 1))
+        _, _, _, logits = generator.run(texts[:, :-1], state, window=window)
         for step in range(length):
-            if steps == generator._window_ids:  # the book's loop: the last maxlen characters, zero state
-                end = len(seed_ids) + step
-                x = np.eye(generator.vocab.size, dtype=np.float32)[texts[:, max(end - maxlen, 0) : end]]
-                probs, _ = generator._run(x, generator._zero_state(len(options)))
+            probs = softmax(logits[len(seed_ids) - 1 + step])
             numpy_scores = scores(probs, noise[:, step], allowed(probs, inv_t, top_k, top_p))
             ids = drawn[step]
             mismatches += int((numpy_scores[rows, ids] < numpy_scores.max(axis=1) - 1e-4).sum())
-            if steps == generator._stateful_ids:
-                probs, state = generator._run(generator.vocab.one_hot(ids)[0][:, None], state)
     return mismatches
 
 
@@ -205,6 +214,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="nietzsche")
     p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--precision", choices=PRECISIONS, default="int8",
+                   help="int8: int8 weights, one scale per output channel (default); fp32: float32 weights")
     args = p.parse_args(argv)
     model_dir = Path(args.artifacts) / args.name
     if not (model_dir / "best.keras").exists() or not (model_dir / "log.json").exists():
@@ -212,13 +223,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        parity = export(model_dir)
+        parity = export(model_dir, args.precision)
     except ExportError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
-    print(f"exported {model_dir}/vocab.json and the ONNX files it names; Keras vs onnxruntime max "
-          f"abs difference: window {parity['window_max_abs_diff']:.1e}, step by step "
-          f"{parity['step_max_abs_diff']:.1e}; sampler.onnx agrees with numpy sampling")
+    figures = ", ".join(f"{p} {bits['stateful']:.4f}" for p, bits in parity["holdout_bits_per_char"].items())
+    print(f"exported {model_dir}/vocab.json and the ONNX file it names ({args.precision}); Keras vs the "
+          f"float32 graph max abs difference: window {parity['window_max_abs_diff']:.1e}, step by step "
+          f"{parity['step_max_abs_diff']:.1e}; its draws agree with numpy sampling; held-out bits/char "
+          f"(stateful): {figures}")
     return 0
 
 

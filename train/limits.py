@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from charsdk import Generator
 from charsdk.generator import session_options
 
-from .sampler_graph import _cell_weights
+from . import graph
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 SMALL_KERNELS = 10  # chained elementwise kernels timed against one
@@ -88,35 +88,29 @@ def _elementwise(count: int, units: int) -> onnx.ModelProto:
                  [("h", units)], {})
 
 
-PRECISIONS = ("fp32", "int8 DynamicQuantizeMatMul", "int8 DynamicQuantizeLinear+MatMulInteger")
-
-
-def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weights [in, out] with one float32 scale per output channel."""
-    scale = np.maximum(np.abs(weights).max(axis=0), 1e-30) / 127
-    return np.round(weights / scale).clip(-127, 127).astype(np.int8), scale.astype(np.float32)
+# The model's own forms (train.graph.product: float32 Gemm; int8 weights with the input quantized at a
+# fixed scale, QuantizeLinear/DequantizeLinear around a MatMul) and onnxruntime's fused contrib op,
+# which quantizes the input at a scale measured per call (not portable, and it ties streams together).
+PRECISIONS = ("fp32", "int8 QuantizeLinear+MatMul (model.onnx)", "int8 DynamicQuantizeMatMul")
 
 
 def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
-    """x [B, in] @ W [in, out], and x carried on unchanged: the body is the product alone, in float32
-    (one Gemm), or with int8 weights and x quantized on the fly: onnxruntime's fused contrib op, or the
-    standard ops any ONNX runtime has (quantize x, integer product, back to float, scale)."""
+    """x [B, in] @ W [in, out], and x carried on unchanged: the body is the product alone."""
     n_in, n_out = weights.shape
     node = helper.make_node
-    if precision == "fp32":
-        product, arrays = [node("Gemm", ["x_in", "w"], ["y_out"])], {"w": weights}
+    zero_bias = {"b": np.zeros(n_out, np.float32)}
+    if precision == PRECISIONS[0]:
+        product, arrays = graph.product("x_in", "w", "b", "y_out", "fp32"), {"w": weights, **zero_bias}
     else:
-        q, scale = quantize_per_channel(weights)
+        q, scale = graph.quantize_per_channel(weights)
         arrays = {"w_q": q, "w_scale": scale, "w_zero": np.zeros(n_out, np.int8)}
         if precision == PRECISIONS[1]:
+            arrays |= {"act_scale": np.array(graph.ACTIVATION_SCALE, np.float32),
+                       "act_zero": np.array(128, np.uint8), **zero_bias}
+            product = graph.product("x_in", "w", "b", "y_out", "int8")
+        else:
             product = [node("DynamicQuantizeMatMul", ["x_in", "w_q", "w_scale", "w_zero"], ["y_out"],
                             domain="com.microsoft")]
-        else:
-            product = [node("DynamicQuantizeLinear", ["x_in"], ["x_q", "x_scale", "x_zero"]),
-                       node("MatMulInteger", ["x_q", "w_q", "x_zero", "w_zero"], ["y_int"]),
-                       node("Cast", ["y_int"], ["y_float"], to=F32),
-                       node("Mul", ["x_scale", "w_scale"], ["y_scale"]),
-                       node("Mul", ["y_float", "y_scale"], ["y_out"])]
     return _loop([*product, node("Identity", ["x_in"], ["x_out"])], [("x", n_in), ("y", n_out)], arrays)
 
 
@@ -133,56 +127,59 @@ def _loop_us(model: onnx.ModelProto, batch: int, threads: int, steps: int, repea
     return _per_step_us(lambda: session.run(None, feed), steps, repeats)
 
 
-def _plain_stateful_body(sampler: onnx.ModelProto) -> onnx.GraphProto:
-    """The body of the Loop in the If branch that sampler_graph names "plain"."""
-    (loop,) = next(g for g in _subgraphs(sampler.graph) if g.name == "plain").node
+def _plain_stateful_body(model: onnx.ModelProto) -> onnx.GraphProto:
+    """The body of the loop that draws in stateful mode without top-k / top-p (train/graph.py)."""
+    loop = next(n for n in model.graph.node if n.op_type == "Loop" and n.input[0] == "draws_plain")
     return next(a.g for a in loop.attribute if a.name == "body")
 
 
-def _subgraphs(graph: onnx.GraphProto):
-    yield graph
-    for n in graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _subgraphs(a.g)
+def model_matrices(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Each weight matrix of model.onnx that a step multiplies by, as float32 [in, out], named by its role."""
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    found = {}
+    for name in sorted(n for n in arrays if n.endswith(("recurrent", "stacked", "dense",
+                                                         "recurrent_q", "stacked_q", "dense_q"))):
+        base = name.removesuffix("_q")
+        value = arrays[name] * arrays[f"{base}_scale"] if name.endswith("_q") else arrays[name]
+        kind = "recurrent" if base.endswith("recurrent") else "input+recurrent"
+        role = "dense" if base == "dense" else f"layer {base[1:base.index('_')]} {kind}"
+        found[f"{role} {value.shape[0]}x{value.shape[1]}"] = value.astype(np.float32)
+    return dict(sorted(found.items(), key=lambda item: item[0].startswith("dense")))
 
 
 def profile(generator: Generator, batch: int, threads: int, repeats: int = 7) -> dict:
     """Microseconds per step (one character for each of `batch` streams) of each part."""
+    from charsdk.sampling import SamplingOptions
+
     vocab = generator.vocab
     steps = max(40, 3000 // batch)
-    step_model = onnx.load(str(generator.path / vocab.onnx_file))
-    sampler = onnx.load(str(generator.path / vocab.sampler_file))
-    layers, (dense_w, _) = _cell_weights(step_model, vocab.size)
-    matrices = {f"layer {k} recurrent {r.shape[0]}x{r.shape[1]}": r for k, (_, _, r) in enumerate(layers)}
-    matrices |= {f"layer {k} input {w.shape[0]}x{w.shape[1]}": w for k, (w, _, _) in enumerate(layers) if k}
-    matrices[f"dense {dense_w.shape[0]}x{dense_w.shape[1]}"] = dense_w
-    units = layers[0][2].shape[0]
+    model = onnx.load(str(generator.path / vocab.onnx_file))
+    matrices = model_matrices(model)
+    units = vocab.states[0].size
 
     one = _loop_us(_elementwise(1, units), batch, threads, steps, repeats)
     many = _loop_us(_elementwise(1 + SMALL_KERNELS, units), batch, threads, steps, repeats)
     kernel = (many - one) / SMALL_KERNELS
     loop = one - kernel
-    products = {name: _loop_us(_product(w), batch, threads, steps, repeats) - loop
-                for name, w in matrices.items()}
-    int8_products = {precision: {name: _loop_us(_product(w, precision), batch, threads, steps, repeats) - loop
-                                 for name, w in matrices.items()} for precision in PRECISIONS[1:]}
-    body = _plain_stateful_body(sampler)
-    others = len(body.node) - sum(n.op_type in ("Gemm", "MatMul") for n in body.node)
+    products = {precision: {name: _loop_us(_product(w, precision), batch, threads, steps, repeats) - loop
+                            for name, w in matrices.items()} for precision in PRECISIONS}
+    body = _plain_stateful_body(model)
+    # onnxruntime runs a float32 product as one Gemm; an int8 one (QuantizeLinear, DequantizeLinear x 2,
+    # MatMul, Add) as QuantizeLinear, MatMulIntegerToFloat and Add: two kernels besides the product
+    others = len(body.node) - len(matrices) * (1 if vocab.precision == "fp32" else 3)
+    counted = Generator.load(generator.path, threads=threads)
 
     uniforms = np.random.default_rng(0).random((batch, steps, vocab.size), dtype=np.float32)
-    session = generator.sampler if threads == 1 else _session(sampler, threads)
-    feed = {"logits": np.zeros((batch, vocab.size), np.float32), "uniforms": uniforms,
-            "temperature": np.full(batch, 0.5, np.float32),
-            "top_k": np.zeros(batch, np.int64), "top_p": np.ones(batch, np.float32),
-            "use_filter": np.array(False), "window": np.array(0, np.int64), "start": np.array(0, np.int64),
-            **{s.input: np.zeros((batch, s.size), np.float32) for s in vocab.states}}
-    measured = _per_step_us(lambda: session.run(["ids"], feed), steps, repeats)
-    accounted = loop + sum(products.values()) + others * kernel
-    return {"batch": batch, "threads": threads, "sampler_us_per_step": measured,
-            "kernels_per_step": len(body.node), "loop_iteration_us": loop, "small_kernel_us": kernel,
-            "matrix_products_us": products, "int8_matrix_products_us": int8_products,
-            "other_kernels": others, "accounted_us": accounted}
+    options = [SamplingOptions(0.5)] * batch
+    no_ids = np.zeros((batch, 0), np.int64)
+    logits = np.zeros((batch, vocab.size), np.float32)
+    state = counted._zero_state(batch)
+    measured = _per_step_us(lambda: counted.run(no_ids, state, logits, uniforms, options), steps, repeats)
+    own = products[vocab.precision if vocab.precision == "fp32" else PRECISIONS[1]]
+    accounted = loop + sum(own.values()) + others * kernel
+    return {"batch": batch, "threads": threads, "precision": vocab.precision, "sampler_us_per_step": measured,
+            "kernels_per_step": others + len(matrices), "loop_iteration_us": loop, "small_kernel_us": kernel,
+            "matrix_products_us": products, "other_kernels": others, "accounted_us": accounted}
 
 
 def limit_line(generator: Generator, threads: int, repeats: int = 5) -> dict:
@@ -200,19 +197,20 @@ def limit_line(generator: Generator, threads: int, repeats: int = 5) -> dict:
 
 
 def describe(p: dict) -> list[str]:
-    products = " + ".join(f"{name} {us:.2f}" for name, us in p["matrix_products_us"].items())
     streams, measured = p["batch"], p["sampler_us_per_step"]
-    int8 = [f"  int8 weights, {precision}: " + " + ".join(f"{us:.2f}" for us in times.values()) + " µs"
-            for precision, times in p["int8_matrix_products_us"].items()]
-    return [
-        f"B={streams}, {p['threads']} thread(s): the sampler takes {measured:.1f} µs per step "
-        f"({streams * 1e6 / measured:,.0f} chars/s), {p['kernels_per_step']} kernels per step",
-        f"  loop iteration {p['loop_iteration_us']:.2f} µs; matrix products: {products} µs;",
-        f"  {p['other_kernels']} other kernels x {p['small_kernel_us']:.2f} µs (one elementwise op over "
-        f"[{streams}, units]); these parts add up to {p['accounted_us']:.1f} µs "
+    lines = [
+        f"B={streams}, {p['threads']} thread(s), {p['precision']} model: one call of model.onnx takes "
+        f"{measured:.1f} µs per step ({streams * 1e6 / measured:,.0f} chars/s), {p['kernels_per_step']} "
+        "kernels per step",
+        f"  loop iteration {p['loop_iteration_us']:.2f} µs; {p['other_kernels']} kernels besides the "
+        f"products x {p['small_kernel_us']:.2f} µs (one elementwise op over [{streams}, units]); "
+        f"these parts and the model's own products add up to {p['accounted_us']:.1f} µs "
         f"({streams * 1e6 / p['accounted_us']:,.0f} chars/s)",
-        *int8,
     ]
+    for precision, times in p["matrix_products_us"].items():
+        parts = " + ".join(f"{name} {us:.2f}" for name, us in times.items())
+        lines.append(f"  products, {precision}: {parts} µs")
+    return lines
 
 
 def describe_limit(line: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""The Keras model, and the inference function that export and the per-epoch samples share."""
+"""The Keras model; its weights as the exported graph takes them; the per-epoch samples' function."""
 
 from __future__ import annotations
 
@@ -57,22 +57,12 @@ def last_step_probs(model: keras.Model, x) -> np.ndarray:
     return probs[:, -1] if probs.ndim == 3 else probs
 
 
-def inference_function(model: keras.Model):
-    """tf.function (x, *state) -> {probs, *state_out} with the model's weights.
-
-    One graph serves a whole window from a zero state and one character from a carried state:
-    x is one-hot [batch, time, vocab]; probs is the next-character distribution after the last step.
-    """
-    vocab_size = model.input_shape[-1]
+def _layers(model: keras.Model):
+    """The model's LSTM layers, its dense layer, and the state tensors the graphs name (h0, c0, ...)."""
     lstms, dense = [], None
     for layer in model.layers:
         if isinstance(layer, keras.layers.LSTM):
-            config = {**layer.get_config(), "return_sequences": True, "return_state": True,
-                      "dtype": "float32"}  # a model trained in bfloat16 still exports float32
-            copy = keras.layers.LSTM.from_config({**config, "name": f"lstm_{len(lstms)}"})
-            copy.build((None, None, layer.input.shape[-1]))
-            copy.set_weights(layer.get_weights())
-            lstms.append(copy)
+            lstms.append(layer)
         elif isinstance(layer, keras.layers.Dense):
             dense = layer
         elif not isinstance(layer, (keras.layers.InputLayer, keras.layers.Dropout)):
@@ -80,6 +70,33 @@ def inference_function(model: keras.Model):
     states = []
     for i, lstm in enumerate(lstms):
         states += [StateSpec(f"h{i}", f"h{i}_out", lstm.units), StateSpec(f"c{i}", f"c{i}_out", lstm.units)]
+    return lstms, dense, tuple(states)
+
+
+def graph_weights(model: keras.Model):
+    """What train.graph builds from: per LSTM layer (kernel [I, 4U], recurrent kernel [U, 4U], bias
+    [4U]) in Keras' gate order i, f, c, o; the dense layer's (kernel [U, V], bias [V]); the states."""
+    lstms, dense, states = _layers(model)
+    layers = [tuple(np.asarray(w, np.float32) for w in lstm.get_weights()) for lstm in lstms]
+    return layers, tuple(np.asarray(w, np.float32) for w in dense.get_weights()), states
+
+
+def inference_function(model: keras.Model):
+    """tf.function (x, *state) -> {probs, *state_out} with the model's weights (the per-epoch samples).
+
+    One graph serves a whole window from a zero state and one character from a carried state:
+    x is one-hot [batch, time, vocab]; probs is the next-character distribution after the last step.
+    """
+    vocab_size = model.input_shape[-1]
+    originals, dense, states = _layers(model)
+    lstms = []
+    for layer in originals:
+        config = {**layer.get_config(), "return_sequences": True, "return_state": True,
+                  "dtype": "float32"}  # a model trained in bfloat16 still runs in float32
+        copy = keras.layers.LSTM.from_config({**config, "name": f"lstm_{len(lstms)}"})
+        copy.build((None, None, layer.input.shape[-1]))
+        copy.set_weights(layer.get_weights())
+        lstms.append(copy)
     signature = [tf.TensorSpec([None, None, vocab_size], tf.float32, name="x")] + [
         tf.TensorSpec([None, s.size], tf.float32, name=s.input) for s in states
     ]
@@ -93,4 +110,4 @@ def inference_function(model: keras.Model):
         outputs["probs"] = dense(sequence[:, -1])
         return outputs
 
-    return step, tuple(states)
+    return step, states

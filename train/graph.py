@@ -1,0 +1,362 @@
+"""model.onnx: the one graph a model directory ships — read characters, then draw and feed back more.
+
+One call reads `ids` [B, T] (teacher-forced: priming on a seed, or scoring a text, with the
+distribution after every character returned as `read_logits` [T, B, V]), then draws K characters,
+feeding each back. One call per character would cost ~16 µs of onnxruntime overhead, more than the
+arithmetic of one LSTM step, so both phases are ONNX Loops; each model's weights are stored once, as
+initializers of the main graph that every loop reads.
+
+Products: with precision "int8" every weight matrix is int8 with one scale per output channel, and
+the activations it multiplies are quantized with a fixed scale (they are LSTM outputs, o·tanh(c), always
+in (-1, 1)): QuantizeLinear + MatMulInteger + Cast + Mul, standard ONNX ops that any runtime has and
+that onnxruntime fuses into its integer kernels. A fixed scale (not DynamicQuantizeLinear's per-tensor
+range) keeps each stream's arithmetic independent of the others in a batch. The first layer's input
+weights are a lookup table (the input is one-hot), stored int8 and dequantized once per call.
+
+Drawing is charsdk.sampling's Gumbel-max rule, argmax(logits + T·g), with optional top-k / top-p; g
+is computed for the whole call at once from uniform numbers that the caller's seeded generator
+supplies. The LSTM cell is written out with 2-D tensors (faster than onnxruntime's LSTM kernel for one
+step of a small batch). Window mode keeps maxlen staggered windows per stream (see
+charsdk.generator), the same arithmetic as rerunning the last maxlen characters from a zero state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from charsdk.sampling import LOG_LOG_CAP
+from charsdk.vocab import StateSpec
+
+F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+OPSET = 17
+PRECISIONS = ("int8", "fp32")
+ACTIVATION_SCALE = 1 / 127.5  # activations in (-1, 1) as uint8 around the zero point 128
+node = helper.make_node
+
+
+def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights [in, out] with one float32 scale per output channel."""
+    scale = np.maximum(np.abs(weights).max(axis=0), 1e-30) / 127
+    return np.round(weights / scale).clip(-127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def product(x: str, weights: str, addend: str, out: str, precision: str) -> list[onnx.NodeProto]:
+    """out = x @ weights + addend, in float32 (one Gemm) or with int8 weights ("<weights>_q", one scale
+    per column in "<weights>_scale", already multiplied by ACTIVATION_SCALE) and x quantized on the way."""
+    if precision == "fp32":
+        return [node("Gemm", [x, weights, addend], [out])]
+    return [node("QuantizeLinear", [x, "act_scale", "act_zero"], [f"{out}_xq"]),
+            node("DequantizeLinear", [f"{out}_xq", "act_scale", "act_zero"], [f"{out}_xdq"]),
+            node("DequantizeLinear", [f"{weights}_q", f"{weights}_scale", f"{weights}_zero"], [f"{out}_w"],
+                 axis=1),
+            node("MatMul", [f"{out}_xdq", f"{out}_w"], [f"{out}_product"]),
+            node("Add", [f"{out}_product", addend], [out])]
+
+
+def weight_arrays(layers, dense, precision: str) -> dict[str, np.ndarray]:
+    """Initializers for Keras-ordered weights: per LSTM layer (kernel [I, 4U], recurrent [U, 4U],
+    bias [4U]) with gates i, f, c, o; dense (kernel [U, V], bias [V]).
+
+    Gates are reordered to i, o, f, c (one sigmoid over the first 3U). Layer 0's input is one-hot, so
+    its kernel is a table of rows with the bias folded in, plus a last row for "no character yet" (the
+    bias alone). Deeper layers multiply [input, h] by their stacked [kernel; recurrent] in one product."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def matrix(name, value):
+        if precision == "fp32":
+            arrays[name] = value.astype(np.float32)
+        else:
+            arrays[f"{name}_q"], scale = quantize_per_channel(value)
+            arrays[f"{name}_scale"] = scale
+            arrays[f"{name}_zero"] = np.zeros(scale.shape, np.int8)
+
+    for k, (kernel, recurrent, bias) in enumerate(layers):
+        units = recurrent.shape[0]
+        order = np.concatenate([np.arange(units), 3 * units + np.arange(units),
+                                units + np.arange(units), 2 * units + np.arange(units)])
+        kernel, recurrent, bias = kernel[:, order], recurrent[:, order], bias[order]
+        p = f"l{k}_"
+        if k == 0:
+            table = np.vstack([kernel, np.zeros((1, 4 * units), kernel.dtype)]) + bias
+            if precision == "fp32":
+                arrays[p + "table"] = table.astype(np.float32)
+            else:
+                arrays[p + "table_q"], arrays[p + "table_scale"] = quantize_per_channel(table)
+            matrix(p + "recurrent", recurrent)
+        else:
+            matrix(p + "stacked", np.vstack([kernel, recurrent]))
+            arrays[p + "bias"] = bias.astype(np.float32)
+        arrays[p + "split"] = np.array([3 * units, units], np.int64)
+        arrays[p + "split3"] = np.array([units] * 3, np.int64)
+    matrix("dense", dense[0])
+    arrays["dense_b"] = dense[1].astype(np.float32)
+    return arrays
+
+
+def _filter_nodes() -> list[onnx.NodeProto]:
+    """"kept": top-k, then top-p, of softmax(logits / T) sorted in decreasing order (axis 1 of [B, V])."""
+    return [
+        node("Mul", ["logits_in", "inv_t"], ["scaled"]),
+        node("Softmax", ["scaled"], ["w"], axis=1),
+        node("TopK", ["w", "k_all"], ["sorted", "sorted_idx"], axis=1, largest=1, sorted=1),
+        node("Less", ["positions", "k_col"], ["in_k"]),
+        node("Cast", ["in_k"], ["in_k_f"], to=F32),
+        node("Mul", ["sorted", "in_k_f"], ["sorted_k"]),
+        node("ReduceSum", ["sorted_k", "axis1"], ["sorted_sum"], keepdims=1),
+        node("Div", ["sorted_k", "sorted_sum"], ["sorted_p"]),
+        node("CumSum", ["sorted_p", "axis1_scalar"], ["cum"]),
+        node("Sub", ["cum", "sorted_p"], ["mass_before"]),
+        node("Less", ["mass_before", "p_col"], ["in_p"]),
+        node("And", ["in_p", "in_k"], ["kept_sorted"]),
+        node("Cast", ["kept_sorted"], ["kept_i"], to=I64),
+        node("ReduceSum", ["kept_i", "axis1"], ["n_kept"], keepdims=1),
+        node("Sub", ["n_kept", "one_i64"], ["last_kept"]),
+        node("GatherElements", ["sorted", "last_kept"], ["threshold"], axis=1),
+        node("GreaterOrEqual", ["w", "threshold"], ["kept"]),
+    ]
+
+
+def _ring_nodes(first: str) -> list[onnx.NodeProto]:
+    """Window mode, before the cell: restart window t mod maxlen of every stream from a zero state
+    (t = characters read so far, counting from `first`), and give the character to all maxlen windows
+    of its stream."""
+    return [
+        node("Add", [first, "i"], ["t"]),
+        node("Mod", ["t", "ring"], ["restart"]),
+        node("Equal", ["window_of_row", "restart"], ["restarting"]),
+        node("Not", ["restarting"], ["keeping"]),
+        node("Cast", ["keeping"], ["keep"], to=F32),
+        node("Unsqueeze", ["keep", "axis1"], ["keep_col"]),
+        node("Unsqueeze", ["id", "axis1"], ["id_col"]),
+        node("Expand", ["id_col", "ring_shape"], ["id_ring"]),
+        node("Reshape", ["id_ring", "minus_one"], ["id_rows"]),
+    ]
+
+
+def _full_window_nodes(h: str) -> list[onnx.NodeProto]:
+    """Window mode, after the cell: the hidden state of each stream's window that has now read
+    maxlen characters (or everything, near the start)."""
+    return [
+        node("Add", ["t", "one_i64"], ["read"]),
+        node("Mod", ["read", "ring"], ["read_mod"]),
+        node("GreaterOrEqual", ["read", "ring"], ["wrapped"]),
+        node("Where", ["wrapped", "read_mod", "zero_i64"], ["full"]),
+        node("Add", ["stream_first_row", "full"], ["full_rows"]),
+        node("Gather", [h, "full_rows"], ["h_full"], axis=0),
+    ]
+
+
+def _cell_nodes(n_layers: int, states: tuple[StateSpec, ...], precision: str, ring: bool,
+                ids: str) -> list[onnx.NodeProto]:
+    """Character ids [B] (or [B * maxlen] rows, ring) through the LSTM layers and the dense layer:
+    "logits_next" [B, V] and each state's "<name>_next"."""
+    nodes, x = [], None
+    for layer in range(n_layers):
+        h, c, p = states[2 * layer].input, states[2 * layer + 1].input, f"l{layer}_"
+        h_in, c_in = f"{h}_in", f"{c}_in"
+        if ring:
+            nodes += [node("Mul", [h_in, "keep_col"], [f"{h}_kept"]),
+                      node("Mul", [c_in, "keep_col"], [f"{c}_kept"])]
+            h_in, c_in = f"{h}_kept", f"{c}_kept"
+        if x is None:  # one-hot input: its product is a row of the table
+            nodes.append(node("Gather", ["l0_table_f", ids], [p + "xw"], axis=0))
+            nodes += product(h_in, p + "recurrent", p + "xw", p + "gates", precision)
+        else:
+            nodes.append(node("Concat", [x, h_in], [p + "xh"], axis=1))
+            nodes += product(p + "xh", p + "stacked", p + "bias", p + "gates", precision)
+        nodes += [
+            node("Split", [p + "gates", p + "split"], [p + "iof_pre", p + "g_pre"], axis=1),
+            node("Sigmoid", [p + "iof_pre"], [p + "iof"]),
+            node("Tanh", [p + "g_pre"], [p + "g"]),
+            node("Split", [p + "iof", p + "split3"], [p + "i", p + "o", p + "f"], axis=1),
+            node("Mul", [p + "f", c_in], [p + "fc"]),
+            node("Mul", [p + "i", p + "g"], [p + "ig"]),
+            node("Add", [p + "fc", p + "ig"], [f"{c}_next"]),
+            node("Tanh", [f"{c}_next"], [p + "tc"]),
+            node("Mul", [p + "o", p + "tc"], [f"{h}_next"]),
+        ]
+        x = f"{h}_next"
+    if ring:
+        nodes += _full_window_nodes(x)
+        x = "h_full"
+    return nodes + product(x, "dense", "dense_b", "logits_next", precision)
+
+
+def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, precision: str,
+               phase: str, ring: bool) -> onnx.GraphProto:
+    """One iteration. phase "read": take character i of "ids_tb" [T, B], step, and also emit the
+    logits after it; "draw" / "draw_filtered": draw argmax(logits + T·g) (over the top-k / top-p
+    characters if filtered), step, and emit the character."""
+    if phase == "read":
+        nodes = [node("Gather", ["ids_tb", "i"], ["id"], axis=0)]
+    else:
+        filtered = phase == "draw_filtered"
+        nodes = [
+            node("Gather", ["noise", "i"], ["g"], axis=1),
+            node("Add", ["logits_in", "g"], ["perturbed"]),
+            *(_filter_nodes() + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
+              if filtered else []),
+            node("ArgMax", ["perturbed_kept" if filtered else "perturbed"], ["id"], axis=1, keepdims=0),
+        ]
+    if ring:
+        nodes += _ring_nodes("read_before" if phase == "read" else "draw_start")
+    nodes += _cell_nodes(n_layers, states, precision, ring, "id_rows" if ring else "id")
+
+    def carried(suffix):
+        return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, ["B", s.size]) for s in states]
+
+    logits = lambda name: helper.make_tensor_value_info(name, F32, ["B", vocab_size])  # noqa: E731
+    if phase == "read":
+        nodes.append(node("Identity", ["logits_next"], ["logits_read"]))
+        emitted = logits("logits_read")
+    else:
+        emitted = helper.make_tensor_value_info("id", I64, ["B"])
+    return helper.make_graph(
+        nodes, phase,
+        [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
+         logits("logits_in"), *carried("in")],
+        [helper.make_tensor_value_info("cond_in", BOOL, []), logits("logits_next"), *carried("next"),
+         emitted],
+    )
+
+
+def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "int8") -> onnx.ModelProto:
+    """The model graph (inputs and outputs: see the README's "The model files")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if 2 * len(layers) != len(states):
+        raise ValueError("the model has a different number of LSTM layers than its states")
+    V = dense[0].shape[1]
+    arrays = {
+        "zero_i64": np.array(0, np.int64), "one_i64": np.array(1, np.int64),
+        "vocab_i64": np.array(V, np.int64), "vocab_1d": np.array([V], np.int64),
+        "axis0": np.array([0], np.int64),
+        "axis1": np.array([1], np.int64), "minus_one": np.array([-1], np.int64),
+        "minus_inf": np.array(-np.inf, np.float32), "log_log_cap": np.array(LOG_LOG_CAP, np.float32),
+        "tiny": np.array(1e-30, np.float32), "axes12": np.array([1, 2], np.int64),
+        "axis1_scalar": np.array(1, np.int64), "k_all": np.array([V], np.int64),
+        "positions": np.arange(V, dtype=np.int64)[None, :], "true": np.array(True),
+        "act_scale": np.array(ACTIVATION_SCALE, np.float32), "act_zero": np.array(128, np.uint8),
+        **weight_arrays(layers, dense, precision),
+    }
+    if precision == "fp32":
+        del arrays["act_scale"], arrays["act_zero"]
+        table = [node("Identity", ["l0_table"], ["l0_table_f"])]
+    else:
+        arrays["l0_table_zero"] = np.zeros(arrays["l0_table_scale"].shape, np.int8)
+        table = [node("DequantizeLinear", ["l0_table_q", "l0_table_scale", "l0_table_zero"], ["l0_table_f"],
+                      axis=1)]
+
+    # Six loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
+    # plain or with top-k / top-p). The inputs choose one of each phase by giving it the trip count and
+    # the others 0 (a loop of 0 trips passes its values through). Main-graph loops rather than If
+    # branches: onnxruntime pre-packs a weight for as many kernels as main-graph nodes use it, so
+    # weights used only inside If branches would be packed for one loop and multiplied unpacked in the rest.
+    loops = [("read", False, "reads_stateful"), ("read", True, "reads_window"),
+             ("draw", False, "draws_plain"), ("draw_filtered", False, "draws_filtered"),
+             ("draw", True, "draws_window_plain"), ("draw_filtered", True, "draws_window_filtered")]
+    carried = ["logits", *[s.input for s in states]]
+    scans: dict[str, list[str]] = {"read": [], "draw": []}
+    loop_nodes = []
+    for k, (phase, ring, trips) in enumerate(loops):
+        out = [f"{name}_{k}" for name in carried]
+        scan = f"{'read' if phase == 'read' else 'ids'}_{k}"
+        loop_nodes.append(node("Loop", [trips, "true", *carried], [*out, scan],
+                               body=_loop_body(len(layers), states, V, precision, phase, ring)))
+        scans["read" if phase == "read" else "draw"].append(scan)
+        carried = out
+    # a loop of 0 trips emits an empty scan output of unknown shape: reshape before concatenating
+    for phase, shape in (("read", "read_shape"), ("draw", "ids_shape_out")):
+        for name in scans[phase]:
+            loop_nodes.append(node("Reshape", [name, shape], [f"{name}_shaped"]))
+    loop_nodes += [
+        node("Concat", [f"{name}_shaped" for name in scans["read"]], ["read_logits"], axis=0),
+        node("Concat", [f"{name}_shaped" for name in scans["draw"]], ["ids_out"], axis=0),
+        node("Identity", [carried[0]], ["logits_out"]),
+        *[node("Identity", [name], [s.output]) for name, s in zip(carried[1:], states, strict=True)],
+    ]
+    trip_counts = [  # which loop of each phase runs
+        node("Greater", ["window", "zero_i64"], ["is_window"]),
+        node("Not", ["is_window"], ["is_stateful"]),
+        node("Not", ["use_filter"], ["no_filter"]),
+        *[n for name, conditions, count in (
+            ("reads_stateful", ["is_stateful"], "reads"), ("reads_window", ["is_window"], "reads"),
+            ("draws_plain", ["is_stateful", "no_filter"], "draws"),
+            ("draws_filtered", ["is_stateful", "use_filter"], "draws"),
+            ("draws_window_plain", ["is_window", "no_filter"], "draws"),
+            ("draws_window_filtered", ["is_window", "use_filter"], "draws"))
+          for n in [node("And", conditions, [f"{name}_on"]) if len(conditions) == 2
+                    else node("Identity", conditions, [f"{name}_on"]),
+                    node("Where", [f"{name}_on", count, "zero_i64"], [name])]],
+    ]
+    ring_constants = [  # window mode: row r of the states is window r mod maxlen of stream r // maxlen
+        node("Max", ["window", "one_i64"], ["ring"]),  # 1 in stateful mode, where the ring is unused
+        node("Shape", [states[0].input], ["rows_shape"]),
+        node("Gather", ["rows_shape", "zero_i64"], ["rows"], axis=0),
+        node("Range", ["zero_i64", "rows", "one_i64"], ["row_ids"]),
+        node("Mod", ["row_ids", "ring"], ["window_of_row"]),
+        node("Range", ["zero_i64", "streams", "one_i64"], ["stream_ids"]),
+        node("Mul", ["stream_ids", "ring"], ["stream_first_row"]),
+        node("Unsqueeze", ["streams", "axis0"], ["streams_1d"]),
+        node("Unsqueeze", ["ring", "axis0"], ["ring_1d"]),
+        node("Concat", ["streams_1d", "ring_1d"], ["ring_shape"], axis=0),
+    ]
+    nodes = [
+        *table,
+        node("Transpose", ["ids"], ["ids_tb"], perm=[1, 0]),
+        node("Shape", ["ids"], ["ids_shape"]),
+        node("Gather", ["ids_shape", "zero_i64"], ["streams"], axis=0),
+        node("Gather", ["ids_shape", "one_i64"], ["reads"], axis=0),
+        node("Identity", ["start"], ["read_before"]),
+        node("Add", ["start", "reads"], ["draw_start"]),
+        node("Unsqueeze", ["streams", "axis0"], ["streams_shape"]),
+        node("Concat", ["minus_one", "streams_shape"], ["ids_shape_out"], axis=0),
+        node("Concat", ["minus_one", "streams_shape", "vocab_1d"], ["read_shape"], axis=0),
+        # noise = T·g for every stream and step (charsdk.sampling.gumbel_noise); 1/T for the filters
+        node("Log", ["uniforms"], ["log_u"]),
+        node("Neg", ["log_u"], ["minus_log_u"]),
+        node("Log", ["minus_log_u"], ["log_log"]),
+        node("Min", ["log_log", "log_log_cap"], ["log_log_capped"]),
+        node("Neg", ["temperature"], ["minus_t"]),
+        node("Unsqueeze", ["minus_t", "axes12"], ["minus_t_3d"]),
+        node("Mul", ["log_log_capped", "minus_t_3d"], ["noise"]),
+        node("Max", ["temperature", "tiny"], ["t_positive"]),
+        node("Reciprocal", ["t_positive"], ["inv_temperature"]),
+        node("Unsqueeze", ["inv_temperature", "axis1"], ["inv_t"]),
+        node("Equal", ["top_k", "zero_i64"], ["k_off"]),
+        node("Min", ["top_k", "vocab_i64"], ["k_capped"]),
+        node("Where", ["k_off", "vocab_i64", "k_capped"], ["k"]),
+        node("Unsqueeze", ["k", "axis1"], ["k_col"]),
+        node("Unsqueeze", ["top_p", "axis1"], ["p_col"]),
+        node("Shape", ["uniforms"], ["uniforms_shape"]),
+        node("Gather", ["uniforms_shape", "one_i64"], ["draws"], axis=0),
+        *trip_counts,
+        *ring_constants,
+        *loop_nodes,
+    ]
+
+    def batch_info(name, size, dtype=F32):
+        return helper.make_tensor_value_info(name, dtype, ["B", size])
+
+    graph = helper.make_graph(
+        nodes, "charsdk",
+        [helper.make_tensor_value_info("ids", I64, ["B", "T"]), batch_info("logits", V),
+         *[batch_info(s.input, s.size) for s in states],
+         helper.make_tensor_value_info("uniforms", F32, ["B", "K", V]),
+         helper.make_tensor_value_info("temperature", F32, ["B"]),
+         helper.make_tensor_value_info("top_k", I64, ["B"]),
+         helper.make_tensor_value_info("top_p", F32, ["B"]),
+         helper.make_tensor_value_info("use_filter", BOOL, []),
+         helper.make_tensor_value_info("window", I64, []),
+         helper.make_tensor_value_info("start", I64, [])],
+        [batch_info("logits_out", V), *[batch_info(s.output, s.size) for s in states],
+         helper.make_tensor_value_info("ids_out", I64, ["K", "B"]),
+         helper.make_tensor_value_info("read_logits", F32, ["T", "B", V])],
+        initializer=[numpy_helper.from_array(v, name) for name, v in arrays.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="charsdk")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
