@@ -38,7 +38,7 @@ TINY = ["--maxlen", "20", "--step", "3", "--units", "32", "--batch-size", "64",
 
 @pytest.fixture(scope="session")
 def trained_dir(small_corpus, tmp_path_factory) -> Path:
-    """A tiny model trained for 2 epochs on the small corpus and exported (real TF, real tf2onnx)."""
+    """A tiny model trained for 2 epochs on the small corpus and exported (real TF, real onnxruntime)."""
     from train import export, fit
 
     artifacts = tmp_path_factory.mktemp("artifacts")

@@ -1,4 +1,4 @@
-"""Training and export: the only part of the project that imports TensorFlow and tf2onnx."""
+"""Training and export: the only part of the project that imports TensorFlow."""
 
 import os
 
