@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError, ModelError
-from .sampling import SamplingOptions, is_integer
+from .sampling import SamplingOptions, is_integer, log_softmax
 from .vocab import Vocab
 
 DEFAULT_MODEL = "nietzsche"
@@ -304,12 +304,10 @@ class Generator:
         while read < len(ids) - 1:  # the logits after character t score character t + 1
             chunk = ids[read : min(read + SCORE_CHUNK, len(ids) - 1)]
             _, state, _, logits = self.run(chunk[None], state, window=window, start=read)
-            logits = logits[:, 0].astype(np.float64)
-            top = logits.max(axis=1)
-            log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+            log_p = log_softmax(logits[:, 0])
             targets = np.arange(read + 1, read + 1 + len(chunk))
             scored = targets >= maxlen
-            total_log_p += float((logits[scored, ids[targets[scored]]] - log_z[scored]).sum())
+            total_log_p += float(log_p[scored, ids[targets[scored]]].sum())
             read += len(chunk)
             if progress:
                 progress(read + 1, len(ids))

@@ -74,6 +74,13 @@ def gumbel_noise(uniforms: np.ndarray, temperatures) -> np.ndarray:
     return noise
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities (float64) from logits along the last axis, e.g. model.onnx's read_logits."""
+    z = np.asarray(logits, np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    return z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
+
+
 def allowed(probs: np.ndarray, inv_temperature, top_k=0, top_p=1.0) -> np.ndarray:
     """Which characters top-k / top-p keep [B, V], for probs [B, V] reweighted by 1/T.
 

@@ -7,6 +7,7 @@ import pytest
 
 from charsdk import Generator, InputError, ModelError
 from charsdk.generator import default_model_dir, sha256_of
+from charsdk.sampling import log_softmax
 from tests.conftest import SHARED_CORPUS
 
 MODES = ["stateful", "window"]
@@ -256,9 +257,7 @@ def probs_after(generator, ids) -> np.ndarray:
     (no ids: after the "no character" input, as an empty seed primes)."""
     ids = np.asarray(ids if len(ids) else [generator.vocab.no_char_id], np.int64)
     _, _, _, logits = generator.run(ids[None], generator._zero_state(1))
-    z = logits[-1].astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return np.exp(log_softmax(logits[-1]))
 
 
 def test_probabilities_are_a_distribution(generator):
@@ -398,6 +397,18 @@ def test_stateful_evaluation_agrees_with_scoring_every_prefix_from_scratch(gener
     result = generator.evaluate(text, mode="stateful")
     assert result["chars_scored"] == len(text) - generator.vocab.maxlen
     assert result["bits_per_char"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_scoring_in_small_chunks_gives_the_figure_of_one_call(generator, mode, monkeypatch):
+    """The state (and, in window mode, the count of characters read) carries from call to call."""
+    import charsdk.generator
+
+    text = ("it is the business of the very few to be independent; it is a privilege of the strong. "
+            "and whoever attempts it, even with the best right, but without being obliged to do so, ")
+    whole = generator.evaluate(text, mode=mode)["bits_per_char"]
+    monkeypatch.setattr(charsdk.generator, "SCORE_CHUNK", 7)
+    assert generator.evaluate(text, mode=mode)["bits_per_char"] == pytest.approx(whole, abs=1e-5)
 
 
 @pytest.mark.skipif(not SHARED_CORPUS.exists(), reason=f"needs the corpus at {SHARED_CORPUS}")

@@ -24,7 +24,7 @@ import onnx
 
 from charsdk import Generator, ModelError
 from charsdk.generator import sha256_of
-from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, scores
+from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, log_softmax, scores
 from charsdk.vocab import PRECISIONS, Vocab
 
 from .corpus import CorpusError, load_corpus
@@ -77,7 +77,7 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
     staging.mkdir()
     try:
         generators, figures = {}, {}
-        for graph_precision in ("fp32", precision) if precision != "fp32" else ("fp32",):
+        for graph_precision in dict.fromkeys(("fp32", precision)):  # fp32 first: the reference
             directory = staging / graph_precision
             directory.mkdir()
             path, sha256 = save_content_addressed(build_graph(layers, dense, states, graph_precision),
@@ -176,9 +176,7 @@ def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities [B, V] from logits [B, V], in float64."""
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return np.exp(log_softmax(logits))
 
 
 def sampler_mismatches(generator: Generator, seed_ids, length: int = 200) -> int:

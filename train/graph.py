@@ -201,7 +201,7 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
             node("ArgMax", ["perturbed_kept" if filtered else "perturbed"], ["id"], axis=1, keepdims=0),
         ]
     if ring:
-        nodes += _ring_nodes("read_before" if phase == "read" else "draw_start")
+        nodes += _ring_nodes("start" if phase == "read" else "draw_start")
     nodes += _cell_nodes(n_layers, states, precision, ring, "id_rows" if ring else "id")
 
     def carried(suffix):
@@ -309,7 +309,6 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         node("Shape", ["ids"], ["ids_shape"]),
         node("Gather", ["ids_shape", "zero_i64"], ["streams"], axis=0),
         node("Gather", ["ids_shape", "one_i64"], ["reads"], axis=0),
-        node("Identity", ["start"], ["read_before"]),
         node("Add", ["start", "reads"], ["draw_start"]),
         node("Unsqueeze", ["streams", "axis0"], ["streams_shape"]),
         node("Concat", ["minus_one", "streams_shape"], ["ids_shape_out"], axis=0),
