@@ -68,13 +68,15 @@ def test_longer_texts_extend_shorter_ones_whatever_the_chunking(generator):
 
 
 def test_many_streams_take_smaller_chunks_and_the_same_text(generator):
-    from charsdk.generator import CHUNK, UNIFORMS_PER_CALL, chunk_sizes
+    from charsdk.generator import UNIFORMS_PER_CALL, chunk_sizes
 
     sizes = list(chunk_sizes(1000, streams=4096, vocab_size=57))
     assert sum(sizes) == 1000 and max(sizes) * 4096 * 57 <= UNIFORMS_PER_CALL
-    streams = UNIFORMS_PER_CALL // (CHUNK * generator.vocab.size) + 1  # just past a full-size chunk
-    texts = generator.generate("we ", length=300, temperature=0.8, n=streams, seed=6)
-    assert texts[0] == generator.generate("we ", length=300, temperature=0.8, seed=6)
+    third = list(chunk_sizes(10**6))[2]
+    streams = UNIFORMS_PER_CALL // (third * generator.vocab.size) + 1  # the third chunk comes out smaller
+    assert list(chunk_sizes(400, streams, generator.vocab.size))[2] < third
+    texts = generator.generate("we ", length=400, temperature=0.8, n=streams, seed=6)
+    assert texts[0] == generator.generate("we ", length=400, temperature=0.8, seed=6)
 
 
 def test_n_samples_and_temperature_lists_return_lists(generator):
@@ -318,12 +320,13 @@ def stop_across(text: str, boundary: int) -> tuple[str, int]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_stop_strings_across_chunk_boundaries_end_the_sample(generator, mode):
-    """The first chunk is FIRST_CHUNK characters, then CHUNK: a stop string split between two calls
-    still ends the sample, for one stream (generate and stream) and for each of n streams."""
-    from charsdk.generator import CHUNK, FIRST_CHUNK
+    """A stop string split between two calls (chunk_sizes) still ends the sample, for one stream
+    (generate and stream) and for each of n streams."""
+    from charsdk.generator import chunk_sizes
 
-    boundaries = [FIRST_CHUNK, FIRST_CHUNK + CHUNK]
-    options = dict(length=FIRST_CHUNK + 2 * CHUNK, temperature=1.0, seed=8, mode=mode)
+    first, second, third = list(chunk_sizes(10**6))[:3]
+    boundaries = [first, first + second]
+    options = dict(length=first + second + third, temperature=1.0, seed=8, mode=mode)
     full = generator.generate("the ", **options)
     for boundary in boundaries:
         stop, start = stop_across(full, boundary)

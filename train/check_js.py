@@ -98,7 +98,7 @@ def main() -> int:
                     failed |= not same
                     print(f"  {name} {mode}: {r['same_ids']}/{r['of']} ids as charsdk's, last read logits "
                           f"within {r['read_logits_max_abs_diff']:.1e}, {r['chars_per_s']:,} chars/s "
-                          "in that call")
+                          "in a second, timed call")
     return 1 if failed else 0
 
 

@@ -8,10 +8,12 @@ initializers of the main graph that every loop reads.
 
 Products: with precision "int8" every weight matrix is int8 with one scale per output channel, and
 the activations it multiplies are quantized with a fixed scale (they are LSTM outputs, o·tanh(c), always
-in (-1, 1)): QuantizeLinear + MatMulInteger + Cast + Mul, standard ONNX ops that any runtime has and
-that onnxruntime fuses into its integer kernels. A fixed scale (not DynamicQuantizeLinear's per-tensor
-range) keeps each stream's arithmetic independent of the others in a batch. The first layer's input
-weights are a lookup table (the input is one-hot), stored int8 and dequantized once per call.
+in (-1, 1)): QuantizeLinear + MatMulInteger + Cast + Mul + Add, standard ONNX ops that any runtime has
+and that onnxruntime fuses into one integer kernel (the Add inside it when the addend is a constant
+bias). A fixed scale (not DynamicQuantizeLinear's per-tensor range) keeps each stream's arithmetic
+independent of the others in a batch. Each layer's h is quantized once per step, for the layer above
+and for the next step. The first layer's input weights are a lookup table (the input is one-hot),
+stored int8 and dequantized once per call.
 
 Drawing is charsdk.sampling's Gumbel-max rule, argmax(logits + T·g), with optional top-k / top-p; g
 is computed for the whole call at once from uniform numbers that the caller's seeded generator
@@ -42,16 +44,33 @@ def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(weights / scale).clip(-127, 127).astype(np.int8), scale.astype(np.float32)
 
 
+def quantize(x: str, out: str) -> onnx.NodeProto:
+    """An LSTM output in (-1, 1) as uint8 at the fixed activation scale (int8 products take it so)."""
+    return node("QuantizeLinear", [x, "act_scale", "act_zero"], [out])
+
+
+def runtime_scale_nodes(sized_input: str) -> list[onnx.NodeProto]:
+    """"act_scale_runtime": ACTIVATION_SCALE times 1, the 1 read from the size of a graph input.
+
+    onnxruntime fuses MatMulInteger -> Cast -> Mul(scale) -> Add(constant bias) into one integer kernel
+    with the bias added inside only when the scale is a product computed in the graph. A product of two
+    constants is folded before that fusion runs, so one factor must be a value onnxruntime cannot fold."""
+    return [node("Size", [sized_input], ["scale_source_size"]),
+            node("Min", ["scale_source_size", "one_i64"], ["scale_source_one"]),
+            node("Cast", ["scale_source_one"], ["scale_source_one_f"], to=F32),
+            node("Mul", ["act_scale", "scale_source_one_f"], ["act_scale_runtime"])]
+
+
 def product(x: str, weights: str, addend: str, out: str, precision: str) -> list[onnx.NodeProto]:
-    """out = x @ weights + addend, in float32 (one Gemm) or with int8 weights ("<weights>_q", one scale
-    per column in "<weights>_scale", already multiplied by ACTIVATION_SCALE) and x quantized on the way."""
+    """out = x @ weights + addend: in float32 one Gemm; in int8, x already quantized (`quantize`) times
+    int8 weights "<weights>_q" with one scale per column in "<weights>_scale" (standard ONNX ops, which
+    onnxruntime fuses into one integer kernel, the addend included when it is a constant)."""
     if precision == "fp32":
         return [node("Gemm", [x, weights, addend], [out])]
-    return [node("QuantizeLinear", [x, "act_scale", "act_zero"], [f"{out}_xq"]),
-            node("DequantizeLinear", [f"{out}_xq", "act_scale", "act_zero"], [f"{out}_xdq"]),
-            node("DequantizeLinear", [f"{weights}_q", f"{weights}_scale", f"{weights}_zero"], [f"{out}_w"],
-                 axis=1),
-            node("MatMul", [f"{out}_xdq", f"{out}_w"], [f"{out}_product"]),
+    return [node("MatMulInteger", [x, f"{weights}_q", "act_zero", f"{weights}_zero"], [f"{out}_int"]),
+            node("Cast", [f"{out}_int"], [f"{out}_float"], to=F32),
+            node("Mul", ["act_scale_runtime", f"{weights}_scale"], [f"{out}_scale"]),
+            node("Mul", [f"{out}_float", f"{out}_scale"], [f"{out}_product"]),
             node("Add", [f"{out}_product", addend], [out])]
 
 
@@ -151,7 +170,11 @@ def _full_window_nodes(h: str) -> list[onnx.NodeProto]:
 def _cell_nodes(n_layers: int, states: tuple[StateSpec, ...], precision: str, ring: bool,
                 ids: str) -> list[onnx.NodeProto]:
     """Character ids [B] (or [B * maxlen] rows, ring) through the LSTM layers and the dense layer:
-    "logits_next" [B, V] and each state's "<name>_next"."""
+    "logits_next" [B, V] and each state's "<name>_next".
+
+    int8: a layer's h is quantized once, for the layer above (or the dense layer) and for the next
+    step's recurrent product: a stateful loop carries it quantized too ("<h>_q_in" -> "<h>_q_next")."""
+    int8 = precision == "int8"
     nodes, x = [], None
     for layer in range(n_layers):
         h, c, p = states[2 * layer].input, states[2 * layer + 1].input, f"l{layer}_"
@@ -160,6 +183,11 @@ def _cell_nodes(n_layers: int, states: tuple[StateSpec, ...], precision: str, ri
             nodes += [node("Mul", [h_in, "keep_col"], [f"{h}_kept"]),
                       node("Mul", [c_in, "keep_col"], [f"{c}_kept"])]
             h_in, c_in = f"{h}_kept", f"{c}_kept"
+            if int8:
+                nodes.append(quantize(h_in, f"{h}_kept_q"))
+                h_in = f"{h}_kept_q"
+        elif int8:
+            h_in = f"{h}_q_in"
         if x is None:  # one-hot input: its product is a row of the table
             nodes.append(node("Gather", ["l0_table_f", ids], [p + "xw"], axis=0))
             nodes += product(h_in, p + "recurrent", p + "xw", p + "gates", precision)
@@ -178,10 +206,21 @@ def _cell_nodes(n_layers: int, states: tuple[StateSpec, ...], precision: str, ri
             node("Mul", [p + "o", p + "tc"], [f"{h}_next"]),
         ]
         x = f"{h}_next"
+        if int8 and not (ring and layer == n_layers - 1):  # ring: the dense layer takes B rows of it
+            nodes.append(quantize(x, f"{h}_q_next"))
+            x = f"{h}_q_next"
     if ring:
         nodes += _full_window_nodes(x)
         x = "h_full"
+        if int8:
+            nodes.append(quantize(x, "h_full_q"))
+            x = "h_full_q"
     return nodes + product(x, "dense", "dense_b", "logits_next", precision)
+
+
+def carries_quantized(precision: str, ring: bool) -> bool:
+    """Whether a loop carries each layer's h quantized (int8 stateful loops; see _cell_nodes)."""
+    return precision == "int8" and not ring
 
 
 def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, precision: str,
@@ -205,7 +244,10 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
     nodes += _cell_nodes(n_layers, states, precision, ring, "id_rows" if ring else "id")
 
     def carried(suffix):
-        return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, ["B", s.size]) for s in states]
+        quantized = [helper.make_tensor_value_info(f"{s.input}_q_{suffix}", TensorProto.UINT8, ["B", s.size])
+                     for s in states[::2]] if carries_quantized(precision, ring) else []
+        return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, ["B", s.size])
+                for s in states] + quantized
 
     logits = lambda name: helper.make_tensor_value_info(name, F32, ["B", vocab_size])  # noqa: E731
     if phase == "read":
@@ -247,7 +289,7 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
     else:
         arrays["l0_table_zero"] = np.zeros(arrays["l0_table_scale"].shape, np.int8)
         table = [node("DequantizeLinear", ["l0_table_q", "l0_table_scale", "l0_table_zero"], ["l0_table_f"],
-                      axis=1)]
+                      axis=1), *runtime_scale_nodes("logits")]
 
     # Six loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
     # plain or with top-k / top-p). The inputs choose one of each phase by giving it the trip count and
@@ -263,7 +305,13 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
     for k, (phase, ring, trips) in enumerate(loops):
         out = [f"{name}_{k}" for name in carried]
         scan = f"{'read' if phase == 'read' else 'ids'}_{k}"
-        loop_nodes.append(node("Loop", [trips, "true", *carried], [*out, scan],
+        # a loop that carries h quantized starts from the quantized h it is given; its own is not kept
+        h_given = carried[1::2]
+        quantized = [(f"{h}_q_start_{k}", f"{h}_q_end_{k}") for h in h_given] \
+            if carries_quantized(precision, ring) else []
+        loop_nodes += [quantize(h, start) for h, (start, _) in zip(h_given, quantized)]
+        loop_nodes.append(node("Loop", [trips, "true", *carried, *[start for start, _ in quantized]],
+                               [*out, *[end for _, end in quantized], scan],
                                body=_loop_body(len(layers), states, V, precision, phase, ring)))
         scans["read" if phase == "read" else "draw"].append(scan)
         carried = out

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -59,9 +61,10 @@ def median_rates(jobs: list[tuple[str, Callable[[], object], int]], repeats: int
     return [(name, chars / statistics.median(times[name])) for name, _, chars in jobs]
 
 
-def _loop(body_nodes, carried: list[tuple[str, int]], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+def _loop(body_nodes, carried: list[tuple[str, int]], weights: dict[str, np.ndarray],
+          outer=()) -> onnx.ModelProto:
     """A Loop of `steps` iterations over `body_nodes`, which map each carried "<name>_in" [B, width]
-    to "<name>_out"."""
+    to "<name>_out"; `outer` nodes run once before it."""
     info = lambda name, width: helper.make_tensor_value_info(name, F32, ["B", width])  # noqa: E731
     body = helper.make_graph(
         body_nodes, "body",
@@ -69,7 +72,7 @@ def _loop(body_nodes, carried: list[tuple[str, int]], weights: dict[str, np.ndar
          *[info(f"{n}_in", w) for n, w in carried]],
         [helper.make_tensor_value_info("cond", BOOL, []), *[info(f"{n}_out", w) for n, w in carried]])
     graph = helper.make_graph(
-        [helper.make_node("Loop", ["steps", "true", *[n for n, _ in carried]],
+        [*outer, helper.make_node("Loop", ["steps", "true", *[n for n, _ in carried]],
                           [f"{n}_final" for n, _ in carried], body=body)],
         "profile",
         [helper.make_tensor_value_info("steps", I64, []), *[info(n, w) for n, w in carried]],
@@ -89,9 +92,9 @@ def _elementwise(count: int, units: int) -> onnx.ModelProto:
 
 
 # The model's own forms (train.graph.product: float32 Gemm; int8 weights with the input quantized at a
-# fixed scale, QuantizeLinear/DequantizeLinear around a MatMul) and onnxruntime's fused contrib op,
-# which quantizes the input at a scale measured per call (not portable, and it ties streams together).
-PRECISIONS = ("fp32", "int8 QuantizeLinear+MatMul (model.onnx)", "int8 DynamicQuantizeMatMul")
+# fixed scale, QuantizeLinear then MatMulInteger) and onnxruntime's fused contrib op, which quantizes
+# the input at a scale measured per call (not portable, and it ties streams together).
+PRECISIONS = ("fp32", "int8 QuantizeLinear+MatMulInteger (model.onnx)", "int8 DynamicQuantizeMatMul")
 
 
 def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
@@ -99,6 +102,7 @@ def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
     n_in, n_out = weights.shape
     node = helper.make_node
     zero_bias = {"b": np.zeros(n_out, np.float32)}
+    outer = []
     if precision == PRECISIONS[0]:
         product, arrays = graph.product("x_in", "w", "b", "y_out", "fp32"), {"w": weights, **zero_bias}
     else:
@@ -106,12 +110,13 @@ def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
         arrays = {"w_q": q, "w_scale": scale, "w_zero": np.zeros(n_out, np.int8)}
         if precision == PRECISIONS[1]:
             arrays |= {"act_scale": np.array(graph.ACTIVATION_SCALE, np.float32),
-                       "act_zero": np.array(128, np.uint8), **zero_bias}
-            product = graph.product("x_in", "w", "b", "y_out", "int8")
+                       "act_zero": np.array(128, np.uint8), "one_i64": np.array(1, np.int64), **zero_bias}
+            outer = graph.runtime_scale_nodes("steps")
+            product = [graph.quantize("x_in", "x_q"), *graph.product("x_q", "w", "b", "y_out", "int8")]
         else:
             product = [node("DynamicQuantizeMatMul", ["x_in", "w_q", "w_scale", "w_zero"], ["y_out"],
                             domain="com.microsoft")]
-    return _loop([*product, node("Identity", ["x_in"], ["x_out"])], [("x", n_in), ("y", n_out)], arrays)
+    return _loop([*product, node("Identity", ["x_in"], ["x_out"])], [("x", n_in), ("y", n_out)], arrays, outer)
 
 
 def _per_step_us(run, steps: int, repeats: int) -> float:
@@ -127,10 +132,17 @@ def _loop_us(model: onnx.ModelProto, batch: int, threads: int, steps: int, repea
     return _per_step_us(lambda: session.run(None, feed), steps, repeats)
 
 
-def _plain_stateful_body(model: onnx.ModelProto) -> onnx.GraphProto:
-    """The body of the loop that draws in stateful mode without top-k / top-p (train/graph.py)."""
+def kernels_per_step(generator: Generator) -> int:
+    """Kernels in the loop that draws in stateful mode without top-k / top-p (train/graph.py), after
+    onnxruntime's fusions: the graph as onnxruntime runs it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(1)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(generator.path / generator.vocab.onnx_file), options,
+                             providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath)
     loop = next(n for n in model.graph.node if n.op_type == "Loop" and n.input[0] == "draws_plain")
-    return next(a.g for a in loop.attribute if a.name == "body")
+    return len(next(a.g for a in loop.attribute if a.name == "body").node)
 
 
 def model_matrices(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -163,10 +175,7 @@ def profile(generator: Generator, batch: int, threads: int, repeats: int = 7) ->
     loop = one - kernel
     products = {precision: {name: _loop_us(_product(w, precision), batch, threads, steps, repeats) - loop
                             for name, w in matrices.items()} for precision in PRECISIONS}
-    body = _plain_stateful_body(model)
-    # onnxruntime runs a float32 product as one Gemm; an int8 one (QuantizeLinear, DequantizeLinear x 2,
-    # MatMul, Add) as QuantizeLinear, MatMulIntegerToFloat and Add: two kernels besides the product
-    others = len(body.node) - len(matrices) * (1 if vocab.precision == "fp32" else 3)
+    others = kernels_per_step(generator) - len(matrices)
     counted = Generator.load(generator.path, threads=threads)
 
     uniforms = np.random.default_rng(0).random((batch, steps, vocab.size), dtype=np.float32)

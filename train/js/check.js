@@ -2,7 +2,7 @@
 // the ids and the last read logits with what charsdk (Python) wrote beside the model.
 async function check(ort, load, name) {
   const data = await load(name + ".json");
-  const session = await ort.InferenceSession.create(await load(name + ".onnx", true), {extra: {optimization: {disable_specified_optimizers: "MatMulAddFusion"}}});
+  const session = await ort.InferenceSession.create(await load(name + ".onnx", true));
   const T = data.ids.length, V = data.V, K = data.uniforms.length / V;
   const results = {};
   for (const [mode, window] of [["stateful", 0], ["window", data.maxlen]]) {
@@ -19,8 +19,9 @@ async function check(ort, load, name) {
       start: new ort.Tensor("int64", BigInt64Array.from([0n]), []),
     };
     for (const [input, size] of data.states) feed[input] = new ort.Tensor("float32", new Float32Array(rows * size), [rows, size]);
-    const t0 = Date.now();
     const out = await session.run(feed);
+    const t0 = Date.now();  // timed: the same call again (the first one also sets the session up)
+    await session.run(feed);
     const ms = Date.now() - t0;
     const ids = Array.from(out.ids_out.data, Number);
     const expected = data.expected[mode];
