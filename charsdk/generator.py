@@ -38,8 +38,9 @@ def default_model_dir() -> Path:
 
 
 def chunk_sizes(length: int, streams: int = 1, vocab_size: int = 1) -> Iterator[int]:
-    """FIRST_CHUNK, then 4x as many per call up to CHUNK, adding up to `length`; fewer per call for many
-    streams, so that one call's uniform numbers (streams x chunk x vocabulary) stay under UNIFORMS_PER_CALL."""
+    """FIRST_CHUNK, then 4x as many per call up to CHUNK, adding up to `length`; fewer per call for
+    many streams, so that one call's uniform numbers (streams x chunk x vocabulary) stay under
+    UNIFORMS_PER_CALL."""
     limit = max(1, UNIFORMS_PER_CALL // (streams * vocab_size))
     done, size = 0, FIRST_CHUNK
     while done < length:

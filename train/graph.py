@@ -307,11 +307,10 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         scan = f"{'read' if phase == 'read' else 'ids'}_{k}"
         # a loop that carries h quantized starts from the quantized h it is given; its own is not kept
         h_given = carried[1::2]
-        quantized = [(f"{h}_q_start_{k}", f"{h}_q_end_{k}") for h in h_given] \
-            if carries_quantized(precision, ring) else []
-        loop_nodes += [quantize(h, start) for h, (start, _) in zip(h_given, quantized)]
-        loop_nodes.append(node("Loop", [trips, "true", *carried, *[start for start, _ in quantized]],
-                               [*out, *[end for _, end in quantized], scan],
+        quantized = h_given if carries_quantized(precision, ring) else []
+        loop_nodes += [quantize(h, f"{h}_q_start_{k}") for h in quantized]
+        loop_nodes.append(node("Loop", [trips, "true", *carried, *[f"{h}_q_start_{k}" for h in quantized]],
+                               [*out, *[f"{h}_q_end_{k}" for h in quantized], scan],
                                body=_loop_body(len(layers), states, V, precision, phase, ring)))
         scans["read" if phase == "read" else "draw"].append(scan)
         carried = out

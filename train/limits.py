@@ -116,7 +116,8 @@ def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
         else:
             product = [node("DynamicQuantizeMatMul", ["x_in", "w_q", "w_scale", "w_zero"], ["y_out"],
                             domain="com.microsoft")]
-    return _loop([*product, node("Identity", ["x_in"], ["x_out"])], [("x", n_in), ("y", n_out)], arrays, outer)
+    body = [*product, node("Identity", ["x_in"], ["x_out"])]
+    return _loop(body, [("x", n_in), ("y", n_out)], arrays, outer)
 
 
 def _per_step_us(run, steps: int, repeats: int) -> float:
