@@ -26,7 +26,7 @@ $(RUNTIME_VENV)/.installed: pyproject.toml
 
 $(DEV_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(DEV_VENV)
-	$(DEV_VENV)/bin/pip install --quiet --editable '.[train,test]'
+	$(DEV_VENV)/bin/pip install --quiet --editable '.[train,test,serve]'
 	touch $@
 
 gen: $(RUNTIME_VENV)/.installed

@@ -162,3 +162,55 @@ def info(model: Path | None = MODEL):
         _fail(exc)
     typer.echo(json.dumps({"path": str(generator.path), **generator.vocab.to_dict()}, indent=2,
                           ensure_ascii=False))
+
+
+@app.command()
+def serve(
+    model: Path | None = MODEL,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0: any free one, printed at start)."),
+    max_streams: int = typer.Option(256, "--max-streams",
+                                    help="Streams generating at once (a request with n=4 takes 4)."),
+    max_waiting: int = typer.Option(256, "--max-waiting",
+                                    help="Requests waiting for free streams; beyond them: 429."),
+    max_wait: float = typer.Option(5.0, "--max-wait", help="Seconds a request waits; then: 503."),
+    max_tokens: int = typer.Option(100_000, "--max-tokens", help="Largest max_tokens a request may ask for."),
+    max_prompt: int = typer.Option(20_000, "--max-prompt", help="Longest prompt, in characters."),
+    threads: int = typer.Option(os.cpu_count() or 1, "--threads",
+                                help="onnxruntime intra-op threads (default: every core)."),
+    provider: list[str] = PROVIDERS,
+):
+    """Serve the completions API (POST /v1/completions, GET /v1/models, GET /health) over HTTP."""
+    import socket
+
+    try:
+        import uvicorn
+
+        from .serve import Limits, create_app
+    except ImportError as exc:
+        _fail(CharsdkError(f"charsdk serve needs the serve extra ({exc.name} is missing): "
+                           "pip install 'charsdk[serve]'"))
+    for flag, value, low in (("--port", port, 0), ("--max-streams", max_streams, 1),
+                             ("--max-waiting", max_waiting, 0), ("--max-tokens", max_tokens, 0),
+                             ("--max-prompt", max_prompt, 0)):
+        if value < low or flag == "--port" and value > 65535:
+            _fail(InputError(f"{flag} must be {'from 0 to 65535' if flag == '--port' else f'>= {low}'}, "
+                             f"got {value}"))
+    if not max_wait >= 0:
+        _fail(InputError(f"--max-wait must be a number of seconds >= 0, got {max_wait}"))
+    try:
+        generator = _load(model, threads, provider)
+    except CharsdkError as exc:
+        _fail(exc)
+    try:
+        sock = socket.create_server((host, port))
+    except (OSError, OverflowError) as exc:
+        _fail(InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another "
+                         "--host or --port"))
+    limits = Limits(max_streams=max_streams, max_waiting=max_waiting, max_wait_s=max_wait,
+                    max_prompt_chars=max_prompt, max_tokens=max_tokens)
+    address = sock.getsockname()
+    typer.echo(f"charsdk: serving {generator.path.name} on http://{address[0]}:{address[1]}/v1 "
+               f"(at most {max_streams} streams)", err=True)
+    config = uvicorn.Config(create_app(generator, limits), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -82,6 +83,48 @@ def _open_session(path: Path, sha256: str, threads: int, providers) -> ort.Infer
         raise ModelError(f"{path} cannot be loaded by onnxruntime: {first_line}") from None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A checked request for len(options) streams: what generate, stream and the server's batcher run."""
+
+    ids: np.ndarray  # the seed text, encoded
+    options: list[SamplingOptions]  # one per stream
+    rngs: list[np.random.Generator]  # one per stream (stream_generators)
+    length: int  # characters to draw per stream, at most
+    stop: list[str]
+    mode: str
+
+
+class TextDecoder:
+    """One stream's text as its drawn ids arrive: `length` characters at most, cut before the first
+    stop string; the last characters are held back while they could be the start of a stop string
+    that the next ids complete. `finish_reason` becomes "stop" or "length" when the stream is done."""
+
+    def __init__(self, codes: np.ndarray, length: int, stop: Sequence[str]):
+        self.codes, self.length, self.stop = codes, length, list(stop)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.text, self.sent, self.drawn = "", 0, 0
+        self.finish_reason: str | None = None
+
+    def feed(self, ids: np.ndarray) -> str:
+        """The text that is now certain, from ids drawn after the previous ones ("" once done)."""
+        if self.finish_reason:
+            return ""
+        ids = ids[: self.length - self.drawn]
+        self.drawn += len(ids)
+        searched = max(len(self.text) - self.hold, 0)
+        self.text += np.ascontiguousarray(self.codes[ids]).tobytes().decode("utf-32-le")
+        cuts = [i for i in (self.text.find(s, searched) for s in self.stop) if i >= 0]
+        if cuts:
+            self.text, self.finish_reason = self.text[: min(cuts)], "stop"
+        elif self.drawn == self.length:
+            self.finish_reason = "length"
+        end = len(self.text) if self.finish_reason else len(self.text) - self.hold
+        piece = self.text[self.sent : max(end, self.sent)]
+        self.sent = max(end, self.sent)
+        return piece
+
+
 class Generator:
     """A loaded model: `Generator.load(dir).generate("seed text")`. Safe to share between threads."""
 
@@ -147,7 +190,9 @@ class Generator:
             "uniforms": np.zeros((streams, 0, size), np.float32) if uniforms is None else uniforms,
             "temperature": np.array([o.temperature for o in options], np.float32),
             "top_k": np.array([o.top_k for o in options], np.int64),
-            "top_p": np.array([o.top_p for o in options], np.float32),
+            # top_p 1 (no limit) as +inf: in a batch where other streams filter, the graph's cumulative
+            # sum may reach 1.0 by rounding before the last character and would drop it
+            "top_p": np.array([o.top_p if o.top_p < 1 else np.inf for o in options], np.float32),
             "use_filter": np.array(any(o.filters for o in options)),
             "window": np.array(window, np.int64),
             "start": np.array(start, np.int64),
@@ -190,9 +235,9 @@ class Generator:
 
     # -- the public API -----------------------------------------------------------------------
 
-    def _texts(self, seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
-               on_unknown) -> Iterator[list[str]]:
-        """Check every argument now, then return an iterator over the chunks' new text per stream."""
+    def _plan(self, seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
+              on_unknown) -> Plan:
+        """Check every argument (InputError naming the argument) and say what to run."""
         if not is_integer(length) or length < 0:
             raise InputError(f"length must be an integer >= 0, got {length!r}", "length")
         if not is_integer(n) or n < 1:
@@ -210,12 +255,20 @@ class Generator:
         options = [SamplingOptions.check(t, top_k, top_p) for t in temperatures for _ in range(n)]
         seed_text = self.vocab.default_seed_text if seed_text is None else seed_text
         ids = self.vocab.encode(seed_text, on_unknown)
-        if length == 0:
-            return iter(())
         # One generator per stream: stream i's text depends on (seed, i) only, not on chunking.
-        rngs = stream_generators(seed, len(options))
-        uniform_chunks = (self._uniforms(rngs, k) for k in chunk_sizes(length, len(rngs), self.vocab.size))
-        return self._decode(self._draws(ids, options, uniform_chunks, mode), len(options), length, stop)
+        return Plan(ids, options, stream_generators(seed, len(options)), length, stop, mode)
+
+    def _texts(self, plan: Plan) -> Iterator[list[str]]:
+        """The new text of every stream of the plan, chunk by chunk (one model call per chunk)."""
+        if plan.length == 0:
+            return
+        decoders = [TextDecoder(self._codes, plan.length, plan.stop) for _ in plan.options]
+        sizes = chunk_sizes(plan.length, len(plan.rngs), self.vocab.size)
+        for drawn in self._draws(plan.ids, plan.options, (self._uniforms(plan.rngs, k) for k in sizes),
+                                 plan.mode):
+            yield [d.feed(drawn[:, b]) for b, d in enumerate(decoders)]
+            if all(d.finish_reason for d in decoders):
+                return
 
     def _uniforms(self, rngs, k: int) -> np.ndarray:
         """[B, k, V] uniform numbers in [0, 1), row b from stream b's generator."""
@@ -224,37 +277,13 @@ class Generator:
             rng.random(out=row, dtype=np.float32)
         return uniforms
 
-    def _decode(self, chunks, streams: int, length: int, stop: list[str]) -> Iterator[list[str]]:
-        """For each chunk of ids, the new text of every stream (stop strings cut, held back until safe)."""
-        hold = max((len(s) for s in stop), default=1) - 1  # a stop string may span two chunks
-        texts, sent, done = [""] * streams, [0] * streams, [False] * streams
-        produced = 0
-        for drawn in chunks:
-            produced += len(drawn)
-            pieces = np.ascontiguousarray(self._codes[drawn.T])
-            out = []
-            for b, row in enumerate(pieces):
-                if not done[b]:
-                    searched = max(len(texts[b]) - hold, 0)
-                    texts[b] += row.tobytes().decode("utf-32-le")
-                    cuts = [i for i in (texts[b].find(s, searched) for s in stop) if i >= 0]
-                    if cuts:
-                        texts[b], done[b] = texts[b][: min(cuts)], True
-                end = len(texts[b]) if done[b] or produced == length else len(texts[b]) - hold
-                out.append(texts[b][sent[b] : max(end, sent[b])])
-                sent[b] = max(end, sent[b])
-            yield out
-            if all(done):
-                return
-
     def stream(self, seed_text: str | None = None, length: int = 400, temperature: float = 0.5,
                *, top_k: int = 0, top_p: float = 1.0, stop: str | Sequence[str] = (),
                seed: int | None = None, mode: str = "stateful",
                on_unknown: str = "error") -> Iterator[str]:
         """The generated characters, one by one as they are produced (see `generate`)."""
-        pieces = self._texts(seed_text, length, [temperature], 1, top_k, top_p, stop, seed, mode,
-                             on_unknown)
-        return (char for (piece,) in pieces for char in piece)
+        plan = self._plan(seed_text, length, [temperature], 1, top_k, top_p, stop, seed, mode, on_unknown)
+        return (char for (piece,) in self._texts(plan) for char in piece)
 
     def generate(self, seed_text: str | None = None, length: int = 400,
                  temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
@@ -273,9 +302,9 @@ class Generator:
         temperatures = [temperature] if np.isscalar(temperature) else list(temperature)
         if not temperatures:
             raise InputError("temperature must be a number or a non-empty list of numbers", "temperature")
-        texts = [""] * (len(temperatures) * n)
-        for pieces in self._texts(seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
-                                  on_unknown):
+        plan = self._plan(seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode, on_unknown)
+        texts = [""] * len(plan.options)
+        for pieces in self._texts(plan):
             texts = [t + p for t, p in zip(texts, pieces, strict=True)]
         return texts[0] if np.isscalar(temperature) and n == 1 else texts
 

@@ -1,7 +1,11 @@
 """charsdk as users get it: no TensorFlow, and a real wheel in a clean virtual environment."""
 
+import json
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import venv
 import zipfile
 
@@ -45,3 +49,25 @@ def test_wheel_installs_and_generates_in_a_clean_venv(tmp_path):
     check = run_python("import importlib.util as u; print(u.find_spec('tensorflow') is None)",
                        executable=str(bin_dir / "python"))
     assert check.stdout.strip() == "True"
+
+    # the server is an extra: without it, one line saying how to get it; with it, a real server
+    result = subprocess.run([bin_dir / "charsdk", "serve"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "pip install 'charsdk[serve]'" in result.stderr, result.stderr
+    subprocess.run([bin_dir / "pip", "install", "--quiet", f"charsdk[serve] @ {wheel.as_uri()}"], check=True,
+                   timeout=600)
+    server = subprocess.Popen([bin_dir / "charsdk", "serve", "--port", "0"], stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        base = server.stderr.readline().split(" on ")[1].split()[0]
+        body = json.dumps({"prompt": "the ", "max_tokens": 60, "seed": 9, "temperature": 0.5}).encode()
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(base + "/completions", body, timeout=30) as response:
+                    text = json.load(response)["choices"][0]["text"]
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        assert text == Generator.load().generate("the ", length=60, seed=9)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -1,0 +1,356 @@
+"""`charsdk serve`: the completions API (as llama.cpp's server, vLLM and TGI speak it) over HTTP.
+
+Every request's streams run in one batch (charsdk.batcher): one model call per chunk for all of them.
+Starlette routes and validates, uvicorn speaks HTTP. A request is checked field by field (400 naming
+the field), then waits for stream slots (at most `max_streams` generating, at most `max_waiting`
+requests waiting, each at most `max_wait_s`: then 429 or 503 with Retry-After), then streams
+server-sent events or answers once. A client that goes away frees its slots at once and its streams
+leave the batch at the next chunk. The server keeps nothing between requests: run as many replicas
+as you like behind any load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .batcher import Batcher, Job
+from .errors import InputError
+from .generator import Generator, Plan
+
+UNSUPPORTED = {"logprobs": None, "suffix": None, "best_of": 1, "logit_bias": None,
+               "presence_penalty": 0, "frequency_penalty": 0}  # fields taken only at these values
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_streams: int = 256  # streams generating at once (a request with n=4 takes 4)
+    max_waiting: int = 256  # requests waiting for free streams; beyond: 429
+    max_wait_s: float = 5.0  # how long a request waits for free streams; then: 503
+    max_prompt_chars: int = 20_000  # characters per prompt
+    max_tokens: int = 100_000  # characters per completion (max_tokens)
+    retry_after_s: int = 1  # the Retry-After of a 429 or 503
+
+
+class APIError(Exception):
+    """An error answer in the API's JSON form: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None,
+                 retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.param, self.kind, self.code = status, param, kind, code
+        self.retry_after = retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        body = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, self.status, headers=headers)
+
+
+class Slots:
+    """Admission: streams are granted first come, first served; a request waits for its streams
+    (bounded in count and in time) and gives them back when it ends, however it ends."""
+
+    def __init__(self, limits: Limits):
+        self.limits, self.free = limits, limits.max_streams
+        self._waiting: deque[tuple[int, asyncio.Future]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def acquire(self, n: int) -> None:
+        limits = self.limits
+        if n > limits.max_streams:
+            raise APIError(400, f"this request asks for {n} streams (n times the prompts); this server "
+                                f"runs at most {limits.max_streams} at once", "n")
+        if not self._waiting and self.free >= n:
+            self.free -= n
+            return
+        if len(self._waiting) >= limits.max_waiting:
+            raise APIError(429, f"too many requests: {len(self._waiting)} are already waiting for a free "
+                                "stream; retry later", kind="rate_limit_exceeded",
+                           retry_after=limits.retry_after_s)
+        entry = (n, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(entry[1]), limits.max_wait_s)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+            elif entry[1].done():  # granted just as the wait ended: give the streams back
+                self.release(n)
+            if isinstance(exc, TimeoutError):
+                raise APIError(503, f"the server is busy: all {limits.max_streams} streams stayed in use for "
+                                    f"{limits.max_wait_s:g} s; retry later", kind="server_busy",
+                               retry_after=limits.retry_after_s) from None
+            raise
+
+    def release(self, n: int) -> None:
+        self.free += n
+        while self._waiting and self._waiting[0][0] <= self.free:
+            wanted, future = self._waiting.popleft()
+            self.free -= wanted
+            future.set_result(None)
+
+
+@dataclass
+class Completion:
+    """A checked request: one plan per prompt, each with n streams."""
+
+    prompts: list[str]
+    plans: list[Plan]
+    stream: bool
+    echo: bool
+    include_usage: bool
+
+    @property
+    def streams(self) -> int:
+        return sum(len(p.options) for p in self.plans)
+
+
+def _field(body: dict, name: str, default, kinds: tuple[type, ...], what: str):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise APIError(400, f"{name} must be {what}, got {json.dumps(value)[:80]}", name)
+    return value
+
+
+def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
+    value = _field(body, name, default, (int,), f"an integer from {low} to {high:,}")
+    if not low <= value <= high:
+        raise APIError(400, f"{name} must be an integer from {low} to {high:,}, got {value}", name)
+    return value
+
+
+def parse_completion(body, generator: Generator, model_id: str, limits: Limits) -> Completion:
+    """The request's fields, checked as the API checks them (APIError naming the field)."""
+    if not isinstance(body, dict):
+        raise APIError(400, "the body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != model_id:
+        raise APIError(404, f"model {json.dumps(model)[:80]} does not exist; this server serves "
+                            f"{json.dumps(model_id)} (GET /v1/models)", "model", code="model_not_found")
+    for name, allowed in UNSUPPORTED.items():
+        if body.get(name, allowed) not in (allowed, None):
+            raise APIError(400, f"{name} is not supported by this server", name)
+    if "prompt" not in body:
+        raise APIError(400, "prompt is required (a string, or a list of strings)", "prompt")
+    prompts = body["prompt"]
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
+    for p in prompts:
+        if len(p) > limits.max_prompt_chars:
+            raise APIError(400, f"prompt has {len(p):,} characters; this server takes at most "
+                                f"{limits.max_prompt_chars:,}", "prompt")
+    max_tokens = _integer(body, "max_tokens", 16, 0, limits.max_tokens)
+    n = _integer(body, "n", 1, 1, limits.max_streams)
+    temperature = _field(body, "temperature", 1.0, (int, float), "a number >= 0")
+    top_p = _field(body, "top_p", 1.0, (int, float), "a number in (0, 1]")
+    top_k = _field(body, "top_k", 0, (int,), "an integer >= 0")
+    seed = _field(body, "seed", None, (int,), "an integer >= 0")
+    stop = _field(body, "stop", [], (str, list), "a string or a list of strings")
+    stream = _field(body, "stream", False, (bool,), "true or false")
+    echo = _field(body, "echo", False, (bool,), "true or false")
+    on_unknown = _field(body, "on_unknown", "error", (str,), '"error" or "skip"')
+    stream_options = _field(body, "stream_options", {}, (dict,), "an object")
+    include_usage = _field(stream_options, "include_usage", False, (bool,), "true or false")
+    if not math.isfinite(temperature):  # JSON has no inf, but Python's json module reads Infinity
+        raise APIError(400, "temperature must be a finite number >= 0", "temperature")
+    plans = []
+    for p in prompts:
+        try:
+            plans.append(generator._plan(p, max_tokens, [temperature], n, top_k, top_p, stop, seed,
+                                         "stateful", on_unknown))
+        except InputError as exc:
+            param = "prompt" if exc.argument in (None, "seed_text") else exc.argument
+            message = str(exc).replace("(on_unknown='skip', --on-unknown skip)", '("on_unknown": "skip")')
+            raise APIError(400, message, param) from None
+    return Completion(prompts, plans, stream, echo, include_usage)
+
+
+async def read_json(request: Request, limit: int):
+    """The body as JSON, read up to `limit` bytes (413 beyond)."""
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise APIError(413, f"the body is over {limit:,} bytes", kind="invalid_request_error")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the body is not valid JSON: {exc}") from None
+
+
+def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | None = None,
+               chunk_seconds: float = 0.03) -> Starlette:
+    model_id = model_id or generator.path.name
+    created = int(time.time())
+    slots = Slots(limits)
+    batcher: Batcher | None = None
+    body_limit = 4 * limits.max_prompt_chars * 4 + 65_536  # JSON escapes and several prompts: generous
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        nonlocal batcher
+        batcher = Batcher(generator, chunk_seconds)
+        yield
+        batcher.close()
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": model_id, "streams": batcher.streams,
+                             "paused_streams": batcher.paused,
+                             "free_streams": slots.free, "waiting_requests": slots.waiting,
+                             "max_streams": limits.max_streams})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": model_id, "object": "model", "created": created, "owned_by": "charsdk",
+             "max_model_len": None, "vocabulary": generator.vocab.size}]})
+
+    async def completions(request: Request) -> Response:
+        completion = parse_completion(await read_json(request, body_limit), generator, model_id, limits)
+        streams = completion.streams
+        await slots.acquire(streams)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emitter(job_index: int, base: int):
+            def emit(batch):
+                with contextlib.suppress(RuntimeError):  # the event loop has gone (shutdown)
+                    loop.call_soon_threadsafe(events.put_nowait,
+                                              (job_index, [(base + i, t, f) for i, t, f in batch]))
+            return emit
+
+        def emit_error(message: str):
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(events.put_nowait, message)
+
+        jobs, base = [], 0
+        for plan in completion.plans:
+            jobs.append(batcher.submit(Job(plan, emitter(len(jobs), base), emit_error)))
+            base += len(plan.options)
+
+        async def next_events():
+            """The next list of (choice index, text, finish reason); the batcher may go on with them."""
+            item = await events.get()
+            if isinstance(item, str):
+                raise APIError(500, item, kind="server_error")
+            job_index, batch = item
+            jobs[job_index].taken()
+            return batch
+        released = False
+
+        def end():  # however the request ends: its streams leave the batch, its slots are free
+            nonlocal released
+            for job in jobs:
+                job.cancel()
+            if not released:
+                released = True
+                slots.release(streams)
+
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": model_id}
+        per_prompt = streams // len(completion.prompts)
+        prompt_chars = sum(len(p) for p in completion.prompts) * per_prompt
+
+        def usage(completion_chars: int) -> dict:
+            return {"prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
+                    "total_tokens": prompt_chars + completion_chars}
+
+        def choice(index: int, text: str, finish: str | None) -> dict:
+            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+
+        if completion.stream:
+            async def sse():
+                try:
+                    produced, left = 0, streams
+                    if completion.echo:
+                        yield _event({**head, "choices": [choice(i, completion.prompts[i // per_prompt], None)
+                                                          for i in range(streams)]})
+                    while left:
+                        try:
+                            batch = await next_events()
+                        except APIError as exc:
+                            yield _event({"error": {"message": str(exc), "type": exc.kind, "param": None,
+                                                    "code": None}})
+                            return
+                        left -= sum(1 for _, _, f in batch if f)
+                        produced += sum(len(t) for _, t, _ in batch)
+                        yield _event({**head, "choices": [choice(*e) for e in batch]})
+                    if completion.include_usage:
+                        yield _event({**head, "choices": [], "usage": usage(produced)})
+                    yield "data: [DONE]\n\n"
+                finally:
+                    end()
+
+            return StreamingResponse(sse(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        async def collect():
+            texts, finishes, left = [""] * streams, [None] * streams, streams
+            while left:
+                for index, text, finish in await next_events():
+                    texts[index] += text
+                    finishes[index] = finish or finishes[index]
+                    left -= finish is not None
+            return texts, finishes
+
+        async def disconnected():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        collector, watcher = asyncio.ensure_future(collect()), asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not collector.done():
+                collector.cancel()
+            end()
+        if not collector.done() or collector.cancelled():
+            return Response(status_code=499)  # the client has gone: no one reads this
+        texts, finishes = collector.result()
+        prefix = [completion.prompts[i // per_prompt] if completion.echo else "" for i in range(streams)]
+        choices = [choice(i, prefix[i] + t, f) for i, (t, f) in enumerate(zip(texts, finishes, strict=True))]
+        return JSONResponse({**head, "choices": choices, "usage": usage(sum(len(t) for t in texts))})
+
+    async def api_error(request: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        messages = {404: f"no such endpoint: {request.method} {request.url.path} (see GET /v1/models, "
+                         "POST /v1/completions, GET /health)",
+                    405: f"{request.method} is not allowed on {request.url.path}"}
+        message = messages.get(exc.status_code, exc.detail)
+        return APIError(exc.status_code, message).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return APIError(500, f"internal error: {type(exc).__name__}", kind="server_error").response()
+
+    return Starlette(
+        routes=[Route("/health", health), Route("/v1/models", models),
+                Route("/v1/completions", completions, methods=["POST"])],
+        exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
