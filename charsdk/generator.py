@@ -200,18 +200,20 @@ class Generator:
         logits, *new, drawn, read = self.session.run(self._outputs, feed)
         return logits, dict(zip([s.input for s in self.vocab.states], new, strict=True)), drawn, read
 
-    def _prime(self, ids: np.ndarray, streams: int, mode: str):
-        """Read the seed once (one stream) and copy the result to every stream: (logits, state, start).
+    def _stateful_seed(self, ids: np.ndarray) -> np.ndarray:
+        """What stateful priming reads: the seed, or for an empty one the "no character" id (one zero
+        input from the zero state)."""
+        return ids if len(ids) else np.array([self.vocab.no_char_id])
 
-        An empty seed reads the "no character" id: one zero input from the zero state."""
+    def _prime(self, ids: np.ndarray, streams: int, mode: str):
+        """Read the seed once (one stream) and copy the result to every stream: (logits, state, start)."""
         maxlen = self.vocab.maxlen
         if mode == "window" and len(ids):
             seed = ids[-maxlen:]
             logits, state, _, _ = self.run(seed[None], self._zero_state(maxlen), window=maxlen)
             return (np.repeat(logits, streams, 0), {k: np.tile(v, (streams, 1)) for k, v in state.items()},
                     len(seed))
-        logits, state, _, _ = self.run((ids if len(ids) else np.array([self.vocab.no_char_id]))[None],
-                                       self._zero_state(1))
+        logits, state, _, _ = self.run(self._stateful_seed(ids)[None], self._zero_state(1))
         if mode == "window":  # an empty seed: every window still empty
             return np.repeat(logits, streams, 0), self._zero_state(streams * maxlen), 0
         return np.repeat(logits, streams, 0), {k: np.repeat(v, streams, 0) for k, v in state.items()}, 0
