@@ -1,5 +1,5 @@
-# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make bench` · `make bench-train`
-#          `make plot` · `make lint` · `make check-js`
+# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make bench` · `make bench-serve`
+#          `make bench-train` · `make plot` · `make lint` · `make check-js`
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 RUNTIME_VENV := .venv-runtime# runtime dependencies only: what `pip install charsdk` gives users
 DEV_VENV := .venv# runtime + training + test dependencies
@@ -17,7 +17,7 @@ FRESH ?=
 PRECISION ?= int8# export: int8 weights (one scale per output channel) or fp32
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship bench bench-train baselines plot lint clean check-js
+.PHONY: gen test train export ship bench bench-serve bench-train baselines plot lint clean check-js
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -55,6 +55,13 @@ bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.bench --model nietzsche-book --run $(ARTIFACTS)/book \
 		--out $(ARTIFACTS)/book/bench.json
 	$(DEV_VENV)/bin/python -m train.bench --model nietzsche --out $(ARTIFACTS)/nietzsche/bench.json
+	$(MAKE) bench-serve
+
+# charsdk serve under load on 127.0.0.1: 1-256 streaming clients, overload, a soak of SOAK seconds.
+SOAK ?= 300
+bench-serve: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.bench_serve --model nietzsche --soak $(SOAK) \
+		--out $(ARTIFACTS)/nietzsche/bench-serve.json
 
 # Training cost as the corpus grows (the Nietzsche text, repeated to 100 MB and 1 GB) and on 2 workers.
 bench-train: $(DEV_VENV)/.installed

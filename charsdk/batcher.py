@@ -18,6 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from .generator import Generator, Plan, TextDecoder
 
 MAX_CHUNK = 256  # characters per call at most, whatever the speed
 MAX_UNREAD = 4  # chunks emitted to a request and not yet taken by it: beyond, its streams pause
+PRIMED_CACHE = 1024  # prompts whose state after reading them is kept (least recently used dropped)
 Event = tuple[int, str, str | None]  # (stream index in its request, new text, finish reason or None)
 
 
@@ -68,7 +70,7 @@ class _Row:
 
 
 class Batcher:
-    def __init__(self, generator: Generator, chunk_seconds: float = 0.03):
+    def __init__(self, generator: Generator, chunk_seconds: float = 0.05):
         self.generator = generator
         self.chunk_seconds = chunk_seconds
         self._incoming: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -76,6 +78,7 @@ class Batcher:
         self._rows: list[_Row] = []
         self._logits = np.zeros((0, generator.vocab.size), np.float32)
         self._state = generator._zero_state(0)
+        self._primed: OrderedDict[bytes, tuple[np.ndarray, dict[str, np.ndarray]]] = OrderedDict()
         # seconds per character per row in the last call: sizes the next chunk. Per row, so that a batch
         # that grows is first given short chunks (a row costs less in a larger batch, never more)
         self._row_step_s = 1e-4
@@ -127,9 +130,11 @@ class Batcher:
                 self._wake.wait()
 
     def _join(self, jobs: list[Job]) -> None:
-        """Prime the new requests on their prompts, one model call for all prompts of the same length,
-        and append their streams to the batch."""
-        by_length: dict[int, list[tuple[Job, np.ndarray]]] = {}
+        """Prime the new requests on their prompts and append their streams to the batch. A prompt read
+        recently is not read again (an LSTM's state after a prompt is all it needs: PRIMED_CACHE of
+        them are kept); the others are read in one model call per prompt length."""
+        waiting: dict[bytes, list[Job]] = {}
+        seeds: dict[bytes, np.ndarray] = {}
         for job in jobs:
             if job.cancelled.is_set():
                 continue
@@ -138,22 +143,40 @@ class Batcher:
                 job.emit([(i, "", "length") for i in range(len(job.plan.options))])
                 continue
             seed = self.generator._stateful_seed(job.plan.ids)
-            by_length.setdefault(len(seed), []).append((job, seed))
-        for group in by_length.values():
+            key = seed.tobytes()
+            waiting.setdefault(key, []).append(job)
+            seeds[key] = seed
+        by_length: dict[int, list[bytes]] = {}
+        for key in waiting:
+            if key not in self._primed:
+                by_length.setdefault(len(seeds[key]), []).append(key)
+        for keys in by_length.values():
             try:
-                logits, state, _, _ = self.generator.run(np.stack([seed for _, seed in group]),
-                                                         self.generator._zero_state(len(group)))
+                logits, state, _, _ = self.generator.run(np.stack([seeds[k] for k in keys]),
+                                                         self.generator._zero_state(len(keys)))
             except Exception as exc:  # onnxruntime failing on these requests must not stop the others
-                for job, _ in group:
-                    job.emit_error(f"the model failed on this request: {exc}")
+                for key in keys:
+                    for job in waiting.pop(key):
+                        job.emit_error(f"the model failed on this request: {exc}")
                 continue
-            copies = [len(job.plan.options) for job, _ in group]  # each prompt's state, once per stream
-            self._logits = np.concatenate([self._logits, np.repeat(logits, copies, 0)])
-            self._state = {k: np.concatenate([v, np.repeat(state[k], copies, 0)])
-                           for k, v in self._state.items()}
-            codes = self.generator._codes
-            self._rows += [_Row(job, i, rng, TextDecoder(codes, job.plan.length, job.plan.stop))
-                           for job, _ in group for i, rng in enumerate(job.plan.rngs)]
+            for i, key in enumerate(keys):
+                self._primed[key] = (logits[i : i + 1], {k: v[i : i + 1] for k, v in state.items()})
+        codes = self.generator._codes
+        logits, states = [self._logits], {k: [v] for k, v in self._state.items()}
+        for key, key_jobs in waiting.items():
+            self._primed.move_to_end(key)
+            primed_logits, primed_state = self._primed[key]
+            for job in key_jobs:
+                copies = len(job.plan.options)  # the prompt's state, once per stream
+                logits.append(np.repeat(primed_logits, copies, 0))
+                for k, v in primed_state.items():
+                    states[k].append(np.repeat(v, copies, 0))
+                self._rows += [_Row(job, i, rng, TextDecoder(codes, job.plan.length, job.plan.stop))
+                               for i, rng in enumerate(job.plan.rngs)]
+        while len(self._primed) > PRIMED_CACHE:
+            self._primed.popitem(last=False)
+        self._logits = np.concatenate(logits)
+        self._state = {k: np.concatenate(v) for k, v in states.items()}
 
     def _keep(self, keep: list[bool]) -> None:
         if all(keep):

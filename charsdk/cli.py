@@ -176,6 +176,9 @@ def serve(
     max_wait: float = typer.Option(5.0, "--max-wait", help="Seconds a request waits; then: 503."),
     max_tokens: int = typer.Option(100_000, "--max-tokens", help="Largest max_tokens a request may ask for."),
     max_prompt: int = typer.Option(20_000, "--max-prompt", help="Longest prompt, in characters."),
+    chunk_ms: float = typer.Option(50.0, "--chunk-ms",
+                                   help="Target time of one batched model call: a new request joins the "
+                                        "batch between calls (shorter: sooner; longer: less overhead)."),
     threads: int = typer.Option(os.cpu_count() or 1, "--threads",
                                 help="onnxruntime intra-op threads (default: every core)."),
     provider: list[str] = PROVIDERS,
@@ -198,6 +201,8 @@ def serve(
                              f"got {value}"))
     if not max_wait >= 0:
         _fail(InputError(f"--max-wait must be a number of seconds >= 0, got {max_wait}"))
+    if not 0 < chunk_ms <= 10_000:
+        _fail(InputError(f"--chunk-ms must be a number of milliseconds in (0, 10000], got {chunk_ms}"))
     try:
         generator = _load(model, threads, provider)
     except CharsdkError as exc:
@@ -212,5 +217,6 @@ def serve(
     address = sock.getsockname()
     typer.echo(f"charsdk: serving {generator.path.name} on http://{address[0]}:{address[1]}/v1 "
                f"(at most {max_streams} streams)", err=True)
-    config = uvicorn.Config(create_app(generator, limits), log_level="warning", access_log=False)
+    app = create_app(generator, limits, chunk_seconds=chunk_ms / 1000)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])

@@ -199,7 +199,7 @@ async def read_json(request: Request, limit: int):
 
 
 def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | None = None,
-               chunk_seconds: float = 0.03) -> Starlette:
+               chunk_seconds: float = 0.05) -> Starlette:
     model_id = model_id or generator.path.name
     created = int(time.time())
     slots = Slots(limits)
@@ -248,13 +248,21 @@ def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | 
             base += len(plan.options)
 
         async def next_events():
-            """The next list of (choice index, text, finish reason); the batcher may go on with them."""
-            item = await events.get()
-            if isinstance(item, str):
-                raise APIError(500, item, kind="server_error")
-            job_index, batch = item
-            jobs[job_index].taken()
-            return batch
+            """Every (choice index, new text, finish reason) that has arrived, merged per choice: a
+            reader that fell behind sends one event for several chunks. The batcher may go on."""
+            items = [await events.get()]
+            while not events.empty():
+                items.append(events.get_nowait())
+            merged: dict[int, tuple[int, str, str | None]] = {}
+            for item in items:
+                if isinstance(item, str):
+                    raise APIError(500, item, kind="server_error")
+                job_index, batch = item
+                jobs[job_index].taken()
+                for index, text, finish in batch:
+                    _, before, _ = merged.get(index, (index, "", None))
+                    merged[index] = (index, before + text, finish)
+            return list(merged.values())
         released = False
 
         def end():  # however the request ends: its streams leave the batch, its slots are free

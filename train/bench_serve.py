@@ -193,13 +193,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.bench_serve", description=__doc__)
     p.add_argument("--model", default="nietzsche")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--server-flags", nargs="*", default=[], help="more flags for charsdk serve")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds of load per row and round")
     p.add_argument("--soak", type=float, default=300.0, help="seconds of the soak (0: none)")
     p.add_argument("--out", required=True, help="JSON file for the results")
     args = p.parse_args(argv)
 
     reference = in_process_rate(args.model, args.rounds)
-    server = Server(args.model, "--max-streams", "256")
+    server = Server(args.model, "--max-streams", "256", *args.server_flags)
     try:
         asyncio.run(wave(server.base, 16))  # warm-up
         rows = [load_row(server, clients, args.rounds, args.seconds) for clients in CLIENTS]
