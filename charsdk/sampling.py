@@ -5,7 +5,7 @@ and taking the argmax is an exact draw from that same distribution (the Gumbel-m
 through by T it is `argmax(log p + T·g)`: no normalisation, no cumulative sum, one pass over the
 vocabulary, and T = 0 is the argmax itself (greedy) with no special case. Characters with p = 0 have
 log p = -inf and are never drawn. The uniform numbers behind g come from the caller's seeded numpy
-generator, so a seed fixes the text. sampler.onnx (train/sampler_graph.py) computes the same noise
+generator, so a seed fixes the text. model.onnx (train/graph.py) computes the same noise
 and argmax inside onnxruntime.
 """
 
@@ -62,7 +62,7 @@ def gumbel_noise(uniforms: np.ndarray, temperatures) -> np.ndarray:
     """T·g, float32, for uniforms [B, ...] in [0, 1) and one temperature per row B.
 
     g = -log(-log u) is a standard Gumbel number; u = 0 gives g = -inf, capped at -88 so that it
-    never wins an argmax yet T = 0 still gives exactly 0. sampler.onnx computes the same on its input."""
+    never wins an argmax yet T = 0 still gives exactly 0. model.onnx computes the same on its input."""
     uniforms = np.asarray(uniforms, np.float32)
     temperatures = np.asarray(temperatures, np.float32).reshape((-1,) + (1,) * (uniforms.ndim - 1))
     with np.errstate(divide="ignore"):
