@@ -17,6 +17,7 @@ class Recipe:
     learning_rate: float = 0.01
     cosine_decay: bool = False  # decay the learning rate to 0 over `epochs` (cosine)
     clipnorm: float = 0.0  # clip each gradient update to this norm; 0 = no clipping
+    weight_decay: float = 0.0  # decoupled weight decay (Keras optimizers' weight_decay); 0 = none
     batch_size: int = 128  # windows per step, over all workers and GPUs together
     epochs: int = 20
     steps_per_epoch: int = 0  # steps between checkpoints, log entries and samples; 0 = one pass

@@ -33,6 +33,8 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
             recipe.learning_rate, decay_steps=recipe.epochs * steps_per_epoch)
     optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     options = {"clipnorm": recipe.clipnorm} if recipe.clipnorm else {}
+    if recipe.weight_decay:
+        options["weight_decay"] = recipe.weight_decay
     model.compile(optimizer=optimizers[recipe.optimizer](learning_rate=learning_rate, **options),
                   loss="sparse_categorical_crossentropy")
     return model
