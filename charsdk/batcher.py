@@ -190,8 +190,11 @@ class Batcher:
         rows = [self._rows[b] for b in running]
         every = len(running) == len(self._rows)
         select = slice(None) if every else np.array(running)
-        left = max(r.decoder.length - r.decoder.drawn for r in rows)
-        k = int(min(max(1, self.chunk_seconds / (self._row_step_s * len(rows))), MAX_CHUNK, left))
+        lefts = [r.decoder.length - r.decoder.drawn for r in rows]
+        k = int(min(max(1, self.chunk_seconds / (self._row_step_s * len(rows))), MAX_CHUNK, max(lefts)))
+        ending = [left for left in lefts if left < k]
+        if ending and min(ending) >= k // 2:  # end the chunk where a stream ends: no steps drawn for naught
+            k = min(ending)
         uniforms = self.generator._uniforms([r.rng for r in rows], k)
         start = time.perf_counter()
         try:

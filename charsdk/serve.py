@@ -180,7 +180,8 @@ def parse_completion(body, generator: Generator, model_id: str, limits: Limits) 
                                          "stateful", on_unknown))
         except InputError as exc:
             param = "prompt" if exc.argument in (None, "seed_text") else exc.argument
-            message = str(exc).replace("(on_unknown='skip', --on-unknown skip)", '("on_unknown": "skip")')
+            message = (str(exc).replace("(on_unknown='skip', --on-unknown skip)", '("on_unknown": "skip")')
+                       .replace("(or None for a fresh one)", "(or null for a fresh one)"))
             raise APIError(400, message, param) from None
     return Completion(prompts, plans, stream, echo, include_usage)
 
