@@ -12,10 +12,11 @@ def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):
     p = profile(generator, batch=2, threads=1, repeats=1)
     names = ["layer 0 recurrent 32x128", f"dense 32x{generator.vocab.size}"]
     assert {k: list(v) for k, v in p["matrix_products_us"].items()} == {k: names for k in PRECISIONS}
-    # the stateful draw loop body of the int8 graph as onnxruntime runs it: 3 kernels to draw, a lookup,
-    # the cell's 9, h quantized once (for the dense layer and the next step), 2 integer products, and
-    # an Add of the looked-up row (the dense layer's constant bias is added inside its product)
-    assert p["kernels_per_step"] == 3 + 1 + 9 + 1 + 2 + 1 and p["other_kernels"] == 3 + 1 + 9 + 1 + 1
+    # the stateful draw Scan's body of the int8 graph as onnxruntime runs it: 2 kernels to draw (the
+    # step's noise is the Scan's input), a lookup, the cell's 9, h quantized once (for the dense layer and
+    # the next step), 2 integer products, and an Add of the looked-up row (the dense layer's constant
+    # bias is added inside its product)
+    assert p["kernels_per_step"] == 2 + 1 + 9 + 1 + 2 + 1 and p["other_kernels"] == 2 + 1 + 9 + 1 + 1
     timed = [p["sampler_us_per_step"], p["small_kernel_us"],
              *[us for times in p["matrix_products_us"].values() for us in times.values()]]
     assert all(np.isfinite(v) for v in timed)  # no bound on timings: a busy machine makes them noisy

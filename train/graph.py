@@ -3,8 +3,9 @@
 One call reads `ids` [B, T] (teacher-forced: priming on a seed, or scoring a text, with the
 distribution after every character returned as `read_logits` [T, B, V]), then draws K characters,
 feeding each back. One call per character would cost ~16 µs of onnxruntime overhead, more than the
-arithmetic of one LSTM step, so both phases are ONNX Loops; each model's weights are stored once, as
-initializers of the main graph that every loop reads.
+arithmetic of one LSTM step, so both phases loop inside the graph (ONNX Scan for the stateful phases
+generation and scoring spend their time in, Loop for the others); each model's weights are stored
+once, as initializers of the main graph that every loop reads.
 
 Products: with precision "int8" every weight matrix is int8 with one scale per output channel, and
 the activations it multiplies are quantized with a fixed scale (they are LSTM outputs, o·tanh(c), always
@@ -224,16 +225,17 @@ def carries_quantized(precision: str, ring: bool) -> bool:
 
 
 def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, precision: str,
-               phase: str, ring: bool) -> onnx.GraphProto:
+               phase: str, ring: bool, scanned: bool = False) -> onnx.GraphProto:
     """One iteration. phase "read": take character i of "ids_tb" [T, B], step, and also emit the
     logits after it; "draw" / "draw_filtered": draw argmax(logits + T·g) (over the top-k / top-p
-    characters if filtered), step, and emit the character."""
+    characters if filtered), step, and emit the character. `scanned`: the body of a Scan, which is
+    given the character "id" (read) or the noise "g" (draw) of its step instead of taking it."""
     if phase == "read":
-        nodes = [node("Gather", ["ids_tb", "i"], ["id"], axis=0)]
+        nodes = [] if scanned else [node("Gather", ["ids_tb", "i"], ["id"], axis=0)]
     else:
         filtered = phase == "draw_filtered"
         nodes = [
-            node("Gather", ["noise", "i"], ["g"], axis=1),
+            *([] if scanned else [node("Gather", ["noise", "i"], ["g"], axis=1)]),
             node("Add", ["logits_in", "g"], ["perturbed"]),
             *(_filter_nodes() + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
               if filtered else []),
@@ -244,24 +246,73 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
     nodes += _cell_nodes(n_layers, states, precision, ring, "id_rows" if ring else "id")
 
     def carried(suffix):
-        quantized = [helper.make_tensor_value_info(f"{s.input}_q_{suffix}", TensorProto.UINT8, ["B", s.size])
+        quantized = [helper.make_tensor_value_info(f"{s.input}_q_{suffix}", TensorProto.UINT8,
+                                                   [None, s.size])
                      for s in states[::2]] if carries_quantized(precision, ring) else []
-        return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, ["B", s.size])
+        return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, [None, s.size])
                 for s in states] + quantized
 
-    logits = lambda name: helper.make_tensor_value_info(name, F32, ["B", vocab_size])  # noqa: E731
+    logits = lambda name: helper.make_tensor_value_info(name, F32, [None, vocab_size])  # noqa: E731
     if phase == "read":
         nodes.append(node("Identity", ["logits_next"], ["logits_read"]))
         emitted = logits("logits_read")
     else:
-        emitted = helper.make_tensor_value_info("id", I64, ["B"])
+        emitted = helper.make_tensor_value_info("id", I64, [None])
+    carried_in, carried_out = [logits("logits_in"), *carried("in")], [logits("logits_next"), *carried("next")]
+    if scanned:
+        given = (helper.make_tensor_value_info("id", I64, [None]) if phase == "read"
+                 else helper.make_tensor_value_info("g", F32, [None, vocab_size]))
+        return helper.make_graph(nodes, body_name(phase, ring), [*carried_in, given], [*carried_out, emitted])
     return helper.make_graph(
-        nodes, phase,
+        nodes, body_name(phase, ring),
         [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
-         logits("logits_in"), *carried("in")],
-        [helper.make_tensor_value_info("cond_in", BOOL, []), logits("logits_next"), *carried("next"),
-         emitted],
+         *carried_in],
+        [helper.make_tensor_value_info("cond_in", BOOL, []), *carried_out, emitted],
     )
+
+
+def body_name(phase: str, ring: bool) -> str:
+    """The name of a phase's loop body: "draw_stateful" is the one that generation spends its time in."""
+    return f"{phase}_{'window' if ring else 'stateful'}"
+
+
+def _scan_nodes(k: int, trips: str, sequence: str, dummy: onnx.TensorProto, tail: list[str],
+                carried: list[str], outputs: list[str], discarded: list[str], scanned: str,
+                body: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """A Scan over the first `trips` steps of `sequence` [steps, rows, *tail]: `carried` in, `outputs`
+    (and `discarded`) out, the steps' outputs as `scanned`.
+
+    A Scan costs less per step than a Loop, but onnxruntime's Scan fails on a sequence of length 0, and
+    a phase not taken must pass its values through. So a Scan not taken runs one step of `dummy` on zero
+    rows, and each carried value comes out as the Scan's rows followed by the rows it did not run."""
+    p = f"scan{k}_"
+    nodes = [
+        node("Greater", [trips, "zero_i64"], [p + "taken"]),
+        node("Where", [p + "taken", "rows", "zero_i64"], [p + "rows"]),
+        node("Min", [trips, "one_i64"], [p + "some"]),
+        node("Sub", ["one_i64", p + "some"], [p + "pad"]),
+        node("Unsqueeze", [trips, "axis0"], [p + "trips_1d"]),
+        node("Unsqueeze", [p + "rows", "axis0"], [p + "rows_1d"]),
+        node("Unsqueeze", [p + "pad", "axis0"], [p + "pad_1d"]),
+        node("Concat", [p + "trips_1d", p + "rows_1d"], [p + "ends"], axis=0),
+        node("Slice", [sequence, "zeros_2", p + "ends", "axes01"], [p + "steps"]),
+        node("Concat", [p + "pad_1d", p + "rows_1d", *tail], [p + "dummy_shape"], axis=0),
+        node("ConstantOfShape", [p + "dummy_shape"], [p + "dummy"], value=dummy),
+        node("Concat", [p + "steps", p + "dummy"], [p + "sequence"], axis=0),
+        *[node("Slice", [name, "zero_1d", p + "rows_1d", "axis0"], [f"{p}{name}_in"]) for name in carried],
+        node("Scan", [*[f"{p}{name}_in" for name in carried], p + "sequence"],
+             [*[f"{p}{name}_out" for name in outputs], *discarded, scanned], body=body, num_scan_inputs=1),
+    ]
+    for name, out in zip(carried, outputs, strict=False):  # the rows the Scan did not run on, after its own
+        nodes += [node("Slice", [name, p + "rows_1d", "max_1d", "axis0"], [f"{p}{name}_rest"]),
+                  node("Concat", [f"{p}{out}_out", f"{p}{name}_rest"], [out], axis=0)]
+    return nodes
+
+
+# Phases run as Scans when stateful: their sequence, a dummy step's value, and the sequence's shape past
+# [steps, rows]. (Filtered draws keep a Loop: their per-stream columns would need cutting to the rows.)
+SCANNED = {"read": ("ids_tb", numpy_helper.from_array(np.zeros(1, np.int64)), []),
+           "draw": ("noise_kb", numpy_helper.from_array(np.zeros(1, np.float32)), ["vocab_1d"])}
 
 
 def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "int8") -> onnx.ModelProto:
@@ -280,6 +331,8 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         "tiny": np.array(1e-30, np.float32), "axes12": np.array([1, 2], np.int64),
         "axis1_scalar": np.array(1, np.int64), "k_all": np.array([V], np.int64),
         "positions": np.arange(V, dtype=np.int64)[None, :], "true": np.array(True),
+        "zeros_2": np.zeros(2, np.int64), "axes01": np.array([0, 1], np.int64),
+        "zero_1d": np.zeros(1, np.int64), "max_1d": np.array([np.iinfo(np.int64).max], np.int64),
         "act_scale": np.array(ACTIVATION_SCALE, np.float32), "act_zero": np.array(128, np.uint8),
         **weight_arrays(layers, dense, precision),
     }
@@ -293,7 +346,8 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
 
     # Six loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
     # plain or with top-k / top-p). The inputs choose one of each phase by giving it the trip count and
-    # the others 0 (a loop of 0 trips passes its values through). Main-graph loops rather than If
+    # the others 0 (a loop of 0 trips passes its values through; so does a Scan, see _scan_nodes).
+    # Main-graph loops rather than If
     # branches: onnxruntime pre-packs a weight for as many kernels as main-graph nodes use it, so
     # weights used only inside If branches would be packed for one loop and multiplied unpacked in the rest.
     loops = [("read", False, "reads_stateful"), ("read", True, "reads_window"),
@@ -309,9 +363,15 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         h_given = carried[1::2]
         quantized = h_given if carries_quantized(precision, ring) else []
         loop_nodes += [quantize(h, f"{h}_q_start_{k}") for h in quantized]
-        loop_nodes.append(node("Loop", [trips, "true", *carried, *[f"{h}_q_start_{k}" for h in quantized]],
-                               [*out, *[f"{h}_q_end_{k}" for h in quantized], scan],
-                               body=_loop_body(len(layers), states, V, precision, phase, ring)))
+        starts, ends = [f"{h}_q_start_{k}" for h in quantized], [f"{h}_q_end_{k}" for h in quantized]
+        if phase in SCANNED and not ring:  # the phases each call takes: a Scan (cheaper per step)
+            body = _loop_body(len(layers), states, V, precision, phase, ring, scanned=True)
+            sequence, dummy, tail = SCANNED[phase]
+            loop_nodes += _scan_nodes(k, trips, sequence, dummy, tail, [*carried, *starts], out, ends, scan,
+                                      body)
+        else:
+            loop_nodes.append(node("Loop", [trips, "true", *carried, *starts], [*out, *ends, scan],
+                                   body=_loop_body(len(layers), states, V, precision, phase, ring)))
         scans["read" if phase == "read" else "draw"].append(scan)
         carried = out
     # a loop of 0 trips emits an empty scan output of unknown shape: reshape before concatenating
@@ -368,6 +428,7 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         node("Neg", ["temperature"], ["minus_t"]),
         node("Unsqueeze", ["minus_t", "axes12"], ["minus_t_3d"]),
         node("Mul", ["log_log_capped", "minus_t_3d"], ["noise"]),
+        node("Transpose", ["noise"], ["noise_kb"], perm=[1, 0, 2]),  # [K, B, V]: the Scans' sequence
         node("Max", ["temperature", "tiny"], ["t_positive"]),
         node("Reciprocal", ["t_positive"], ["inv_temperature"]),
         node("Unsqueeze", ["inv_temperature", "axis1"], ["inv_t"]),

@@ -134,16 +134,16 @@ def _loop_us(model: onnx.ModelProto, batch: int, threads: int, steps: int, repea
 
 
 def kernels_per_step(generator: Generator) -> int:
-    """Kernels in the loop that draws in stateful mode without top-k / top-p (train/graph.py), after
-    onnxruntime's fusions: the graph as onnxruntime runs it."""
+    """Kernels per step of the Scan that draws in stateful mode without top-k / top-p (train/graph.py),
+    after onnxruntime's fusions: the graph as onnxruntime runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(1)
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(generator.path / generator.vocab.onnx_file), options,
                              providers=["CPUExecutionProvider"])
         model = onnx.load(options.optimized_model_filepath)
-    loop = next(n for n in model.graph.node if n.op_type == "Loop" and n.input[0] == "draws_plain")
-    return len(next(a.g for a in loop.attribute if a.name == "body").node)
+    bodies = [a.g for n in model.graph.node for a in n.attribute if a.name == "body"]
+    return len(next(b for b in bodies if b.name == graph.body_name("draw", ring=False)).node)
 
 
 def model_matrices(model: onnx.ModelProto) -> dict[str, np.ndarray]:
