@@ -199,7 +199,7 @@ class Batcher:
         start = time.perf_counter()
         try:
             logits, state, drawn, _ = self.generator.run(
-                np.zeros((len(rows), 0), np.int64), {k: v[select] for k, v in self._state.items()},
+                np.zeros((len(rows), 0), np.int64), {name: v[select] for name, v in self._state.items()},
                 self._logits[select], uniforms, [r.job.plan.options[r.index] for r in rows])
         except Exception as exc:
             failed = {r.job for r in rows}

@@ -193,12 +193,12 @@ def serve(
     except ImportError as exc:
         _fail(CharsdkError(f"charsdk serve needs the serve extra ({exc.name} is missing): "
                            "pip install 'charsdk[serve]'"))
-    for flag, value, low in (("--port", port, 0), ("--max-streams", max_streams, 1),
-                             ("--max-waiting", max_waiting, 0), ("--max-tokens", max_tokens, 0),
-                             ("--max-prompt", max_prompt, 0)):
-        if value < low or flag == "--port" and value > 65535:
-            _fail(InputError(f"{flag} must be {'from 0 to 65535' if flag == '--port' else f'>= {low}'}, "
-                             f"got {value}"))
+    if not 0 <= port <= 65535:
+        _fail(InputError(f"--port must be from 0 to 65535, got {port}"))
+    for flag, value, low in (("--max-streams", max_streams, 1), ("--max-waiting", max_waiting, 0),
+                             ("--max-tokens", max_tokens, 0), ("--max-prompt", max_prompt, 0)):
+        if value < low:
+            _fail(InputError(f"{flag} must be >= {low}, got {value}"))
     if not max_wait >= 0:
         _fail(InputError(f"--max-wait must be a number of seconds >= 0, got {max_wait}"))
     if not 0 < chunk_ms <= 10_000:

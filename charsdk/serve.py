@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 import uuid
 from collections import deque
@@ -171,8 +170,6 @@ def parse_completion(body, generator: Generator, model_id: str, limits: Limits) 
     on_unknown = _field(body, "on_unknown", "error", (str,), '"error" or "skip"')
     stream_options = _field(body, "stream_options", {}, (dict,), "an object")
     include_usage = _field(stream_options, "include_usage", False, (bool,), "true or false")
-    if not math.isfinite(temperature):  # JSON has no inf, but Python's json module reads Infinity
-        raise APIError(400, "temperature must be a finite number >= 0", "temperature")
     plans = []
     for p in prompts:
         try:

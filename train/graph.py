@@ -303,7 +303,7 @@ def _scan_nodes(k: int, trips: str, sequence: str, dummy: onnx.TensorProto, tail
         node("Scan", [*[f"{p}{name}_in" for name in carried], p + "sequence"],
              [*[f"{p}{name}_out" for name in outputs], *discarded, scanned], body=body, num_scan_inputs=1),
     ]
-    for name, out in zip(carried, outputs, strict=False):  # the rows the Scan did not run on, after its own
+    for name, out in zip(carried[: len(outputs)], outputs, strict=True):  # then the rows it did not run
         nodes += [node("Slice", [name, p + "rows_1d", "max_1d", "axis0"], [f"{p}{name}_rest"]),
                   node("Concat", [f"{p}{out}_out", f"{p}{name}_rest"], [out], axis=0)]
     return nodes
