@@ -180,7 +180,8 @@ def serve(
                                    help="Target time of one batched model call: a new request joins the "
                                         "batch between calls (shorter: sooner; longer: less overhead)."),
     threads: int = typer.Option(os.cpu_count() or 1, "--threads",
-                                help="onnxruntime intra-op threads (default: every core)."),
+                                help="Batches run at once, one core each; a new request joins the one "
+                                     "with the fewest streams (default: every core)."),
     provider: list[str] = PROVIDERS,
 ):
     """Serve the completions API (POST /v1/completions, GET /v1/models, GET /health) over HTTP."""
@@ -196,7 +197,8 @@ def serve(
     if not 0 <= port <= 65535:
         _fail(InputError(f"--port must be from 0 to 65535, got {port}"))
     for flag, value, low in (("--max-streams", max_streams, 1), ("--max-waiting", max_waiting, 0),
-                             ("--max-tokens", max_tokens, 0), ("--max-prompt", max_prompt, 0)):
+                             ("--max-tokens", max_tokens, 0), ("--max-prompt", max_prompt, 0),
+                             ("--threads", threads, 1)):
         if value < low:
             _fail(InputError(f"{flag} must be >= {low}, got {value}"))
     if not max_wait >= 0:
@@ -204,7 +206,7 @@ def serve(
     if not 0 < chunk_ms <= 10_000:
         _fail(InputError(f"--chunk-ms must be a number of milliseconds in (0, 10000], got {chunk_ms}"))
     try:
-        generator = _load(model, threads, provider)
+        generator = _load(model, 1, provider)  # one core per model call; `threads` calls at once
     except CharsdkError as exc:
         _fail(exc)
     try:
@@ -217,6 +219,6 @@ def serve(
     address = sock.getsockname()
     typer.echo(f"charsdk: serving {generator.path.name} on http://{address[0]}:{address[1]}/v1 "
                f"(at most {max_streams} streams)", err=True)
-    app = create_app(generator, limits, chunk_seconds=chunk_ms / 1000)
+    app = create_app(generator, limits, chunk_seconds=chunk_ms / 1000, parts=threads)
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import secrets
 import time
-import uuid
 from collections import deque
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .batcher import Batcher, Job
+from .batcher import Batchers, Job
 from .errors import InputError
 from .generator import Generator, Plan
 
@@ -197,17 +199,18 @@ async def read_json(request: Request, limit: int):
 
 
 def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | None = None,
-               chunk_seconds: float = 0.05) -> Starlette:
+               chunk_seconds: float = 0.05, parts: int = 1) -> Starlette:
     model_id = model_id or generator.path.name
     created = int(time.time())
+    ids = (f"{secrets.token_hex(6)}{i:x}" for i in itertools.count())  # unique across replicas too
     slots = Slots(limits)
-    batcher: Batcher | None = None
+    batcher: Batchers | None = None
     body_limit = 4 * limits.max_prompt_chars * 4 + 65_536  # JSON escapes and several prompts: generous
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         nonlocal batcher
-        batcher = Batcher(generator, chunk_seconds)
+        batcher = Batchers(generator, chunk_seconds, parts)
         yield
         batcher.close()
 
@@ -245,6 +248,13 @@ def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | 
             jobs.append(batcher.submit(Job(plan, emitter(len(jobs), base), emit_error)))
             base += len(plan.options)
 
+        async def watch_disconnect():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            events.put_nowait(_GONE)
+
+        watcher = asyncio.ensure_future(watch_disconnect())
+
         async def next_events():
             """Every (choice index, new text, finish reason) that has arrived, merged per choice: a
             reader that fell behind sends one event for several chunks. The batcher may go on."""
@@ -253,6 +263,8 @@ def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | 
                 items.append(events.get_nowait())
             merged: dict[int, tuple[int, str, str | None]] = {}
             for item in items:
+                if item is _GONE:
+                    raise _ClientGone
                 if isinstance(item, str):
                     raise APIError(500, item, kind="server_error")
                 job_index, batch = item
@@ -265,13 +277,14 @@ def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | 
 
         def end():  # however the request ends: its streams leave the batch, its slots are free
             nonlocal released
+            watcher.cancel()
             for job in jobs:
                 job.cancel()
             if not released:
                 released = True
                 slots.release(streams)
 
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+        head = {"id": f"cmpl-{next(ids)}", "object": "text_completion", "created": int(time.time()),
                 "model": model_id}
         per_prompt = streams // len(completion.prompts)
         prompt_chars = sum(len(p) for p in completion.prompts) * per_prompt
@@ -302,37 +315,23 @@ def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | 
                         yield _event({**head, "choices": [choice(*e) for e in batch]})
                     if completion.include_usage:
                         yield _event({**head, "choices": [], "usage": usage(produced)})
-                    yield "data: [DONE]\n\n"
-                finally:
-                    end()
+                    yield b"data: [DONE]\n\n"
+                except _ClientGone:
+                    return
 
-            return StreamingResponse(sse(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return EventStream(sse(), end)
 
-        async def collect():
-            texts, finishes, left = [""] * streams, [None] * streams, streams
+        texts, finishes, left = [""] * streams, [None] * streams, streams
+        try:
             while left:
                 for index, text, finish in await next_events():
                     texts[index] += text
                     finishes[index] = finish or finishes[index]
                     left -= finish is not None
-            return texts, finishes
-
-        async def disconnected():
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        collector, watcher = asyncio.ensure_future(collect()), asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except _ClientGone:
+            return Response(status_code=499)  # no one reads this
         finally:
-            watcher.cancel()
-            if not collector.done():
-                collector.cancel()
             end()
-        if not collector.done() or collector.cancelled():
-            return Response(status_code=499)  # the client has gone: no one reads this
-        texts, finishes = collector.result()
         prefix = [completion.prompts[i // per_prompt] if completion.echo else "" for i in range(streams)]
         choices = [choice(i, prefix[i] + t, f) for i, (t, f) in enumerate(zip(texts, finishes, strict=True))]
         return JSONResponse({**head, "choices": choices, "usage": usage(sum(len(t) for t in texts))})
@@ -358,5 +357,34 @@ def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | 
     )
 
 
-def _event(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+def _event(data: dict) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+_GONE = object()  # put in a request's event queue when its client disconnects
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class EventStream(Response):
+    """Server-sent events from an async generator of encoded events, written straight to the ASGI send;
+    `on_close()` when it ends, however it ends. Starlette's StreamingResponse would also watch for a
+    disconnect, with a task group per response: a completion already has its own watcher."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]):
+        self.events, self.on_close, self.status_code, self.background = events, on_close, 200, None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self.events.aclose()
+            self.on_close()

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from charsdk import Generator
-from charsdk.batcher import MAX_UNREAD, Batcher, Job
+from charsdk.batcher import MAX_UNREAD, Batcher, Batchers, Job
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_a_reader_that_falls_behind_pauses_and_the_others_run_exactly(generator)
 
 
 def test_requests_joining_and_leaving_mid_stream_get_their_own_texts(generator):
-    batcher = Batcher(generator, chunk_seconds=0.002)  # short chunks: joins land between many calls
+    batcher = Batchers(generator, chunk_seconds=0.002, count=2)  # short chunks: joins land between calls
     try:
         readers = []
         for i in range(12):
@@ -83,10 +83,12 @@ def test_requests_joining_and_leaving_mid_stream_get_their_own_texts(generator):
                                         stop=["ce"] if i % 5 == 0 else ()))
             readers.append(reader)
             time.sleep(0.003)
+        assert {r.job.wake for r in readers} == {b._wake for b in batcher.batchers}  # both batches used
         for i, reader in enumerate(readers):
             assert reader.done.wait(20)
             expected = generator.generate(f"{i} the ", 150 + 40 * i, [0.3 * (i % 4)], n=1 + i % 3, seed=i,
                                           stop=["ce"] if i % 5 == 0 else ())
             assert reader.texts == expected
+        wait_until(lambda: [b.load for b in batcher.batchers] == [0, 0])  # what joins the least loaded sees
     finally:
         batcher.close()

@@ -47,7 +47,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server("--max-streams", "64")
+    s = Server("--max-streams", "64", "--threads", "2")  # two batches, whatever the machine's cores
     yield s
     s.stop()
 
