@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from train.corpus import load_corpus
-from train.data import Windows, cut, holdout_starts, permute, window_count
+from train.data import Lanes, Windows, cut, holdout_starts, permute, window_count
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097])
@@ -53,3 +53,31 @@ def test_the_held_out_sample_is_fixed_and_capped():
     capped = holdout_starts(10_000_000, 60, 1, 1000)
     assert len(capped) == 1000 and capped[0] == 0 and capped[-1] == window_count(10_000_000, 60, 1) - 1
     np.testing.assert_array_equal(capped, holdout_starts(10_000_000, 60, 1, 1000))
+
+
+def test_lanes_read_the_text_on_where_the_last_window_ended(small_corpus):
+    corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
+    lanes = Lanes(corpus, maxlen=20, batch_size=8, seed=1)
+    ids, lane = corpus.train_ids, lanes.lane_chars
+    assert lanes.steps >= 2 and lane == corpus.split // 8
+
+    def start_in(text, window):  # where `window` occurs in `text` (the corpus' sentences do not repeat)
+        return int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(text, 20) == window).all(1))[0])
+
+    offsets = set()
+    for p in range(4):  # four passes
+        first = p * lanes.steps
+        assert lanes.starts_pass(first) and not lanes.starts_pass(first + 1)
+        windows = [lanes.batch(first + k) for k in range(lanes.steps)]
+        x = np.concatenate([x for x, _ in windows], axis=1)  # each lane's inputs over the whole pass
+        y = np.concatenate([y for _, y in windows], axis=1)
+        assert x.shape == (8, 20 * lanes.steps)
+        for j in range(8):  # lane j: one contiguous run of its own part of the text, then its targets
+            own = ids[j * lane : (j + 1) * lane]
+            start = start_in(own, x[j, :20])
+            np.testing.assert_array_equal(x[j], own[start : start + x.shape[1]])
+            np.testing.assert_array_equal(y[j], own[start + 1 : start + 1 + x.shape[1]])
+            offsets.add(start)
+        parts = [lanes.batch(first, replica=r, replicas=2) for r in range(2)]  # replicas split the lanes
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in parts]), windows[0][0])
+    assert len(offsets) > 1 and max(offsets) < 20  # each pass starts the lanes at its own offset

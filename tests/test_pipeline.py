@@ -460,3 +460,56 @@ def test_a_bfloat16_run_trains_in_bfloat16_and_exports_float32(small_corpus, tmp
     generator = Generator.load(tmp_path / "run")
     assert generator.vocab.training["recipe"]["bfloat16"] is True
     assert len(generator.generate("the ", length=20, seed=0)) == 20
+
+
+def test_carry_state_hands_each_steps_states_to_the_next_and_scores_as_generation_reads(
+        small_corpus, tmp_path, monkeypatch):
+    from train import export, fit
+    from train.corpus import load_corpus
+
+    calls = []
+    make_train_step = fit.make_train_step
+
+    def spied(*args):
+        step = make_train_step(*args)
+
+        def spy(x, y, *states):
+            loss, after = step(x, y, *states)
+            calls.append(([np.asarray(s) for s in states], [np.asarray(s) for s in after]))
+            return loss, after
+        return spy
+
+    monkeypatch.setattr(fit, "make_train_step", spied)
+    args = train_args(small_corpus, tmp_path, "--epochs", "2", "--carry-state", "--loss-at", "all",
+                      "--units", "32,32", "--batch-size", "8")
+    assert fit.main(args) == 0
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    steps = log["steps_per_epoch"]
+    assert len(calls) == 2 * steps and log["holdout_windows_scored"] == "stateful, 16 lanes"
+    for k, (given, _) in enumerate(calls):
+        assert len(given) == 4 and given[0].shape == (8, 32)
+        if k % steps == 0:  # each epoch is a pass over the lanes, from zero states
+            assert not any(s.any() for s in given)
+        else:  # the states after one step start the next
+            for before, after in zip(given, calls[k - 1][1], strict=True):
+                np.testing.assert_array_equal(before, after)
+                assert after.any()
+
+    # the per-epoch figure: the held-out text as 16 lanes, each read from a zero state as generation reads
+    assert export.main(["--name", "run", "--artifacts", str(tmp_path), "--precision", "fp32"]) == 0
+    generator = Generator.load(tmp_path / "run")
+    held_out = load_corpus(small_corpus, maxlen=20, holdout=0.1).holdout_ids.astype(np.int64)
+    lane = len(held_out) // 16
+    read = 20 * ((lane - 1) // 20)
+    lanes = np.stack([held_out[j * lane : j * lane + read + 1] for j in range(16)])
+    _, _, _, logits = generator.run(lanes[:, :-1], generator._zero_state(16))  # [T, B, V]
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nats = -np.take_along_axis(log_p, lanes[:, 1:].T[..., None], -1).mean()
+    assert nats == pytest.approx(log["epochs"][log["best_epoch"] - 1]["val_loss"], abs=1e-4)
+
+
+def test_carry_state_needs_a_loss_at_every_position(small_corpus, tmp_path, capsys):
+    from train import fit
+
+    assert fit.main(train_args(small_corpus, tmp_path, "--carry-state")) == 2
+    assert "CARRY_STATE trains with a loss at every position: set LOSS_AT=all" in capsys.readouterr().err

@@ -13,6 +13,10 @@ class Recipe:
     dropout: float = 0.0  # between and after the LSTM layers, training only
     bfloat16: bool = False  # compute the LSTMs in bfloat16 while training (weights and export stay float32)
     loss_at: str = "last"  # "last": predict the char after each window; "all": after every prefix
+    # True: batch_size contiguous lanes of the text, read maxlen characters a step with the LSTM state
+    # carried from each window to the next (truncated backpropagation through time), as stateful
+    # generation runs; held-out figures then stateful too. Needs loss_at="all"; `step` is unused
+    carry_state: bool = False
     optimizer: str = "rmsprop"  # or "adam"
     learning_rate: float = 0.01
     cosine_decay: bool = False  # decay the learning rate to 0 over `epochs` (cosine)

@@ -83,6 +83,40 @@ class Windows:
         return cut(self.corpus, windows * self.step, self.maxlen, self.loss_at)
 
 
+@dataclass(frozen=True)
+class Lanes:
+    """carry_state's batches: the training text as `batch_size` contiguous lanes, each read `maxlen`
+    characters a step, so that the LSTM state after one window is the right start for the next. Each
+    pass starts the lanes at its own offset (0 to maxlen - 1): the windows' edges move from pass to pass.
+    Replica r of R takes lanes [r·B/R, (r+1)·B/R)."""
+
+    corpus: Corpus  # its training part
+    maxlen: int
+    batch_size: int  # lanes, over all replicas
+    seed: int
+
+    @property
+    def lane_chars(self) -> int:
+        return self.corpus.split // self.batch_size
+
+    @property
+    def steps(self) -> int:
+        """Steps per pass (whatever the pass's offset, its last window ends inside the lane)."""
+        return max(0, (self.lane_chars - 1) // self.maxlen - 1)
+
+    def batch(self, k: int, replica: int = 0, replicas: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Replica `replica`'s part of step k: inputs [B / R, maxlen] and targets [B / R, maxlen]."""
+        pass_number, within = divmod(k, self.steps)
+        offset = int(np.random.default_rng([self.seed, pass_number]).integers(self.maxlen))
+        share = self.batch_size // replicas
+        lanes = replica * share + np.arange(share, dtype=np.int64)
+        return cut(self.corpus, lanes * self.lane_chars + offset + within * self.maxlen, self.maxlen, "all")
+
+    def starts_pass(self, k: int) -> bool:
+        """Whether step k begins a pass (the carried states start again from zero)."""
+        return k % self.steps == 0
+
+
 def cut(corpus: Corpus, starts: np.ndarray, maxlen: int, loss_at: str = "last", holdout: bool = False):
     """Input ids [len(starts), maxlen] (int32) of the training (or held-out) windows at `starts`, and the
     targets after them."""

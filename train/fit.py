@@ -32,6 +32,7 @@ from .corpus import Corpus, CorpusError, load_corpus
 STARTED = time.monotonic()  # about when the process started: make bench-train times the first step from it
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
 HOLDOUT_BATCH = 256  # held-out windows per replica and call
+HOLDOUT_LANES = 16  # carry_state: the held-out text as this many lanes, each read from a zero state
 
 
 def parse_args(argv):
@@ -149,8 +150,8 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     import keras
     import tensorflow as tf
 
-    from .data import Windows, holdout_starts
-    from .model import build_model, inference_function
+    from .data import Lanes, Windows, holdout_starts
+    from .model import build_model, carried, inference_function
 
     worker, workers = cluster()
     chief = worker == 0
@@ -160,18 +161,35 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
               f"choose a multiple of {replicas}", file=sys.stderr)
         return 2
     log_path, last_path, best_path = out / "log.json", out / "last.keras", out / "best.keras"
-    windows = Windows(corpus, recipe.maxlen, recipe.step, recipe.batch_size, recipe.seed, recipe.loss_at)
-    steps_per_epoch = recipe.steps_per_epoch or math.ceil(windows.count / recipe.batch_size)
-    holdout = holdout_starts(len(corpus.holdout_ids), recipe.maxlen, recipe.holdout_stride,
-                             recipe.holdout_windows)
+    if recipe.carry_state:
+        problem = ("a loss at every position: set LOSS_AT=all" if recipe.loss_at != "all" else
+                   "its own epochs (one pass over the lanes): leave STEPS_PER_EPOCH at 0"
+                   if recipe.steps_per_epoch else None)
+        if problem:
+            print(f"train: error: CARRY_STATE trains with {problem}", file=sys.stderr)
+            return 2
+        windows = Lanes(corpus, recipe.maxlen, recipe.batch_size, recipe.seed)
+        if windows.steps < 1:
+            print(f"train: error: {corpus.split:,} training characters are too few for {recipe.batch_size} "
+                  f"lanes of at least {3 * recipe.maxlen} characters: lower BATCH_SIZE or MAXLEN",
+                  file=sys.stderr)
+            return 2
+        steps_per_epoch, window_count = windows.steps, windows.steps * recipe.batch_size
+        holdout = None
+    else:
+        windows = Windows(corpus, recipe.maxlen, recipe.step, recipe.batch_size, recipe.seed, recipe.loss_at)
+        steps_per_epoch = recipe.steps_per_epoch or math.ceil(windows.count / recipe.batch_size)
+        window_count = windows.count
+        holdout = holdout_starts(len(corpus.holdout_ids), recipe.maxlen, recipe.holdout_stride,
+                                 recipe.holdout_windows)
     log = {
         "recipe_name": recipe_name,
         "recipe": recipe.to_dict(),
         "corpus": {"path": corpus.path, "sha256": corpus.sha256, "chars": len(corpus.ids),
                    "vocab": list(corpus.chars), "train_chars": corpus.split},
         "steps_per_epoch": steps_per_epoch,
-        "training_windows": windows.count,
-        "holdout_windows_scored": len(holdout),
+        "training_windows": window_count,
+        "holdout_windows_scored": f"stateful, {HOLDOUT_LANES} lanes" if holdout is None else len(holdout),
         "workers": workers,
         "epochs": [],
     }
@@ -193,15 +211,27 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         print(f"Resuming {out} after epoch {len(log['epochs'])}")
     if chief:
         model.summary()
-        print(f"{windows.count:,} training windows, {steps_per_epoch:,} steps of {recipe.batch_size} per "
-              f"epoch, {replicas} replica(s); held-out: {len(holdout):,} windows scored per epoch")
-    train_step = make_train_step(model, strategy, recipe)
-    holdout_nats = make_holdout_scorer(model, strategy, corpus, holdout, recipe.maxlen)
+        print(f"{window_count:,} training windows, {steps_per_epoch:,} steps of {recipe.batch_size} per "
+              f"epoch, {replicas} replica(s); held-out: {log['holdout_windows_scored']} scored per epoch")
+    forward = carried(model) if recipe.carry_state else lambda x, states, training: (
+        model(x, training=training), [])
+    train_step = make_train_step(model, forward, strategy, recipe)
+    if recipe.carry_state:
+        holdout_nats = make_stateful_holdout_scorer(forward, corpus, recipe)
+    else:
+        holdout_nats = make_holdout_scorer(model, strategy, corpus, holdout, recipe.maxlen)
 
     def batch(k):
         def replica_batch(context):
             return tuple(tf.constant(a) for a in windows.batch(k, context.replica_id_in_sync_group, replicas))
         return strategy.experimental_distribute_values_from_function(replica_batch)
+
+    def zero_states():
+        """Each replica's carried LSTM states at the start of a pass (none without carry_state)."""
+        share = recipe.batch_size // replicas
+        sizes = [u for u in recipe.units for _ in "hc"] if recipe.carry_state else []
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: tuple(tf.zeros((share, u)) for u in sizes))
 
     @tf.function
     def votes(flag):
@@ -232,8 +262,10 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             print(f"Epoch {epoch + 1}/{recipe.epochs}")
         progress = keras.utils.Progbar(steps_per_epoch, verbose=int(chief), stateful_metrics=["loss"])
         started, total, finite = time.perf_counter(), 0.0, True
+        states = zero_states()  # an epoch starts a pass of carry_state's lanes
         for step in range(steps_per_epoch):
-            loss = float(train_step(*batch(epoch * steps_per_epoch + step)))
+            loss, states = train_step(*batch(epoch * steps_per_epoch + step), *states)
+            loss = float(loss)
             if not math.isfinite(loss):
                 finite = False
                 break
@@ -290,8 +322,9 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     return 0
 
 
-def make_train_step(model, strategy, recipe: Recipe):
-    """One optimisation step on a distributed batch (ids); returns the batch's mean loss.
+def make_train_step(model, forward, strategy, recipe: Recipe):
+    """One optimisation step on a distributed batch (ids) from the carried states (carry_state; else
+    none); returns the batch's mean loss and the states after it.
 
     Each replica one-hot encodes its share, averages its loss over the global batch
     (tf.nn.compute_average_loss), and the Keras optimizer, built under the strategy, sums the replicas'
@@ -301,20 +334,21 @@ def make_train_step(model, strategy, recipe: Recipe):
 
     vocab_size = model.input_shape[-1]
 
-    def replica_step(x, y):
+    def replica_step(x, y, *states):
         with tf.GradientTape() as tape:
-            probs = model(tf.one_hot(x, vocab_size), training=True)
+            probs, states = forward(tf.one_hot(x, vocab_size), states, training=True)
             per_window = keras.losses.sparse_categorical_crossentropy(y, probs)
             if recipe.loss_at == "all":
                 per_window = tf.reduce_mean(per_window, axis=1)
             loss = tf.nn.compute_average_loss(per_window, global_batch_size=recipe.batch_size)
         gradients = tape.gradient(loss, model.trainable_variables)
         model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        return loss
+        return loss, tuple(states)
 
     @tf.function
-    def train_step(x, y):
-        return strategy.reduce("SUM", strategy.run(replica_step, args=(x, y)), axis=None)
+    def train_step(x, y, *states):
+        loss, states = strategy.run(replica_step, args=(x, y, *states))
+        return strategy.reduce("SUM", loss, axis=None), states
 
     return train_step
 
@@ -352,6 +386,36 @@ def make_holdout_scorer(model, strategy, corpus: Corpus, starts: np.ndarray, max
                 return tf.constant(x), tf.constant(y), tf.constant(weights[part])
             total += float(call_nats(*strategy.experimental_distribute_values_from_function(replica_share)))
         return total / len(starts)
+
+    return score
+
+
+def make_stateful_holdout_scorer(forward, corpus: Corpus, recipe: Recipe):
+    """Mean negative log-likelihood (nats) of the held-out text read as stateful generation reads
+    (carry_state): HOLDOUT_LANES contiguous lanes, maxlen characters a call, the states carried."""
+    import tensorflow as tf
+
+    from .data import cut
+
+    lane = len(corpus.holdout_ids) // HOLDOUT_LANES
+    calls = (lane - 1) // recipe.maxlen
+    vocab_size = len(corpus.chars)
+
+    @tf.function
+    def call_nats(x, y, *states):
+        probs, states = forward(tf.one_hot(x, vocab_size), states, training=False)
+        picked = tf.gather(tf.cast(probs, tf.float32), y, batch_dims=2)
+        return tf.reduce_sum(-tf.math.log(tf.maximum(picked, 1e-30))), states
+
+    def score() -> float:
+        states = [tf.zeros((HOLDOUT_LANES, u)) for u in recipe.units for _ in "hc"]
+        total = 0.0
+        for i in range(calls):
+            x, y = cut(corpus, np.arange(HOLDOUT_LANES) * lane + i * recipe.maxlen, recipe.maxlen, "all",
+                       holdout=True)
+            nats, states = call_nats(tf.constant(x), tf.constant(y), *states)
+            total += float(nats)
+        return total / (HOLDOUT_LANES * calls * recipe.maxlen)
 
     return score
 

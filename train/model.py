@@ -22,7 +22,9 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
     compute = "mixed_bfloat16" if recipe.bfloat16 else "float32"
     for i, units in enumerate(recipe.units):
         last = i == len(recipe.units) - 1
-        x = keras.layers.LSTM(units, return_sequences=recipe.loss_at == "all" or not last, dtype=compute)(x)
+        lstm = keras.layers.LSTM(units, return_sequences=recipe.loss_at == "all" or not last,
+                                 return_state=recipe.carry_state, dtype=compute)  # states: see carried()
+        x = lstm(x)[0] if recipe.carry_state else lstm(x)
         if recipe.dropout:
             x = keras.layers.Dropout(recipe.dropout, dtype=compute)(x)
     outputs = keras.layers.Dense(vocab_size, activation="softmax", dtype="float32")(x)  # float32 softmax
@@ -38,6 +40,22 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
     model.compile(optimizer=optimizers[recipe.optimizer](learning_rate=learning_rate, **options),
                   loss="sparse_categorical_crossentropy")
     return model
+
+
+def carried(model: keras.Model):
+    """forward(one-hot x [B, T, V], states [h0, c0, h1, ...], training) -> (probs [B, T, V], the states
+    after x): the model's own layers run from given LSTM states (carry_state's training and held-out
+    scoring; its LSTMs return their states)."""
+    def forward(x, states, training: bool):
+        new = []
+        for layer in model.layers[1:]:
+            if isinstance(layer, keras.layers.LSTM):
+                x, h, c = layer(x, initial_state=list(states[len(new) : len(new) + 2]), training=training)
+                new += [keras.ops.cast(h, "float32"), keras.ops.cast(c, "float32")]
+            else:
+                x = layer(x, training=training)
+        return x, new
+    return forward
 
 
 def float32_model(model: keras.Model) -> keras.Model:
