@@ -1,4 +1,5 @@
-"""Cross-request batching: every active stream of every request advances in one model call per chunk.
+"""Cross-request batching: the active streams of all requests advance together, one model call per
+chunk for a whole batch (`Batchers`: one batch per core, each on its own thread).
 
 A step for many streams costs little more than a step for one (book model: 108,000 chars/s for one
 stream, 1,200,000 for 256 together), so a server should not run each request on its own. The batcher
@@ -9,7 +10,7 @@ request with a seed gets exactly the text of `Generator.generate(..., seed=...)`
 each stream draws its own uniform numbers, and int8 rows are computed independently.
 
 Chunks are sized to take about `chunk_seconds`: long enough that the per-call overhead is paid
-rarely, short enough that a request arriving mid-chunk starts soon. The batcher runs in its own
+rarely, short enough that a request arriving mid-chunk starts soon. A batcher runs in its own
 thread (onnxruntime releases the GIL); `emit` callbacks carry each chunk's text back.
 """
 

@@ -1,6 +1,7 @@
 """`charsdk serve`: the completions API (as llama.cpp's server, vLLM and TGI speak it) over HTTP.
 
-Every request's streams run in one batch (charsdk.batcher): one model call per chunk for all of them.
+Every request's streams join a batch (charsdk.batcher, one batch per core): one model call per chunk
+for all the streams of a batch.
 Starlette routes and validates, uvicorn speaks HTTP. A request is checked field by field (400 naming
 the field), then waits for stream slots (at most `max_streams` generating, at most `max_waiting`
 requests waiting, each at most `max_wait_s`: then 429 or 503 with Retry-After), then streams

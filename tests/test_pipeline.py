@@ -512,4 +512,17 @@ def test_carry_state_needs_a_loss_at_every_position(small_corpus, tmp_path, caps
     from train import fit
 
     assert fit.main(train_args(small_corpus, tmp_path, "--carry-state")) == 2
-    assert "CARRY_STATE trains with a loss at every position: set LOSS_AT=all" in capsys.readouterr().err
+    assert "--carry-state trains with a loss at every position: add --loss-at all" in capsys.readouterr().err
+
+
+def test_recurrent_dropout_masks_the_state_in_training_only():
+    import keras
+
+    from train.config import make_recipe
+    from train.model import build_model
+
+    model = build_model(5, make_recipe("book", units=(16,), loss_at="all", recurrent_dropout=0.5), 1)
+    assert next(la for la in model.layers if isinstance(la, keras.layers.LSTM)).recurrent_dropout == 0.5
+    x = np.eye(5, dtype=np.float32)[np.arange(12) % 5][None]
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+    assert not np.allclose(model(x, training=True), model(x, training=True))  # a new mask each call

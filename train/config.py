@@ -11,6 +11,7 @@ class Recipe:
     step: int = 3  # a training window starts every `step` characters
     units: tuple[int, ...] = (128,)  # one LSTM layer per entry, this many units each
     dropout: float = 0.0  # between and after the LSTM layers, training only
+    recurrent_dropout: float = 0.0  # on each LSTM's state as it enters the next step, one mask per window
     bfloat16: bool = False  # compute the LSTMs in bfloat16 while training (weights and export stay float32)
     loss_at: str = "last"  # "last": predict the char after each window; "all": after every prefix
     # True: batch_size contiguous lanes of the text, read maxlen characters a step with the LSTM state

@@ -162,16 +162,16 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         return 2
     log_path, last_path, best_path = out / "log.json", out / "last.keras", out / "best.keras"
     if recipe.carry_state:
-        problem = ("a loss at every position: set LOSS_AT=all" if recipe.loss_at != "all" else
-                   "its own epochs (one pass over the lanes): leave STEPS_PER_EPOCH at 0"
+        problem = ("trains with a loss at every position: add --loss-at all" if recipe.loss_at != "all" else
+                   "makes its own epochs (one pass over the lanes): leave --steps-per-epoch at 0"
                    if recipe.steps_per_epoch else None)
         if problem:
-            print(f"train: error: CARRY_STATE trains with {problem}", file=sys.stderr)
+            print(f"train: error: --carry-state {problem}", file=sys.stderr)
             return 2
         windows = Lanes(corpus, recipe.maxlen, recipe.batch_size, recipe.seed)
         if windows.steps < 1:
             print(f"train: error: {corpus.split:,} training characters are too few for {recipe.batch_size} "
-                  f"lanes of at least {3 * recipe.maxlen} characters: lower BATCH_SIZE or MAXLEN",
+                  f"lanes of at least {3 * recipe.maxlen} characters: lower --batch-size or --maxlen",
                   file=sys.stderr)
             return 2
         steps_per_epoch, window_count = windows.steps, windows.steps * recipe.batch_size

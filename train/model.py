@@ -23,6 +23,7 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
     for i, units in enumerate(recipe.units):
         last = i == len(recipe.units) - 1
         lstm = keras.layers.LSTM(units, return_sequences=recipe.loss_at == "all" or not last,
+                                 recurrent_dropout=recipe.recurrent_dropout,
                                  return_state=recipe.carry_state, dtype=compute)  # states: see carried()
         x = lstm(x)[0] if recipe.carry_state else lstm(x)
         if recipe.dropout:
