@@ -52,6 +52,21 @@ def test_two_workers_train_to_identical_weights_and_the_export_loads(small_corpu
     assert len(Generator.load(run).generate("the ", length=40, seed=0)) == 40
 
 
+def test_two_workers_carry_their_lanes_states_as_one_process_does(small_corpus, tmp_path):
+    """--carry-state: each worker carries the states of its half of the lanes from step to step."""
+    carry = ["--carry-state", "--loss-at", "all", "--batch-size", "8"]
+    logs = []
+    for command in (["train.cluster", "--workers", "2"], ["train.fit"]):
+        artifacts = tmp_path / str(len(logs))
+        result = subprocess.run([sys.executable, "-m", *command, *fit_args(small_corpus, artifacts, 2), *carry],
+                                cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        logs.append(json.loads((artifacts / "c" / "log.json").read_text()))
+    assert [log["workers"] for log in logs] == [2, 1]
+    for key in ("loss", "val_loss"):
+        assert [e[key] for e in logs[0]["epochs"]] == pytest.approx([e[key] for e in logs[1]["epochs"]], rel=1e-5)
+
+
 def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
