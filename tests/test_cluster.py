@@ -58,13 +58,15 @@ def test_two_workers_carry_their_lanes_states_as_one_process_does(small_corpus, 
     logs = []
     for command in (["train.cluster", "--workers", "2"], ["train.fit"]):
         artifacts = tmp_path / str(len(logs))
-        result = subprocess.run([sys.executable, "-m", *command, *fit_args(small_corpus, artifacts, 2), *carry],
-                                cwd=ROOT, capture_output=True, text=True, timeout=600)
+        args = [*fit_args(small_corpus, artifacts, 2), *carry]
+        result = subprocess.run([sys.executable, "-m", *command, *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         logs.append(json.loads((artifacts / "c" / "log.json").read_text()))
     assert [log["workers"] for log in logs] == [2, 1]
     for key in ("loss", "val_loss"):
-        assert [e[key] for e in logs[0]["epochs"]] == pytest.approx([e[key] for e in logs[1]["epochs"]], rel=1e-5)
+        two, one = ([e[key] for e in log["epochs"]] for log in logs)
+        assert two == pytest.approx(one, rel=1e-5)
 
 
 def children(pid: int) -> list[int]:
