@@ -229,7 +229,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     def zero_states():
         """Each replica's carried LSTM states at the start of a pass (none without carry_state)."""
         share = recipe.batch_size // replicas
-        sizes = [u for u in recipe.units for _ in "hc"] if recipe.carry_state else []
+        sizes = carried_state_sizes(recipe) if recipe.carry_state else []
         return strategy.experimental_distribute_values_from_function(
             lambda context: tuple(tf.zeros((share, u)) for u in sizes))
 
@@ -390,6 +390,11 @@ def make_holdout_scorer(model, strategy, corpus: Corpus, starts: np.ndarray, max
     return score
 
 
+def carried_state_sizes(recipe: Recipe) -> list[int]:
+    """The width of each state carry_state carries, in the order h0, c0, h1, c1, ..."""
+    return [units for units in recipe.units for _ in ("h", "c")]
+
+
 def make_stateful_holdout_scorer(forward, corpus: Corpus, recipe: Recipe):
     """Mean negative log-likelihood (nats) of the held-out text read as stateful generation reads
     (carry_state): HOLDOUT_LANES contiguous lanes, maxlen characters a call, the states carried."""
@@ -408,7 +413,7 @@ def make_stateful_holdout_scorer(forward, corpus: Corpus, recipe: Recipe):
         return tf.reduce_sum(-tf.math.log(tf.maximum(picked, 1e-30))), states
 
     def score() -> float:
-        states = [tf.zeros((HOLDOUT_LANES, u)) for u in recipe.units for _ in "hc"]
+        states = [tf.zeros((HOLDOUT_LANES, u)) for u in carried_state_sizes(recipe)]
         total = 0.0
         for i in range(calls):
             x, y = cut(corpus, np.arange(HOLDOUT_LANES) * lane + i * recipe.maxlen, recipe.maxlen, "all",
