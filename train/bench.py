@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     r, gen = args.repeats, generator.generate
     jobs = []
     if args.run:
-        import keras
+        from .model import load_checkpoint
 
         checkpoint = Path(args.run) / "best.keras"
         exported_from = generator.vocab.training.get("checkpoint_sha256")
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             print(f"bench: error: {args.model} is not the export of {checkpoint}: "
                   "run make export and make ship for that run", file=sys.stderr)
             return 2
-        model = keras.models.load_model(checkpoint)
+        model = load_checkpoint(checkpoint)
         jobs += [
             ("book loop: Keras predict on the window",
              lambda: book_loop(model, generator, 20, direct=False), 20),

@@ -12,6 +12,7 @@ class Recipe:
     units: tuple[int, ...] = (128,)  # one LSTM layer per entry, this many units each
     dropout: float = 0.0  # between and after the LSTM layers, training only
     recurrent_dropout: float = 0.0  # on each LSTM's state as it enters the next step, one mask per window
+    weight_drop: float = 0.0  # DropConnect on each LSTM's recurrent kernel, one mask per batch (AWD-LSTM)
     bfloat16: bool = False  # compute the LSTMs in bfloat16 while training (weights and export stay float32)
     loss_at: str = "last"  # "last": predict the char after each window; "all": after every prefix
     # True: batch_size contiguous lanes of the text, read maxlen characters a step with the LSTM state
@@ -23,6 +24,9 @@ class Recipe:
     cosine_decay: bool = False  # decay the learning rate to 0 over `epochs` (cosine)
     clipnorm: float = 0.0  # clip each gradient update to this norm; 0 = no clipping
     weight_decay: float = 0.0  # decoupled weight decay (Keras optimizers' weight_decay); 0 = none
+    # Held-out figures, best.keras (so the export) and the samples use the weights' exponential moving
+    # average, this much of it kept at each step (e.g. 0.995); 0 = the weights as trained
+    ema: float = 0.0
     batch_size: int = 128  # windows per step, over all workers and GPUs together
     epochs: int = 20
     steps_per_epoch: int = 0  # steps between checkpoints, log entries and samples; 0 = one pass

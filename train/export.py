@@ -18,7 +18,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import onnx
 
@@ -29,7 +28,7 @@ from charsdk.vocab import PRECISIONS, Vocab
 
 from .corpus import CorpusError, load_corpus
 from .graph import OPSET, build_graph
-from .model import graph_weights, last_step_probs
+from .model import graph_weights, last_step_probs, load_checkpoint
 
 TOLERANCE = 1e-5  # max abs difference of probabilities between Keras and the float32 graph
 INT8_MAX_LOSS = 0.005  # held-out bits/char an int8 export may lose against its float32 self
@@ -54,7 +53,7 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
     if corpus.sha256 != corpus_info["sha256"]:
         raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
 
-    model = keras.models.load_model(model_dir / "best.keras")
+    model = load_checkpoint(model_dir / "best.keras")
     layers, dense, states = graph_weights(model)
     best = log["epochs"][log["best_epoch"] - 1]
     holdout_text = corpus.decode(corpus.holdout_ids[: max(HOLDOUT_CHARS.values())])

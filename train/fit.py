@@ -151,7 +151,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     import tensorflow as tf
 
     from .data import Lanes, Windows, holdout_starts
-    from .model import build_model, carried, inference_function
+    from .model import averaged, build_model, carried, inference_function, load_checkpoint
 
     worker, workers = cluster()
     chief = worker == 0
@@ -201,7 +201,7 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         return 2
     with strategy.scope():
         if resuming:
-            model = keras.models.load_model(last_path)
+            model = load_checkpoint(last_path)
         else:
             keras.utils.set_random_seed(recipe.seed)
             model = build_model(len(corpus.chars), recipe, steps_per_epoch=steps_per_epoch)
@@ -241,8 +241,8 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         """The workers stop together: true if any worker wants to (each judges its own clock)."""
         return bool(votes(tf.constant(float(flag))) > 0)
 
-    def print_samples(epoch):
-        step_fn, states = inference_function(model)  # a copy of this epoch's weights
+    def print_samples(epoch, sampler):
+        step_fn, states = sampler
         rng = np.random.default_rng(recipe.seed + epoch)
         start = int(rng.integers(0, corpus.split - recipe.maxlen))
         seed_ids = corpus.ids[start : start + recipe.maxlen]
@@ -274,9 +274,13 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
                 print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
             progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
         seconds = time.perf_counter() - started
-        val_loss = holdout_nats() if finite else math.nan
         entries = log["epochs"]
         best = min((e["val_loss"] for e in entries), default=math.inf)
+        with averaged(model):  # with recipe.ema, the figure, best.keras and the samples are of the average
+            val_loss = holdout_nats() if finite else math.nan
+            if chief and val_loss < best:
+                save_model_atomic(model, best_path)
+            sampler = inference_function(model) if chief else None  # a copy of these weights
         entries.append({
             "epoch": epoch + 1,
             "loss": total / (step + 1) if finite else math.nan,
@@ -298,15 +302,13 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         if val_loss < best:
             log["best_epoch"] = epoch + 1
         if chief:
-            if log["best_epoch"] == epoch + 1:
-                save_model_atomic(model, best_path)
             # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
             # resuming trusts the checkpoint's own step count (forget_epochs_after).
             write_atomic(log_path, json.dumps(log, indent=2) + "\n")
             save_model_atomic(model, last_path)
             print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
                   f"(best epoch {log.get('best_epoch')})")
-            print_samples(epoch)
+            print_samples(epoch, sampler)
         reasons = []
         if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
             reasons.append(f"another epoch would end past the time budget of "
