@@ -16,6 +16,8 @@ def main(argv=None) -> int:
     p.add_argument("names", nargs="+", help="runs under artifacts/ to plot")
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--out", default="artifacts/holdout.png")
+    p.add_argument("--ymax", type=float, help="top of the bits/char axis, to look closely at the best "
+                                              "figures (e.g. 2.0; default: the whole curves)")
     p.add_argument("--baselines", default="artifacts/baselines.json",
                    help="make baselines' output: PPMd is drawn as a line for runs on the same corpus")
     args = p.parse_args(argv)
@@ -25,9 +27,11 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    many = len(args.names) > 10  # the default colours would repeat: 20 of them, the legend beside
+    fig, ax = plt.subplots(figsize=(11 if many else 7, 4.8 if many else 4.2), dpi=110)
+    colours = plt.get_cmap("tab20").colors if many else plt.rcParams["axes.prop_cycle"].by_key()["color"]
     corpora, sha256s = [], set()
-    for name in args.names:
+    for i, name in enumerate(args.names):
         path = Path(args.artifacts) / name / "log.json"
         if not path.exists():
             print(f"plot: error: {path} does not exist: train {name} first", file=sys.stderr)
@@ -38,7 +42,7 @@ def main(argv=None) -> int:
         minutes = [e["wall_s"] / 60 for e in log["epochs"]]
         bits = [e["val_bits_per_char"] for e in log["epochs"]]
         best = min(bits)
-        ax.plot(minutes, bits, marker="o", markersize=3,
+        ax.plot(minutes, bits, marker="o", markersize=3, color=colours[i % len(colours)],
                 label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")
     baselines = Path(args.baselines)
     if baselines.exists() and json.loads(baselines.read_text())["corpus"]["sha256"] in sha256s:
@@ -48,7 +52,12 @@ def main(argv=None) -> int:
     ax.set_ylabel("held-out bits per character")
     ax.set_title(f"{', '.join(dict.fromkeys(corpora))}: last 10% held out, lower is better")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if args.ymax:
+        ax.set_ylim(top=args.ymax)
+    if many:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(args.out)
     print(f"written to {args.out}")

@@ -1,0 +1,44 @@
+"""make plot: held-out curves from the runs' logs, PPMd as a line for runs on its corpus."""
+
+import json
+
+import pytest
+
+from train import plot
+
+
+def write_log(artifacts, name, sha256, bits):
+    run = artifacts / name
+    run.mkdir(parents=True)
+    epochs = [{"wall_s": 60.0 * (i + 1), "val_bits_per_char": b} for i, b in enumerate(bits)]
+    run.joinpath("log.json").write_text(json.dumps({
+        "recipe_name": "default", "corpus": {"path": "/data/text.txt", "sha256": sha256}, "epochs": epochs}))
+
+
+@pytest.mark.parametrize("runs", [2, 12])  # past 10 runs: 20 colours and the legend beside the axes
+def test_plot_draws_one_curve_per_run_and_ppmd_for_their_corpus(tmp_path, monkeypatch, runs):
+    import matplotlib.figure
+
+    names = [f"run{i}" for i in range(runs)]
+    for i, name in enumerate(names):
+        write_log(tmp_path, name, "abc", [3.0, 2.5 - i / 100, 2.2])
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"corpus": {"sha256": "abc"}, "bits_per_char": {"PPMd order 6": 1.9}}))
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path: saved.append((fig, path)))
+    out = tmp_path / "curves.png"
+    assert plot.main([*names, "--artifacts", str(tmp_path), "--baselines", str(baselines), "--out", str(out),
+                      "--ymax", "2.6"]) == 0
+    (fig, path), = saved
+    ax = fig.axes[0]
+    assert path == str(out) and ax.get_ylim()[1] == 2.6
+    curves = [line for line in ax.get_lines() if line.get_label().startswith("run")]
+    assert [line.get_label().split(" ")[0] for line in curves] == names
+    assert len({line.get_color() for line in curves}) == runs  # no two runs share a colour
+    assert [list(line.get_ydata()) for line in ax.get_lines() if "PPMd" in line.get_label()] == [[1.9, 1.9]]
+
+
+def test_plot_names_a_run_without_a_log(tmp_path, capsys):
+    assert plot.main(["missing", "--artifacts", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"plot: error: {tmp_path / 'missing' / 'log.json'} does not exist: train missing first")
