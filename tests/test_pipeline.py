@@ -605,3 +605,21 @@ def test_with_ema_the_figure_best_keras_and_export_are_the_average_and_training_
     assert nats == pytest.approx(log["epochs"][0]["val_loss"], abs=1e-4)
     assert fit.main([*args, "--epochs", "2"]) == 0  # resumes, its average with it
     assert len(json.loads((tmp_path / "run" / "log.json").read_text())["epochs"]) == 2
+
+
+def test_the_quality_recipe_trains_carried_with_weight_drop_and_an_average_and_exports(
+        small_corpus, tmp_path):
+    from train import export, fit
+    from train.model import WeightDropLSTM, load_checkpoint
+
+    args = ["--corpus", str(small_corpus), "--name", "q", "--artifacts", str(tmp_path),
+            "--recipe", "quality", "--units", "32,32,32", "--maxlen", "20", "--batch-size", "8",
+            "--epochs", "1", "--sample-length", "20"]
+    assert fit.main(args) == 0
+    log = json.loads((tmp_path / "q" / "log.json").read_text())
+    assert log["holdout_windows_scored"] == "stateful, 16 lanes"  # carry_state
+    model = load_checkpoint(tmp_path / "q" / "last.keras")
+    lstms = [layer for layer in model.layers if isinstance(layer, WeightDropLSTM)]
+    assert len(lstms) == 3 and all(layer.weight_drop > 0 for layer in lstms) and model.optimizer.use_ema
+    assert export.main(["--name", "q", "--artifacts", str(tmp_path)]) == 0
+    assert len(Generator.load(tmp_path / "q").generate("the ", length=20, seed=0)) == 20

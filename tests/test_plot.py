@@ -21,7 +21,7 @@ def test_plot_draws_one_curve_per_run_and_ppmd_for_their_corpus(tmp_path, monkey
 
     names = [f"run{i}" for i in range(runs)]
     for i, name in enumerate(names):
-        write_log(tmp_path, name, "abc", [3.0, 2.5 - i / 100, 2.2])
+        write_log(tmp_path, name, "abc", [3.0, 2.5, 2.2 - i / 100])  # the last run is the best
     baselines = tmp_path / "baselines.json"
     baselines.write_text(json.dumps({"corpus": {"sha256": "abc"}, "bits_per_char": {"PPMd order 6": 1.9}}))
     saved = []
@@ -35,6 +35,9 @@ def test_plot_draws_one_curve_per_run_and_ppmd_for_their_corpus(tmp_path, monkey
     curves = [line for line in ax.get_lines() if line.get_label().startswith("run")]
     assert [line.get_label().split(" ")[0] for line in curves] == names
     assert len({line.get_color() for line in curves}) == runs  # no two runs share a colour
+    widest = max(curves, key=lambda line: line.get_linewidth())
+    assert widest.get_label().startswith(names[-1] + " ")  # the lowest figure stands out
+    assert sum(line.get_linewidth() == widest.get_linewidth() for line in curves) == 1
     assert [list(line.get_ydata()) for line in ax.get_lines() if "PPMd" in line.get_label()] == [[1.9, 1.9]]
 
 

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     many = len(args.names) > 10  # the default colours would repeat: 20 of them, the legend beside
     fig, ax = plt.subplots(figsize=(11 if many else 7, 4.8 if many else 4.2), dpi=110)
     colours = plt.get_cmap("tab20").colors if many else plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    corpora, sha256s = [], set()
+    corpora, sha256s, lines = [], set(), []  # lines: (best figure, curve) per run
     for i, name in enumerate(args.names):
         path = Path(args.artifacts) / name / "log.json"
         if not path.exists():
@@ -42,8 +42,10 @@ def main(argv=None) -> int:
         minutes = [e["wall_s"] / 60 for e in log["epochs"]]
         bits = [e["val_bits_per_char"] for e in log["epochs"]]
         best = min(bits)
-        ax.plot(minutes, bits, marker="o", markersize=3, color=colours[i % len(colours)],
-                label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")
+        lines.append((best, *ax.plot(minutes, bits, marker="o", markersize=3, color=colours[i % len(colours)],
+                                     label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")))
+    if len(lines) > 1:  # the best run stands out among many
+        min(lines, key=lambda line: line[0])[1].set(linewidth=3, zorder=3)
     baselines = Path(args.baselines)
     if baselines.exists() and json.loads(baselines.read_text())["corpus"]["sha256"] in sha256s:
         ppmd = next(v for k, v in json.loads(baselines.read_text())["bits_per_char"].items() if "PPMd" in k)
