@@ -76,7 +76,7 @@ baselines: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.baselines $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
-PLOT_RUNS ?= book book60 nietzsche default-loop
+PLOT_RUNS ?= book book60 nietzsche-v1 default-loop nietzsche
 plot: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.plot $(PLOT_RUNS) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/holdout.png
 

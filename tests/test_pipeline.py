@@ -195,7 +195,7 @@ def test_training_again_resumes_after_the_last_epoch(small_corpus, tmp_path):
     assert log["epochs"][1]["wall_s"] > log["epochs"][0]["wall_s"]
 
 
-def test_resuming_with_another_recipe_is_refused(small_corpus, tmp_path, capsys):
+def test_resuming_with_another_recipe_is_refused_and_an_older_log_resumes(small_corpus, tmp_path, capsys):
     from train import fit
 
     args = ["--corpus", str(small_corpus), "--name", "r", "--artifacts", str(tmp_path), "--recipe", "book",
@@ -203,6 +203,14 @@ def test_resuming_with_another_recipe_is_refused(small_corpus, tmp_path, capsys)
     assert fit.main([*args, "--epochs", "1"]) == 0
     assert fit.main([*args, "--epochs", "1", "--maxlen", "10"]) == 2
     assert "another recipe or corpus" in capsys.readouterr().err
+
+    # a run logged before a setting existed resumes: the missing setting counts with its default
+    log_path = tmp_path / "r" / "log.json"
+    log = json.loads(log_path.read_text())
+    del log["recipe"]["locked_dropout"], log["recipe"]["ema"]
+    log_path.write_text(json.dumps(log))
+    assert fit.main([*args, "--epochs", "2"]) == 0
+    assert f"Resuming {tmp_path / 'r'} after epoch 1" in capsys.readouterr().out
 
 
 KILLED_EXPORT = """
@@ -307,6 +315,16 @@ def test_resuming_drops_a_logged_epoch_whose_checkpoint_never_landed(small_corpu
     assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3]
     assert log["epochs"][2]["val_loss"] > 0  # trained again, not the ghost's entry
     assert log["best_epoch"] == min(log["epochs"], key=lambda e: e["val_loss"])["epoch"]
+
+
+def test_bfloat16_instructions_are_read_from_cpuinfo():
+    from train.fit import bfloat16_in_hardware
+
+    assert bfloat16_in_hardware("flags\t\t: fpu avx512f avx512_vnni avx512_bf16 vaes\n")  # AMD Zen 4
+    assert bfloat16_in_hardware("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")  # Intel Sapphire Rapids
+    assert bfloat16_in_hardware("Features\t: fp asimd sve bf16 i8mm\n")  # Arm Neoverse V1
+    assert not bfloat16_in_hardware("flags\t\t: fpu avx2 avx512f avx512_vnni\n")  # Intel Ice Lake
+    assert not bfloat16_in_hardware("Features\t: fp asimd sve2 svebf16x\n")
 
 
 def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
@@ -445,12 +463,15 @@ def test_make_ship_checks_the_export_before_touching_the_package(trained_dir, tm
     assert sorted(p.name for p in package.parent.iterdir()) == ["mine"]
 
 
-def test_a_bfloat16_run_trains_in_bfloat16_and_exports_float32(small_corpus, tmp_path):
+def test_a_bfloat16_run_trains_in_bfloat16_and_exports_float32(small_corpus, tmp_path, monkeypatch, capsys):
     import keras
 
     from train import export, fit
 
+    read = []  # as on a CPU without bfloat16 instructions: the run says so, and trains all the same
+    monkeypatch.setattr(fit, "bfloat16_in_hardware", lambda cpuinfo: read.append(cpuinfo) and False)
     assert fit.main(train_args(small_corpus, tmp_path, "--epochs", "1", "--bfloat16")) == 0
+    assert "flags" in read[0] and "--no-bfloat16 may train faster" in capsys.readouterr().err
     model = keras.models.load_model(tmp_path / "run" / "best.keras")
     lstm = next(layer for layer in model.layers if isinstance(layer, keras.layers.LSTM))
     assert lstm.compute_dtype == "bfloat16" and lstm.variable_dtype == "float32"
@@ -518,6 +539,36 @@ def test_carry_state_needs_a_loss_at_every_position(small_corpus, tmp_path, caps
 
     assert fit.main(train_args(small_corpus, tmp_path, "--carry-state")) == 2
     assert "--carry-state trains with a loss at every position: add --loss-at all" in capsys.readouterr().err
+
+
+def test_weight_drop_and_recurrent_dropout_are_refused_together(small_corpus, tmp_path, capsys):
+    from train import fit
+    from train.model import WeightDropLSTM
+
+    both = ["--weight-drop", "0.1", "--recurrent-dropout", "0.2"]
+    assert fit.main(train_args(small_corpus, tmp_path, *both)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--weight-drop and --recurrent-dropout cannot be combined" in err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    with pytest.raises(ValueError, match="would drop no weights"):
+        WeightDropLSTM(4, weight_drop=0.1, recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="would drop no weights"):
+        WeightDropLSTM(4, weight_drop=0.1, dropout=0.2)
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_locked_dropout_keeps_one_mask_for_every_step_of_a_window(locked):
+    import keras
+
+    from train.config import make_recipe
+    from train.model import build_model
+
+    recipe = make_recipe("book", units=(16, 16), loss_at="all", dropout=0.5, locked_dropout=locked)
+    dropouts = [la for la in build_model(5, recipe, 1).layers if isinstance(la, keras.layers.Dropout)]
+    assert len(dropouts) == 2
+    kept = np.asarray(dropouts[0](np.ones((4, 30, 16), np.float32), training=True)) > 0  # [B, T, U]
+    assert 0.2 < kept.mean() < 0.8
+    assert (kept == kept[:, :1]).all() == locked  # the same units dropped at every step, or not
 
 
 def test_recurrent_dropout_masks_the_state_in_training_only():

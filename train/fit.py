@@ -66,8 +66,8 @@ STOPPING = {"epochs", "time_budget_s", "patience", "sample_length"}
 
 def same_run(previous: dict, current: dict) -> bool:
     """Whether `current` continues the run logged in `previous` (same corpus, same recipe)."""
-    def model_settings(log):
-        return {k: v for k, v in log["recipe"].items() if k not in STOPPING}
+    def model_settings(log):  # a setting added since the run was logged counts with its default
+        return {k: v for k, v in Recipe.from_dict(log["recipe"]).to_dict().items() if k not in STOPPING}
     return (previous["corpus"]["sha256"] == current["corpus"]["sha256"]
             and model_settings(previous) == model_settings(current))
 
@@ -98,6 +98,10 @@ def main(argv=None) -> int:
     else:
         recipe_name = args.recipe or "default"
         recipe = make_recipe(recipe_name, **overrides)
+    if recipe.weight_drop and recipe.recurrent_dropout:
+        print("train: error: --weight-drop and --recurrent-dropout cannot be combined (recurrent dropout "
+              "runs Keras' own LSTM loop, which drops no weights): choose one of them", file=sys.stderr)
+        return 2
     corpus_path = args.corpus or (previous and previous["corpus"]["path"]) or args.fallback_corpus
     try:
         corpus = load_corpus(corpus_path, maxlen=recipe.maxlen, holdout=recipe.holdout,
@@ -135,6 +139,12 @@ def cluster() -> tuple[int, int]:
     return index, max(workers, 1)
 
 
+def bfloat16_in_hardware(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text names bfloat16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16).
+    Elsewhere Keras' mixed_bfloat16 converts in software, and a --bfloat16 recipe may train slower."""
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(cpuinfo.split()))
+
+
 def distribution_strategy():
     import tensorflow as tf
 
@@ -155,6 +165,11 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
 
     worker, workers = cluster()
     chief = worker == 0
+    cpuinfo = Path("/proc/cpuinfo")
+    if (chief and recipe.bfloat16 and cpuinfo.exists() and not tf.config.list_logical_devices("GPU")
+            and not bfloat16_in_hardware(cpuinfo.read_text())):
+        print("train: note: this CPU has no bfloat16 instructions, so --bfloat16 is emulated: "
+              "--no-bfloat16 may train faster", file=sys.stderr)
     replicas = strategy.num_replicas_in_sync
     if recipe.batch_size % replicas:
         print(f"train: error: BATCH_SIZE {recipe.batch_size} cannot be shared by {replicas} replicas: "

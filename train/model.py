@@ -26,6 +26,9 @@ class WeightDropLSTM(keras.layers.LSTM):
 
     def __init__(self, units, weight_drop: float = 0.0, **kwargs):
         super().__init__(units, **kwargs)
+        if weight_drop and (self.dropout or self.recurrent_dropout):
+            raise ValueError("weight_drop cannot be combined with dropout or recurrent_dropout: those run "
+                             "Keras' own loop, which would drop no weights")
         self.weight_drop = weight_drop
         self.weight_drop_seed = keras.random.SeedGenerator(kwargs.get("seed"))
 
@@ -71,7 +74,9 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
                               return_state=recipe.carry_state, dtype=compute)  # states: see carried()
         x = lstm(x)[0] if recipe.carry_state else lstm(x)
         if recipe.dropout:
-            x = keras.layers.Dropout(recipe.dropout, dtype=compute)(x)
+            per_window = recipe.locked_dropout and len(x.shape) == 3  # [B, T, U]: mask [B, 1, U]
+            x = keras.layers.Dropout(recipe.dropout, noise_shape=(None, 1, units) if per_window else None,
+                                     dtype=compute)(x)
     outputs = keras.layers.Dense(vocab_size, activation="softmax", dtype="float32")(x)  # float32 softmax
     model = keras.Model(inputs, outputs)
     learning_rate = recipe.learning_rate
