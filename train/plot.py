@@ -46,9 +46,9 @@ def main(argv=None) -> int:
                                      label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")))
     if len(lines) > 1:  # the best run stands out among many
         min(lines, key=lambda line: line[0])[1].set(linewidth=3, zorder=3)
-    baselines = Path(args.baselines)
-    if baselines.exists() and json.loads(baselines.read_text())["corpus"]["sha256"] in sha256s:
-        ppmd = next(v for k, v in json.loads(baselines.read_text())["bits_per_char"].items() if "PPMd" in k)
+    baselines = json.loads(Path(args.baselines).read_text()) if Path(args.baselines).exists() else None
+    if baselines and baselines["corpus"]["sha256"] in sha256s:
+        ppmd = next(v for k, v in baselines["bits_per_char"].items() if "PPMd" in k)
         ax.axhline(ppmd, color="grey", linestyle="--", label=f"PPMd order 6 (make baselines): {ppmd:.3f}")
     ax.set_xlabel("training time (minutes, 2 CPU cores)")
     ax.set_ylabel("held-out bits per character")
