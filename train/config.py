@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+# The base model's characters, in this order: newline, printable ASCII, the Latin-1 letters, common Latin-1
+# punctuation, and the typographic quotes, dashes and ellipsis of modern texts (train/base_corpus.py).
+BASE_CHARS = ("\n" + "".join(chr(c) for c in range(32, 127))
+              + "".join(chr(c) for c in range(0xC0, 0x100) if chr(c) not in "×÷") + "¡£§©«°±·»¿" + "‘’“”–—…")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -37,6 +42,9 @@ class Recipe:
     holdout_stride: int = 1  # score every n-th held-out window after each epoch (1 = all of them)
     holdout_windows: int = 10_000  # at most this many of those, spread evenly (the same every epoch); 0 = all
     lowercase: bool = True  # the book lower-cases the corpus (and so every seed text)
+    # Characters the model knows whatever its corpus holds, first in its vocabulary (the base model's:
+    # BASE_CHARS); the corpus's other characters follow them, sorted. "": the corpus's own, sorted
+    vocab: str = ""
     seed: int = 1337  # shuffling and weight initialisation
     sample_length: int = 400  # characters generated after each epoch, per temperature
 
@@ -76,6 +84,15 @@ RECIPES = {
         maxlen=100, units=(256, 256, 256), dropout=0.3, weight_drop=0.1, bfloat16=True, loss_at="all",
         carry_state=True, optimizer="adam", learning_rate=0.003, cosine_decay=True, clipnorm=1.0,
         ema=0.9975, batch_size=32, epochs=50, time_budget_s=1200, patience=6,
+    ),
+    # The pretrained base that runs on users' corpora start from (make base): the default's shape, trained
+    # on 42 MB of public-domain English (train/base_corpus.py), case kept, every character of BASE_CHARS
+    # in its vocabulary. On a corpus this size over-fitting is far off: light dropout, no weight drop,
+    # 60-character windows that do not overlap, and a checkpoint every 2,000 steps.
+    "base": Recipe(
+        step=60, units=(256, 256), dropout=0.1, bfloat16=True, loss_at="all", optimizer="adam",
+        learning_rate=0.003, cosine_decay=True, clipnorm=1.0, ema=0.999, batch_size=64, epochs=30,
+        steps_per_epoch=2000, holdout=0.02, holdout_stride=60, lowercase=False, vocab=BASE_CHARS,
     ),
 }
 

@@ -198,13 +198,16 @@ def encode(chunks: Iterator[str], chars: tuple[str, ...]) -> Iterator[np.ndarray
 
 
 def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowercase: bool = True,
-                cache_dir: Path | None = None) -> Corpus:
-    """Read, check and encode a corpus (`path=None` downloads the book's text). With `cache_dir`, the ids
+                cache_dir: Path | None = None, known_chars: str = "") -> Corpus:
+    """Read, check and encode a corpus (`path=None` downloads the book's text). The characters are
+    `known_chars` (a base model's) followed by the corpus's others, sorted. With `cache_dir`, the ids
     are kept there in a file named after the corpus sha256 and memory-mapped, and a later call with the
     same corpus reads that file instead of encoding again."""
     path = Path(path) if path else download_book_corpus()
     sha256 = file_sha256(path)
     key = f"ids-{sha256[:16]}-{'lower' if lowercase else 'cased'}"
+    if known_chars:
+        key += f"-{hashlib.sha256(known_chars.encode()).hexdigest()[:8]}"
     cached = read_cache(cache_dir, key, sha256) if cache_dir else None
     if cached:
         chars, ids, ids_path = cached
@@ -212,9 +215,9 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
         seen: set[str] = set()
         for text in text_chunks(path, lowercase, f"reading {path.name}"):
             seen.update(text)
-        chars = tuple(sorted(seen))
-        if not chars:
+        if not seen:
             raise CorpusError(f"corpus file {path} is empty: give it some text to learn from")
+        chars = tuple(known_chars) + tuple(sorted(seen - set(known_chars)))
         if cache_dir:
             ids_path = cache_dir / f"{key}.bin"
             ids = write_cache(cache_dir, key, sha256, chars, path, lowercase)

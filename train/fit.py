@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     corpus_path = args.corpus or (previous and previous["corpus"]["path"]) or args.fallback_corpus
     try:
         corpus = load_corpus(corpus_path, maxlen=recipe.maxlen, holdout=recipe.holdout,
-                             lowercase=recipe.lowercase, cache_dir=out)
+                             lowercase=recipe.lowercase, cache_dir=out, known_chars=recipe.vocab)
     except CorpusError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2

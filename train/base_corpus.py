@@ -1,0 +1,221 @@
+"""The base model's corpus, built offline from Debian's packages: `python -m train.base_corpus --out FILE`.
+
+Public-domain and freely licensed English (docs/base-model.md lists sources, sizes and licences): the
+1913 Webster's with its literary quotations (dict-gcide), the King James Bible (bible-kjv), Bierce's
+Devil's Dictionary (dict-devil), the Jargon File (dict-jargon), FOLDOC (dict-foldoc) and the fortune
+cookies of fortunes and fortune-anarchism. Each source is cut into documents (a dictionary entry, a
+chapter, a fortune), its markup removed and its lines wrapped as prose; the documents of all sources are
+shuffled together (so the held-out tail is a mix), a third of them set in typographic quotes and dashes
+(so that the base knows ‘ ’ “ ” — …, which users' texts have and these sources hardly do), and every
+character outside BASE_CHARS dropped. Documents that share an 8-word run with an --exclude file (the texts
+the tests and figures score, e.g. Nietzsche) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import hashlib
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+from charsdk.vocab import write_atomic
+
+from .config import BASE_CHARS
+
+SEED = 2026  # the shuffle and the typographic third
+TYPOGRAPHIC = 1 / 3  # the share of documents set in curly quotes, em dashes and ellipses
+WIDTH = 72  # long lines (a verse, a one-line fortune) are wrapped to this width, as most books are
+SHINGLE_WORDS = 8  # an --exclude text shares a run of this many words with a document: leave it out
+
+DICTD = Path("/usr/share/dictd")
+FORTUNES = Path("/usr/share/games/fortunes")
+# GCIDE's ASCII codes for accented letters (the rest of its codes mark pronunciation: kept as the letter).
+GCIDE_LETTERS = {"['e]": "é", "['a]": "á", "['o]": "ó", "['i]": "í", "['u]": "ú", "[`e]": "è", "[`a]": "à",
+                 '["o]': "ö", '["e]': "ë", '["u]': "ü", '["i]': "ï", '["a]': "ä", "[^o]": "ô", "[^u]": "û",
+                 "[^a]": "â", "[^e]": "ê", "[~n]": "ñ", "[,c]": "ç", "[ae]": "æ", "[AE]": "Æ", "[deg]": "°"}
+
+
+class SourceMissing(Exception):
+    """A Debian package the corpus needs is not installed."""
+
+
+def need(path: Path, package: str) -> Path:
+    if not path.exists():
+        raise SourceMissing(f"{path} not found: install Debian's {package} (apt-get install {package})")
+    return path
+
+
+def dictd_entries(name: str, package: str) -> Iterator[str]:
+    """Each entry of a dictd dictionary (its .index gives each entry's offset and length, base64)."""
+    data = gzip.open(need(DICTD / f"{name}.dict.dz", package)).read()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    def number(b64: str) -> int:
+        value = 0
+        for ch in b64:
+            value = value * 64 + alphabet.index(ch)
+        return value
+
+    seen = set()
+    for line in need(DICTD / f"{name}.index", package).read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or parts[0].startswith("00") or (parts[1], parts[2]) in seen:
+            continue
+        seen.add((parts[1], parts[2]))
+        start, length = number(parts[1]), number(parts[2])
+        yield data[start : start + length].decode("utf-8", errors="replace")
+
+
+def clean_lines(text: str) -> str:
+    """Indentation and runs of spaces collapsed, line by line; blank lines kept as paragraph breaks."""
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def gcide() -> Iterator[str]:
+    for entry in dictd_entries("gcide", "dict-gcide"):
+        entry = re.sub(r"\s*\\[^\\\n]*\\", "", entry)  # pronunciations: \Ar*rive"\
+        entry = re.sub(r"^\s*\[[^\]\n]*\]\s*$", "", entry, flags=re.M)  # source lines: [1913 Webster]
+        for code, letter in GCIDE_LETTERS.items():
+            entry = entry.replace(code, letter)
+        entry = re.sub(r"\[[^\]\sA-Za-z]?([A-Za-z]{1,2})[^\]\sA-Za-z]?\]", r"\1", entry)  # [=a], [i^]: a, i
+        yield clean_lines(entry.replace("{", "").replace("}", ""))
+
+
+def glossary(name: str, package: str) -> Iterator[str]:
+    """The Jargon File, FOLDOC, the Devil's Dictionary: cross-references {x} become x; FOLDOC's dates go."""
+    for entry in dictd_entries(name, package):
+        entry = re.sub(r"^\s*\(\d{4}-\d\d-\d\d\)\s*$", "", entry, flags=re.M)
+        yield clean_lines(entry.replace("{", "").replace("}", ""))
+
+
+def bible() -> Iterator[str]:
+    """The King James text a chapter at a time, without verse references."""
+    if not shutil.which("bible"):
+        raise SourceMissing("the bible command was not found: install Debian's bible-kjv "
+                            "(apt-get install bible-kjv)")
+    text = subprocess.run(["bible", "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True,
+                          check=True).stdout
+    chapter, verses = None, []
+    for line in text.splitlines():
+        match = re.match(r"(\S+?\d+):\d+ (.*)", line)
+        if not match:
+            continue
+        if match[1] != chapter and verses:
+            yield "\n".join(verses)
+            verses = []
+        chapter = match[1]
+        verses.append(match[2])
+    if verses:
+        yield "\n".join(verses)
+
+
+def fortunes() -> Iterator[str]:
+    """Every fortune file but the ASCII-art ones, a fortune at a time (overstrikes removed)."""
+    files = sorted(p for p in need(FORTUNES, "fortunes").iterdir()
+                   if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")
+                   and p.name not in ("art", "ascii-art"))
+    need(FORTUNES / "fortunes", "fortunes")
+    need(FORTUNES / "anarchism", "fortune-anarchism")
+    for path in files:
+        text = re.sub(r".\x08", "", path.read_text(encoding="utf-8", errors="replace"))
+        for fortune in re.split(r"^%$", text, flags=re.M):
+            if fortune.strip():
+                yield clean_lines(fortune)
+
+
+SOURCES = {  # name: (documents, Debian package, licence)
+    "gcide": (gcide, "dict-gcide", "GPL-2+ (the 1913 Webster's: public domain)"),
+    "bible": (bible, "bible-kjv", "the King James text: public domain (package GPL-2+)"),
+    "devil": (lambda: glossary("devil", "dict-devil"), "dict-devil", "public domain"),
+    "jargon": (lambda: glossary("jargon", "dict-jargon"), "dict-jargon", "public domain"),
+    "foldoc": (lambda: glossary("foldoc", "dict-foldoc"), "dict-foldoc", "GFDL-1.1+"),
+    "fortunes": (fortunes, "fortunes, fortune-anarchism", "BSD-3-Clause; quotations"),
+}
+
+
+def wrap(document: str) -> str:
+    """Lines longer than a book's wrapped to WIDTH; shorter ones (verse, tables) kept as they are."""
+    return "\n".join(textwrap.fill(line, WIDTH, break_on_hyphens=False) if len(line) > WIDTH + 8 else line
+                     for line in document.split("\n"))
+
+
+def typographic(text: str) -> str:
+    """Straight quotes curled, -- as an em dash, ... as an ellipsis."""
+    text = re.sub(r'"(?=\w)', "“", text).replace('"', "”")
+    text = re.sub(r"(?<![\w.,!?])'(?=\w)", "‘", text).replace("'", "’")
+    return text.replace("...", "…").replace(" -- ", "—").replace("--", "—")
+
+
+def keep_base_chars(text: str, table={ord("\xa0"): " ", ord("\t"): " "}) -> str:
+    text = unicodedata.normalize("NFC", text).translate(table)
+    allowed = set(BASE_CHARS)
+    return "".join(ch for ch in text if ch in allowed) if not set(text) <= allowed else text
+
+
+def shingles(text: str) -> set[int]:
+    words = re.findall(r"\w+", text.lower())
+    return {hash(tuple(words[i : i + SHINGLE_WORDS])) for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+def build(out: Path, exclude: list[Path]) -> dict:
+    excluded = set().union(*(shingles(p.read_text(encoding="utf-8")) for p in exclude))
+    documents, counts = [], {}
+    for name, (source, package, licence) in SOURCES.items():
+        kept = dropped = chars = 0
+        for document in source():
+            document = wrap(document)
+            if not document or (excluded and shingles(document) & excluded):
+                dropped += bool(document)
+                continue
+            documents.append(document)
+            kept, chars = kept + 1, chars + len(document)
+        counts[name] = {"package": package, "licence": licence, "documents": kept, "characters": chars,
+                        "left_out": dropped}
+        print(f"{name:9} {kept:8,} documents {chars / 1e6:6.1f} M characters ({dropped} left out)",
+              file=sys.stderr)
+    rng = random.Random(SEED)
+    rng.shuffle(documents)
+    text = "\n\n".join(keep_base_chars(typographic(d) if rng.random() < TYPOGRAPHIC else d)
+                       for d in documents) + "\n"
+    write_atomic(out, text)
+    manifest = {"sources": counts, "characters": len(text), "distinct": len(set(text)),
+                "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                "excluded": [str(p) for p in exclude], "base_chars": BASE_CHARS}
+    write_atomic(out.with_suffix(".json"), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    print(f"{out}: {len(text):,} characters, {len(set(text))} distinct of the base's {len(BASE_CHARS)}",
+          file=sys.stderr)
+    return manifest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.base_corpus", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="the corpus file to write (and FILE.json)")
+    p.add_argument("--exclude", type=Path, action="append", default=[],
+                   help="leave out documents sharing an 8-word run with this text (repeatable)")
+    args = p.parse_args(argv)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        build(args.out, args.exclude)
+    except SourceMissing as exc:
+        print(f"base corpus: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"base corpus: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
