@@ -52,36 +52,36 @@ ship: $(RUNTIME_VENV)/.installed
 # Generation speed: the book's Keras loop against charsdk on the book model's weights, then the
 # default model (tables printed, JSON written beside each run's log).
 bench: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.bench --model nietzsche-book --run $(ARTIFACTS)/book \
+	$(DEV_VENV)/bin/python -m bench.generation --model nietzsche-book --run $(ARTIFACTS)/book \
 		--out $(ARTIFACTS)/book/bench.json
-	$(DEV_VENV)/bin/python -m train.bench --model nietzsche --out $(ARTIFACTS)/nietzsche/bench.json
+	$(DEV_VENV)/bin/python -m bench.generation --model nietzsche --out $(ARTIFACTS)/nietzsche/bench.json
 	$(MAKE) bench-serve
 
 # charsdk serve under load on 127.0.0.1: 1-256 streaming clients, overload, a soak of SOAK seconds.
 SOAK ?= 300
 bench-serve: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.bench_serve --model nietzsche --soak $(SOAK) \
+	$(DEV_VENV)/bin/python -m bench.bench_serve --model nietzsche --soak $(SOAK) \
 		--out $(ARTIFACTS)/nietzsche/bench-serve.json
 
 # Training cost as the corpus grows (the Nietzsche text, repeated to 100 MB and 1 GB) and on 2 workers.
 bench-train: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.bench_train $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
+	$(DEV_VENV)/bin/python -m bench.bench_train $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # The shipped models in onnxruntime-node and onnxruntime-web (headless Chromium): ids as charsdk's.
 check-js: $(RUNTIME_VENV)/.installed
-	$(RUNTIME_VENV)/bin/python -m train.check_js
+	$(RUNTIME_VENV)/bin/python -m bench.check_js
 
 # Classic compressors on the same held-out text (artifacts/baselines.json; make plot draws PPMd).
 baselines: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.baselines $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
+	$(DEV_VENV)/bin/python -m bench.baselines $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
 PLOT_RUNS ?= book book60 nietzsche-v1 default-loop nietzsche
 plot: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.plot $(PLOT_RUNS) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/holdout.png
+	$(DEV_VENV)/bin/python -m bench.plot $(PLOT_RUNS) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/holdout.png
 
 lint: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/ruff check charsdk train tests
+	$(DEV_VENV)/bin/ruff check charsdk train bench tests
 
 clean:
 	rm -rf $(RUNTIME_VENV) $(DEV_VENV) build dist *.egg-info

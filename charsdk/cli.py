@@ -154,14 +154,54 @@ def _progress_printer(after_s: float = 2.0):
 
 
 @app.command()
-def info(model: Path | None = MODEL):
-    """Describe a model: characters, context length, I/O names, training summary."""
+def info(model: Path | None = MODEL,
+         as_json: bool = typer.Option(False, "--json", help="The whole vocab.json (and the path), as JSON.")):
+    """Describe a model: name, precision, characters, context, held-out figures, recipe, file size."""
     try:
         generator = Generator.load(model)
     except CharsdkError as exc:
         _fail(exc)
-    typer.echo(json.dumps({"path": str(generator.path), **generator.vocab.to_dict()}, indent=2,
-                          ensure_ascii=False))
+    if as_json:
+        typer.echo(json.dumps({"path": str(generator.path), **generator.vocab.to_dict()}, indent=2,
+                              ensure_ascii=False))
+    else:
+        typer.echo(summary(generator))
+
+
+def summary(generator: Generator) -> str:
+    """A few lines for a person: what `charsdk info` prints (`--json` has everything)."""
+    vocab, training = generator.vocab, generator.vocab.training
+    recipe = training.get("recipe", {})
+    onnx_file = Path(generator.path) / vocab.onnx_file
+    layers = recipe.get("units") or [s.size for s in vocab.states[::2]]
+    shown = "".join(vocab.chars).replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    lines = [
+        ("model", f"{Path(generator.path).name} ({generator.path})"),
+        ("network", (f"{len(layers)} x LSTM({layers[0]})" if len(set(layers)) == 1 else
+                     " + ".join(f"LSTM({units})" for units in layers))
+         + (f", {training['parameters']:,} parameters" if "parameters" in training else "")),
+        ("weights", f"{vocab.precision}, {vocab.onnx_file}, {onnx_file.stat().st_size / 1e6:.2f} MB"),
+        ("context", f"{vocab.maxlen} characters (window mode); stateful mode carries the state"),
+        ("characters", f"{vocab.size}{', lower-cased input' if vocab.lowercase else ', case kept'}: {shown}"),
+    ]
+    held_out = [f"{training[key]:.4f} {mode}" for mode, key in (
+        ("stateful", "holdout_bits_per_char_stateful"), ("window", "holdout_bits_per_char_window"))
+        if key in training]
+    if held_out:
+        chars = training.get("holdout_chars_stateful") or training.get("holdout_chars_window")
+        lines.append(("held-out", f"{', '.join(held_out)} bits/char"
+                                  + (f" on {chars:,} characters" if chars else "")))
+    if recipe:
+        settings = ", ".join(f"{key.replace('_', ' ')} {recipe[key]}" for key in (
+            "dropout", "weight_drop", "ema", "optimizer", "learning_rate", "batch_size")
+            if recipe.get(key))
+        trained = (f"; best epoch {training['best_epoch']} of {training['epochs_trained']}, "
+                   f"{training['train_wall_s']:,.0f} s" if "best_epoch" in training else "")
+        lines.append(("recipe", f"{training.get('recipe_name', '?')}: {settings}{trained}"))
+    if "corpus_chars" in training:
+        lines.append(("corpus", f"{training['corpus_chars']:,} characters, sha256 "
+                                f"{training.get('corpus_sha256', '')[:16]}"))
+    return "\n".join(f"{label:<11} {text}" for label, text in lines)
 
 
 @app.command()

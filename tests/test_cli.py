@@ -99,11 +99,29 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
         assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_info_describes_the_model():
+def test_info_describes_the_model_in_a_few_lines():
     result = runner.invoke(app, ["info"])
     assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) <= 12, lines
+    fields = {line.split()[0]: line.split(None, 1)[1] for line in lines}
+    assert fields["model"].startswith("nietzsche ")
+    assert fields["network"].startswith("2 x LSTM(256), 861,497 parameters")
+    assert fields["weights"].startswith("int8, model-") and fields["weights"].endswith(" MB")
+    assert fields["context"].startswith("60 characters")
+    assert fields["characters"].startswith("57, lower-cased input: \\n !\"'(),-.0123456789")  # one line
+    assert fields["held-out"].startswith("1.8248 stateful, 1.8249 window bits/char")
+    assert fields["recipe"].startswith("default: dropout 0.3, weight drop 0.1")
+
+
+def test_info_json_is_the_whole_vocab():
+    from charsdk import Generator
+
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["format_version"] == 2 and data["maxlen"] == 60 and len(data["chars"]) == 57
+    generator = Generator.load()
+    assert data == {"path": str(generator.path), **generator.vocab.to_dict()}
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():

@@ -149,7 +149,7 @@ def test_baselines_code_the_held_out_part_after_the_training_part(small_corpus, 
     import json
     import zlib
 
-    from train.baselines import main
+    from bench.baselines import main
 
     out = tmp_path / "baselines.json"
     assert main(["--corpus", str(small_corpus), "--out", str(out)]) == 0

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from charsdk import Generator
-from train.limits import PRECISIONS
+from bench.limits import PRECISIONS
 
 
 def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):
-    from train.limits import describe, profile
+    from bench.limits import describe, profile
 
     generator = Generator.load(trained_dir)
     p = profile(generator, batch=2, threads=1, repeats=1)
@@ -24,7 +24,7 @@ def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):
 
 
 def test_the_timed_product_loop_really_multiplies(trained_dir):
-    from train.limits import _product, _session
+    from bench.limits import _product, _session
 
     weights = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
     x = np.ones((3, 4), np.float32)
@@ -37,7 +37,7 @@ def test_the_timed_product_loop_really_multiplies(trained_dir):
 
 @pytest.mark.parametrize("precision", PRECISIONS[1:])
 def test_the_timed_int8_product_multiplies_with_per_channel_scales(precision):
-    from train.limits import _product, _session
+    from bench.limits import _product, _session
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((64, 48)).astype(np.float32) * np.linspace(0.01, 3, 48, dtype=np.float32)
@@ -57,7 +57,7 @@ def test_the_timed_int8_product_multiplies_with_per_channel_scales(precision):
 
 
 def test_the_limit_line_measures_large_products(trained_dir):
-    from train.limits import describe_limit, limit_line
+    from bench.limits import describe_limit, limit_line
 
     generator = Generator.load(trained_dir)
     line = limit_line(generator, threads=1, repeats=1)

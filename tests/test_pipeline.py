@@ -2,13 +2,15 @@
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from charsdk import Generator
 from charsdk.generator import sha256_of
-from tests.conftest import TINY
+from tests.conftest import ROOT, TINY
 
 
 def test_training_writes_checkpoints_and_a_log(trained_dir):
@@ -266,7 +268,6 @@ def test_training_killed_with_sigkill_resumes_with_its_optimizer_state(small_cor
 
     import keras
 
-    from tests.conftest import ROOT
 
     args = [sys.executable, "-m", "train.fit", "--corpus", str(small_corpus), "--name", "k",
             "--artifacts", str(tmp_path), "--recipe", "default", "--epochs", "30", *TINY]
@@ -674,3 +675,25 @@ def test_the_quality_recipe_trains_carried_with_weight_drop_and_an_average_and_e
     assert len(lstms) == 3 and all(layer.weight_drop > 0 for layer in lstms) and model.optimizer.use_ema
     assert export.main(["--name", "q", "--artifacts", str(tmp_path)]) == 0
     assert len(Generator.load(tmp_path / "q").generate("the ", length=20, seed=0)) == 20
+
+
+TF_START_UP_LINES = ("absl::InitializeLog", "oneDNN custom operations", "Could not find cuda drivers",
+                     "cudart_stub", "cuInit")
+
+
+@pytest.mark.skipif(Path("/proc/driver/nvidia").exists(),
+                    reason="a GPU driver is present: TensorFlow's start-up lines stay, they name the devices")
+def test_training_starts_quietly_on_a_cpu_only_machine(small_corpus, tmp_path):
+    """No TensorFlow start-up lines on stderr: not for --help, not for a one-step run."""
+    import subprocess
+
+    help_run = subprocess.run([sys.executable, "-m", "train.fit", "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert help_run.returncode == 0 and "--corpus" in help_run.stdout and help_run.stderr == ""
+    run = subprocess.run([sys.executable, "-m", "train.fit", *train_args(small_corpus, tmp_path, "--epochs", "1",
+                                                                         "--steps-per-epoch", "1")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "held-out" in run.stdout
+    assert not [line for line in run.stderr.splitlines() if any(m in line for m in TF_START_UP_LINES)], \
+        run.stderr

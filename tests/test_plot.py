@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from train import plot
+from bench import plot
 
 
 def write_log(artifacts, name, sha256, bits):

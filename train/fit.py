@@ -146,7 +146,9 @@ def bfloat16_in_hardware(cpuinfo: str) -> bool:
 
 
 def distribution_strategy():
-    import tensorflow as tf
+    from . import import_tensorflow
+
+    tf = import_tensorflow()
 
     if cluster()[1] > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from charsdk.vocab import StateSpec
 
+from . import import_tensorflow
 from .config import Recipe
+
+tf = import_tensorflow()
+import keras  # noqa: E402 - after TensorFlow's quiet import
 
 
 @keras.saving.register_keras_serializable(package="charsdk")

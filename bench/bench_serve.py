@@ -28,7 +28,7 @@ import httpx
 
 from charsdk import Generator
 
-from .bench import SEED_TEXT, TEMPERATURE
+from bench.generation import SEED_TEXT, TEMPERATURE
 
 LENGTH = 400  # characters per request
 CLIENTS = (1, 16, 64, 256)
@@ -190,7 +190,7 @@ def soak(server: Server, seconds: float, clients: int = 64) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench_serve", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.bench_serve", description=__doc__)
     p.add_argument("--model", default="nietzsche")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--server-flags", nargs="*", default=[], help="more flags for charsdk serve")

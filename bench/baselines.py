@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyppmd
 
-from .corpus import CorpusError, download_book_corpus, file_sha256
+from train.corpus import CorpusError, download_book_corpus, file_sha256
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "zlib -9": lambda data: zlib.compress(data, 9),
@@ -38,7 +38,7 @@ def held_out_bits(text: str, holdout: float = 0.1) -> tuple[int, dict[str, float
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", help="UTF-8 text (default: the book's Nietzsche text)")
     p.add_argument("--no-lowercase", action="store_true",

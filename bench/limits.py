@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from charsdk import Generator
 from charsdk.generator import session_options
 
-from . import graph
+from train import graph
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 SMALL_KERNELS = 10  # chained elementwise kernels timed against one

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .corpus import download_book_corpus
+from train.corpus import download_book_corpus
 
 FIRST_STEP = re.compile(r"first step done ([\d.]+) s after start")
 
@@ -65,7 +65,7 @@ def run(label: str, corpus: Path, work: Path, args, workers: int = 1) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", help="the base text (default: the book's Nietzsche text)")
     p.add_argument("--recipe", default="default")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.plot", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__)
     p.add_argument("names", nargs="+", help="runs under artifacts/ to plot")
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--out", default="artifacts/holdout.png")

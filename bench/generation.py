@@ -2,7 +2,7 @@
 
 charsdk is timed on a model directory; with --run, Keras is timed on that run's best.keras (checked to
 be the checkpoint the model was exported from). Prints a table of medians and where one step's time
-goes (train/limits.py), and writes both as JSON.
+goes (bench/limits.py), and writes both as JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from charsdk import Generator
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, sample
 
-from .limits import describe, describe_limit, limit_line, median_rates, multiply_adds_per_step, profile
+from bench.limits import describe, describe_limit, limit_line, median_rates, multiply_adds_per_step, profile
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
 TEMPERATURE = 0.5
@@ -64,7 +64,7 @@ def fresh_process(command: list[str]) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
     p.add_argument("--model", default="nietzsche", help="model directory or shipped model name")
     p.add_argument("--run", help="training run whose best.keras is timed in Keras (the book's loop)")
     p.add_argument("--out", required=True, help="JSON file for the results")
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     r, gen = args.repeats, generator.generate
     jobs = []
     if args.run:
-        from .model import load_checkpoint
+        from train.model import load_checkpoint
 
         checkpoint = Path(args.run) / "best.keras"
         exported_from = generator.vocab.training.get("checkpoint_sha256")
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     for name, figures in result["processes"].items():
         print(f"| {name:<32} | {figures['first_char_s']:>12.3f} | {figures['wall_s']:>7.3f} | "
               f"{figures['peak_rss_mb']:>11.0f} |")
-    print("\nWhere a step's time goes (train/limits.py says how each part is timed):")
+    print("\nWhere a step's time goes (bench/limits.py says how each part is timed):")
     for p in limits:
         print("\n".join(describe(p)))
     print("\n".join(describe_limit(line)))

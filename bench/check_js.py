@@ -2,8 +2,8 @@
 Chromium, as the README's contract describes, with ids identical to charsdk's.
 
 Writes each model's ONNX file and a JSON of inputs and charsdk's outputs (a seed read, then 300
-characters drawn at temperature 0.5, in both modes) to a temporary directory; train/js/run.js runs
-them in Node and in a page served from 127.0.0.1. Needs node and npm (packages: train/js/package.json,
+characters drawn at temperature 0.5, in both modes) to a temporary directory; bench/js/run.js runs
+them in Node and in a page served from 127.0.0.1. Needs node and npm (packages: bench/js/package.json,
 installed on first use) and, for the browser, Chromium (Debian: chromium-headless-shell).
 """
 
@@ -47,7 +47,7 @@ def write_case(generator: Generator, name: str, directory: Path) -> None:
 
 
 def serve(directory: Path, models: Path) -> http.server.ThreadingHTTPServer:
-    """train/js (page, check.js, node_modules) with the models under /models/, on 127.0.0.1."""
+    """bench/js (page, check.js, node_modules) with the models under /models/, on 127.0.0.1."""
     class Handler(http.server.SimpleHTTPRequestHandler):
         def translate_path(self, path):
             if path.startswith("/models/"):
