@@ -28,7 +28,7 @@ import httpx
 
 from charsdk import Generator
 
-from bench.generation import SEED_TEXT, TEMPERATURE
+from .generation import SEED_TEXT, TEMPERATURE
 
 LENGTH = 400  # characters per request
 CLIENTS = (1, 16, 64, 256)

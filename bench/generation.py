@@ -22,7 +22,7 @@ from charsdk import Generator
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, sample
 
-from bench.limits import describe, describe_limit, limit_line, median_rates, multiply_adds_per_step, profile
+from .limits import describe, describe_limit, limit_line, median_rates, multiply_adds_per_step, profile
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
 TEMPERATURE = 0.5

@@ -27,7 +27,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from charsdk import Generator
 from charsdk.generator import session_options
-
 from train import graph
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from charsdk import Generator
 from bench.limits import PRECISIONS
+from charsdk import Generator
 
 
 def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):

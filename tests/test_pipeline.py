@@ -263,11 +263,9 @@ def test_a_killed_export_leaves_the_old_model_or_the_new_one(trained_dir, tmp_pa
 def test_training_killed_with_sigkill_resumes_with_its_optimizer_state(small_corpus, tmp_path):
     import signal
     import subprocess
-    import sys
     import time
 
     import keras
-
 
     args = [sys.executable, "-m", "train.fit", "--corpus", str(small_corpus), "--name", "k",
             "--artifacts", str(tmp_path), "--recipe", "default", "--epochs", "30", *TINY]
@@ -690,8 +688,8 @@ def test_training_starts_quietly_on_a_cpu_only_machine(small_corpus, tmp_path):
     help_run = subprocess.run([sys.executable, "-m", "train.fit", "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
     assert help_run.returncode == 0 and "--corpus" in help_run.stdout and help_run.stderr == ""
-    run = subprocess.run([sys.executable, "-m", "train.fit", *train_args(small_corpus, tmp_path, "--epochs", "1",
-                                                                         "--steps-per-epoch", "1")],
+    one_step = train_args(small_corpus, tmp_path, "--epochs", "1", "--steps-per-epoch", "1")
+    run = subprocess.run([sys.executable, "-m", "train.fit", *one_step],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "held-out" in run.stdout

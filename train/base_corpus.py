@@ -14,7 +14,6 @@ the tests and figures score, e.g. Nietzsche) are left out.
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
 import hashlib
 import json
@@ -67,7 +66,8 @@ def dictd_entries(name: str, package: str) -> Iterator[str]:
         return value
 
     seen = set()
-    for line in need(DICTD / f"{name}.index", package).read_text(encoding="utf-8", errors="replace").splitlines():
+    index = need(DICTD / f"{name}.index", package).read_text(encoding="utf-8", errors="replace")
+    for line in index.splitlines():
         parts = line.split("\t")
         if len(parts) < 3 or parts[0].startswith("00") or (parts[1], parts[2]) in seen:
             continue
@@ -157,8 +157,11 @@ def typographic(text: str) -> str:
     return text.replace("...", "…").replace(" -- ", "—").replace("--", "—")
 
 
-def keep_base_chars(text: str, table={ord("\xa0"): " ", ord("\t"): " "}) -> str:
-    text = unicodedata.normalize("NFC", text).translate(table)
+SPACES = {ord("\xa0"): " ", ord("\t"): " "}
+
+
+def keep_base_chars(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).translate(SPACES)
     allowed = set(BASE_CHARS)
     return "".join(ch for ch in text if ch in allowed) if not set(text) <= allowed else text
 
