@@ -199,162 +199,189 @@ async def read_json(request: Request, limit: int):
         raise APIError(400, f"the body is not valid JSON: {exc}") from None
 
 
-def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | None = None,
-               chunk_seconds: float = 0.05, parts: int = 1) -> Starlette:
-    model_id = model_id or generator.path.name
-    created = int(time.time())
-    ids = (f"{secrets.token_hex(6)}{i:x}" for i in itertools.count())  # unique across replicas too
-    slots = Slots(limits)
-    batcher: Batchers | None = None
-    body_limit = 4 * limits.max_prompt_chars * 4 + 65_536  # JSON escapes and several prompts: generous
+class Run:
+    """One completion's streams in the batches: their text as it arrives, and one end however the request
+    ends (its streams leave the batch, its slots are free)."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        nonlocal batcher
-        batcher = Batchers(generator, chunk_seconds, parts)
-        yield
-        batcher.close()
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": model_id, "streams": batcher.streams,
-                             "paused_streams": batcher.paused,
-                             "free_streams": slots.free, "waiting_requests": slots.waiting,
-                             "max_streams": limits.max_streams})
-
-    async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": model_id, "object": "model", "created": created, "owned_by": "charsdk",
-             "max_model_len": None, "vocabulary": generator.vocab.size}]})
-
-    async def completions(request: Request) -> Response:
-        completion = parse_completion(await read_json(request, body_limit), generator, model_id, limits)
-        streams = completion.streams
-        await slots.acquire(streams)
+    def __init__(self, service: Service, completion: Completion, request: Request):
+        self.service, self.completion, self.streams = service, completion, completion.streams
+        self.per_prompt = self.streams // len(completion.prompts)
+        self.prompt_chars = sum(len(p) for p in completion.prompts) * self.per_prompt
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.released = False
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+        self.jobs, base = [], 0
+        for plan in completion.plans:
+            self.jobs.append(service.batcher.submit(Job(plan, self._emitter(loop, len(self.jobs), base),
+                                                        self._error_emitter(loop))))
+            base += len(plan.options)
+        self.watcher = asyncio.ensure_future(self._watch_disconnect(request))
+        self.head = {"id": f"cmpl-{next(service.ids)}", "object": "text_completion",
+                     "created": int(time.time()), "model": service.model_id}
 
-        def emitter(job_index: int, base: int):
-            def emit(batch):
-                with contextlib.suppress(RuntimeError):  # the event loop has gone (shutdown)
-                    loop.call_soon_threadsafe(events.put_nowait,
-                                              (job_index, [(base + i, t, f) for i, t, f in batch]))
-            return emit
+    def _emitter(self, loop, job_index: int, base: int):
+        def emit(batch):
+            with contextlib.suppress(RuntimeError):  # the event loop has gone (shutdown)
+                loop.call_soon_threadsafe(self.events.put_nowait,
+                                          (job_index, [(base + i, t, f) for i, t, f in batch]))
+        return emit
 
+    def _error_emitter(self, loop):
         def emit_error(message: str):
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(events.put_nowait, message)
+                loop.call_soon_threadsafe(self.events.put_nowait, message)
+        return emit_error
 
-        jobs, base = [], 0
-        for plan in completion.plans:
-            jobs.append(batcher.submit(Job(plan, emitter(len(jobs), base), emit_error)))
-            base += len(plan.options)
+    async def _watch_disconnect(self, request: Request):
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        self.events.put_nowait(_GONE)
 
-        async def watch_disconnect():
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            events.put_nowait(_GONE)
+    async def next_events(self) -> list[tuple[int, str, str | None]]:
+        """Every (choice index, new text, finish reason) that has arrived, merged per choice: a
+        reader that fell behind sends one event for several chunks. The batcher may go on."""
+        items = [await self.events.get()]
+        while not self.events.empty():
+            items.append(self.events.get_nowait())
+        merged: dict[int, tuple[int, str, str | None]] = {}
+        for item in items:
+            if item is _GONE:
+                raise _ClientGone
+            if isinstance(item, str):
+                raise APIError(500, item, kind="server_error")
+            job_index, batch = item
+            self.jobs[job_index].taken()
+            for index, text, finish in batch:
+                _, before, _ = merged.get(index, (index, "", None))
+                merged[index] = (index, before + text, finish)
+        return list(merged.values())
 
-        watcher = asyncio.ensure_future(watch_disconnect())
+    def end(self):
+        self.watcher.cancel()
+        for job in self.jobs:
+            job.cancel()
+        if not self.released:
+            self.released = True
+            self.service.slots.release(self.streams)
 
-        async def next_events():
-            """Every (choice index, new text, finish reason) that has arrived, merged per choice: a
-            reader that fell behind sends one event for several chunks. The batcher may go on."""
-            items = [await events.get()]
-            while not events.empty():
-                items.append(events.get_nowait())
-            merged: dict[int, tuple[int, str, str | None]] = {}
-            for item in items:
-                if item is _GONE:
-                    raise _ClientGone
-                if isinstance(item, str):
-                    raise APIError(500, item, kind="server_error")
-                job_index, batch = item
-                jobs[job_index].taken()
-                for index, text, finish in batch:
-                    _, before, _ = merged.get(index, (index, "", None))
-                    merged[index] = (index, before + text, finish)
-            return list(merged.values())
-        released = False
+    def usage(self, completion_chars: int) -> dict:
+        return {"prompt_tokens": self.prompt_chars, "completion_tokens": completion_chars,
+                "total_tokens": self.prompt_chars + completion_chars}
 
-        def end():  # however the request ends: its streams leave the batch, its slots are free
-            nonlocal released
-            watcher.cancel()
-            for job in jobs:
-                job.cancel()
-            if not released:
-                released = True
-                slots.release(streams)
+    def prompt_of(self, index: int) -> str:
+        return self.completion.prompts[index // self.per_prompt]
 
-        head = {"id": f"cmpl-{next(ids)}", "object": "text_completion", "created": int(time.time()),
-                "model": model_id}
-        per_prompt = streams // len(completion.prompts)
-        prompt_chars = sum(len(p) for p in completion.prompts) * per_prompt
-
-        def usage(completion_chars: int) -> dict:
-            return {"prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
-                    "total_tokens": prompt_chars + completion_chars}
-
-        def choice(index: int, text: str, finish: str | None) -> dict:
-            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
-
-        if completion.stream:
-            async def sse():
+    async def sse(self) -> AsyncGenerator[bytes, None]:
+        """The stream=true answer: a chunk event per batch of new text, then [DONE]."""
+        try:
+            produced, left = 0, self.streams
+            if self.completion.echo:
+                yield _event({**self.head, "choices": [_choice(i, self.prompt_of(i), None)
+                                                       for i in range(self.streams)]})
+            while left:
                 try:
-                    produced, left = 0, streams
-                    if completion.echo:
-                        yield _event({**head, "choices": [choice(i, completion.prompts[i // per_prompt], None)
-                                                          for i in range(streams)]})
-                    while left:
-                        try:
-                            batch = await next_events()
-                        except APIError as exc:
-                            yield _event({"error": {"message": str(exc), "type": exc.kind, "param": None,
-                                                    "code": None}})
-                            return
-                        left -= sum(1 for _, _, f in batch if f)
-                        produced += sum(len(t) for _, t, _ in batch)
-                        yield _event({**head, "choices": [choice(*e) for e in batch]})
-                    if completion.include_usage:
-                        yield _event({**head, "choices": [], "usage": usage(produced)})
-                    yield b"data: [DONE]\n\n"
-                except _ClientGone:
+                    batch = await self.next_events()
+                except APIError as exc:
+                    yield _event({"error": {"message": str(exc), "type": exc.kind, "param": None,
+                                            "code": None}})
                     return
+                left -= sum(1 for _, _, f in batch if f)
+                produced += sum(len(t) for _, t, _ in batch)
+                yield _event({**self.head, "choices": [_choice(*e) for e in batch]})
+            if self.completion.include_usage:
+                yield _event({**self.head, "choices": [], "usage": self.usage(produced)})
+            yield b"data: [DONE]\n\n"
+        except _ClientGone:
+            return
 
-            return EventStream(sse(), end)
-
-        texts, finishes, left = [""] * streams, [None] * streams, streams
+    async def whole(self) -> Response:
+        """The stream=false answer: every choice's whole text in one JSON body."""
+        texts, finishes, left = [""] * self.streams, [None] * self.streams, self.streams
         try:
             while left:
-                for index, text, finish in await next_events():
+                for index, text, finish in await self.next_events():
                     texts[index] += text
                     finishes[index] = finish or finishes[index]
                     left -= finish is not None
         except _ClientGone:
             return Response(status_code=499)  # no one reads this
         finally:
-            end()
-        prefix = [completion.prompts[i // per_prompt] if completion.echo else "" for i in range(streams)]
-        choices = [choice(i, prefix[i] + t, f) for i, (t, f) in enumerate(zip(texts, finishes, strict=True))]
-        return JSONResponse({**head, "choices": choices, "usage": usage(sum(len(t) for t in texts))})
+            self.end()
+        prefix = [self.prompt_of(i) if self.completion.echo else "" for i in range(self.streams)]
+        choices = [_choice(i, prefix[i] + t, f) for i, (t, f) in enumerate(zip(texts, finishes, strict=True))]
+        usage = self.usage(sum(len(t) for t in texts))
+        return JSONResponse({**self.head, "choices": choices, "usage": usage})
 
-    async def api_error(request: Request, exc: APIError) -> Response:
-        return exc.response()
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        messages = {404: f"no such endpoint: {request.method} {request.url.path} (see GET /v1/models, "
-                         "POST /v1/completions, GET /health)",
-                    405: f"{request.method} is not allowed on {request.url.path}"}
-        message = messages.get(exc.status_code, exc.detail)
-        return APIError(exc.status_code, message).response()
+def _choice(index: int, text: str, finish: str | None) -> dict:
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
 
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return APIError(500, f"internal error: {type(exc).__name__}", kind="server_error").response()
 
+class Service:
+    """What the routes share: the model, its batches (started with the app), the stream slots, the limits.
+    Each route is a method; create_app lists them."""
+
+    def __init__(self, generator: Generator, limits: Limits, model_id: str | None, chunk_seconds: float,
+                 parts: int):
+        self.generator, self.limits, self.chunk_seconds, self.parts = generator, limits, chunk_seconds, parts
+        self.model_id = model_id or generator.path.name
+        self.created = int(time.time())
+        self.ids = (f"{secrets.token_hex(6)}{i:x}" for i in itertools.count())  # unique across replicas too
+        self.slots = Slots(limits)
+        self.batcher: Batchers | None = None
+        self.body_limit = 4 * limits.max_prompt_chars * 4 + 65_536  # JSON escapes, several prompts: generous
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self.batcher = Batchers(self.generator, self.chunk_seconds, self.parts)
+        yield
+        self.batcher.close()
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.model_id, "streams": self.batcher.streams,
+                             "paused_streams": self.batcher.paused,
+                             "free_streams": self.slots.free, "waiting_requests": self.slots.waiting,
+                             "max_streams": self.limits.max_streams})
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "charsdk",
+             "max_model_len": None, "vocabulary": self.generator.vocab.size}]})
+
+    async def completions(self, request: Request) -> Response:
+        body = await read_json(request, self.body_limit)
+        completion = parse_completion(body, self.generator, self.model_id, self.limits)
+        await self.slots.acquire(completion.streams)
+        run = Run(self, completion, request)
+        if completion.stream:
+            return EventStream(run.sse(), run.end)
+        return await run.whole()
+
+
+async def api_error(request: Request, exc: APIError) -> Response:
+    return exc.response()
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    messages = {404: f"no such endpoint: {request.method} {request.url.path} (see GET /v1/models, "
+                     "POST /v1/completions, GET /health)",
+                405: f"{request.method} is not allowed on {request.url.path}"}
+    message = messages.get(exc.status_code, exc.detail)
+    return APIError(exc.status_code, message).response()
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    return APIError(500, f"internal error: {type(exc).__name__}", kind="server_error").response()
+
+
+def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | None = None,
+               chunk_seconds: float = 0.05, parts: int = 1) -> Starlette:
+    service = Service(generator, limits, model_id, chunk_seconds, parts)
     return Starlette(
-        routes=[Route("/health", health), Route("/v1/models", models),
-                Route("/v1/completions", completions, methods=["POST"])],
+        routes=[Route("/health", service.health), Route("/v1/models", service.models),
+                Route("/v1/completions", service.completions, methods=["POST"])],
         exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
-        lifespan=lifespan,
+        lifespan=service.lifespan,
     )
 
 
