@@ -316,11 +316,29 @@ SCANNED = {"read": ("ids_tb", numpy_helper.from_array(np.zeros(1, np.int64)), []
 
 
 def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "int8") -> onnx.ModelProto:
-    """The model graph (inputs and outputs: see the README's "The model files")."""
+    """The model graph (inputs and outputs: docs/model-format.md): the constants and weights, the nodes
+    every call runs first (shapes, Gumbel noise, filter settings), which loop of each phase runs, window
+    mode's ring, then the six loops in a chain."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if 2 * len(layers) != len(states):
         raise ValueError("the model has a different number of LSTM layers than its states")
+    V = dense[0].shape[1]
+    arrays, table = _constants(layers, dense, precision)
+    nodes = [*table, *_prelude_nodes(), *_trip_count_nodes(), *_ring_constant_nodes(states),
+             *_loop_chain_nodes(layers, states, V, precision)]
+    inputs, outputs = _graph_io(states, V)
+    graph = helper.make_graph(nodes, "charsdk", inputs, outputs,
+                              initializer=[numpy_helper.from_array(v, name) for name, v in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="charsdk")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _constants(layers, dense, precision: str) -> tuple[dict[str, np.ndarray], list[onnx.NodeProto]]:
+    """The graph's initializers (constants and weights) and the nodes that make the first layer's input
+    table float32."""
     V = dense[0].shape[1]
     arrays = {
         "zero_i64": np.array(0, np.int64), "one_i64": np.array(1, np.int64),
@@ -343,13 +361,16 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         arrays["l0_table_zero"] = np.zeros(arrays["l0_table_scale"].shape, np.int8)
         table = [node("DequantizeLinear", ["l0_table_q", "l0_table_scale", "l0_table_zero"], ["l0_table_f"],
                       axis=1), *runtime_scale_nodes("logits")]
+    return arrays, table
 
-    # Six loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
-    # plain or with top-k / top-p). The inputs choose one of each phase by giving it the trip count and
-    # the others 0 (a loop of 0 trips passes its values through; so does a Scan, see _scan_nodes).
-    # Main-graph loops rather than If
-    # branches: onnxruntime pre-packs a weight for as many kernels as main-graph nodes use it, so
-    # weights used only inside If branches would be packed for one loop and multiplied unpacked in the rest.
+
+def _loop_chain_nodes(layers, states: tuple[StateSpec, ...], V: int, precision: str) -> list[onnx.NodeProto]:
+    """Six loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
+    plain or with top-k / top-p), and the outputs gathered from them. The inputs choose one of each phase
+    by giving it the trip count and the others 0 (a loop of 0 trips passes its values through; so does a
+    Scan, see _scan_nodes). Main-graph loops rather than If branches: onnxruntime pre-packs a weight for
+    as many kernels as main-graph nodes use it, so weights used only inside If branches would be packed
+    for one loop and multiplied unpacked in the rest."""
     loops = [("read", False, "reads_stateful"), ("read", True, "reads_window"),
              ("draw", False, "draws_plain"), ("draw_filtered", False, "draws_filtered"),
              ("draw", True, "draws_window_plain"), ("draw_filtered", True, "draws_window_filtered")]
@@ -384,7 +405,12 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         node("Identity", [carried[0]], ["logits_out"]),
         *[node("Identity", [name], [s.output]) for name, s in zip(carried[1:], states, strict=True)],
     ]
-    trip_counts = [  # which loop of each phase runs
+    return loop_nodes
+
+
+def _trip_count_nodes() -> list[onnx.NodeProto]:
+    """Which loop of each phase runs: the inputs give it the trip count and the others 0."""
+    return [
         node("Greater", ["window", "zero_i64"], ["is_window"]),
         node("Not", ["is_window"], ["is_stateful"]),
         node("Not", ["use_filter"], ["no_filter"]),
@@ -398,7 +424,11 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
                     else node("Identity", conditions, [f"{name}_on"]),
                     node("Where", [f"{name}_on", count, "zero_i64"], [name])]],
     ]
-    ring_constants = [  # window mode: row r of the states is window r mod maxlen of stream r // maxlen
+
+
+def _ring_constant_nodes(states: tuple[StateSpec, ...]) -> list[onnx.NodeProto]:
+    """Window mode: row r of the states is window r mod maxlen of stream r // maxlen."""
+    return [
         node("Max", ["window", "one_i64"], ["ring"]),  # 1 in stateful mode, where the ring is unused
         node("Shape", [states[0].input], ["rows_shape"]),
         node("Gather", ["rows_shape", "zero_i64"], ["rows"], axis=0),
@@ -410,8 +440,12 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         node("Unsqueeze", ["ring", "axis0"], ["ring_1d"]),
         node("Concat", ["streams_1d", "ring_1d"], ["ring_shape"], axis=0),
     ]
-    nodes = [
-        *table,
+
+
+def _prelude_nodes() -> list[onnx.NodeProto]:
+    """What every call computes first: the ids' shapes, the Gumbel noise, 1/T and the top-k / top-p
+    settings."""
+    return [
         node("Transpose", ["ids"], ["ids_tb"], perm=[1, 0]),
         node("Shape", ["ids"], ["ids_shape"]),
         node("Gather", ["ids_shape", "zero_i64"], ["streams"], axis=0),
@@ -439,31 +473,24 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         node("Unsqueeze", ["top_p", "axis1"], ["p_col"]),
         node("Shape", ["uniforms"], ["uniforms_shape"]),
         node("Gather", ["uniforms_shape", "one_i64"], ["draws"], axis=0),
-        *trip_counts,
-        *ring_constants,
-        *loop_nodes,
     ]
 
+
+def _graph_io(states: tuple[StateSpec, ...], V: int):
+    """The graph's inputs and outputs (docs/model-format.md)."""
     def batch_info(name, size, dtype=F32):
         return helper.make_tensor_value_info(name, dtype, ["B", size])
 
-    graph = helper.make_graph(
-        nodes, "charsdk",
-        [helper.make_tensor_value_info("ids", I64, ["B", "T"]), batch_info("logits", V),
-         *[batch_info(s.input, s.size) for s in states],
-         helper.make_tensor_value_info("uniforms", F32, ["B", "K", V]),
-         helper.make_tensor_value_info("temperature", F32, ["B"]),
-         helper.make_tensor_value_info("top_k", I64, ["B"]),
-         helper.make_tensor_value_info("top_p", F32, ["B"]),
-         helper.make_tensor_value_info("use_filter", BOOL, []),
-         helper.make_tensor_value_info("window", I64, []),
-         helper.make_tensor_value_info("start", I64, [])],
-        [batch_info("logits_out", V), *[batch_info(s.output, s.size) for s in states],
-         helper.make_tensor_value_info("ids_out", I64, ["K", "B"]),
-         helper.make_tensor_value_info("read_logits", F32, ["T", "B", V])],
-        initializer=[numpy_helper.from_array(v, name) for name, v in arrays.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="charsdk")
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    inputs = [helper.make_tensor_value_info("ids", I64, ["B", "T"]), batch_info("logits", V),
+              *[batch_info(s.input, s.size) for s in states],
+              helper.make_tensor_value_info("uniforms", F32, ["B", "K", V]),
+              helper.make_tensor_value_info("temperature", F32, ["B"]),
+              helper.make_tensor_value_info("top_k", I64, ["B"]),
+              helper.make_tensor_value_info("top_p", F32, ["B"]),
+              helper.make_tensor_value_info("use_filter", BOOL, []),
+              helper.make_tensor_value_info("window", I64, []),
+              helper.make_tensor_value_info("start", I64, [])]
+    outputs = [batch_info("logits_out", V), *[batch_info(s.output, s.size) for s in states],
+               helper.make_tensor_value_info("ids_out", I64, ["K", "B"]),
+               helper.make_tensor_value_info("read_logits", F32, ["T", "B", V])]
+    return inputs, outputs
