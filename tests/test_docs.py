@@ -26,7 +26,7 @@ NOT_RUN = {
     r"^make gen$": "sets up .venv-runtime from PyPI (tests/test_packaging.py installs the wheel in a clean "
                    "venv instead)",
     r"^pip install ": "installs from PyPI (tests/test_packaging.py installs the wheel and its serve extra)",
-    r"^export TF_CONFIG=": "configures a cluster of several machines (tests/test_cluster.py runs one locally)",
+    r"^export TF_CONFIG=": "configures a cluster of machines (tests/test_cluster.py runs one locally)",
     r"^charsdk serve --port 8001 &": "starts two replicas for a load balancer that is not here",
 }
 

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from charsdk.vocab import write_atomic
 
 from .config import RECIPES, Recipe, make_recipe
 from .corpus import Corpus, CorpusError, load_corpus
+from .data import Lanes, Windows, holdout_starts
 
 STARTED = time.monotonic()  # about when the process started: make bench-train times the first step from it
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
@@ -158,107 +159,239 @@ def distribution_strategy():
 
 
 def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool = False) -> int:
+    """Train `recipe` on `corpus` into `out`, resuming the run there unless `fresh`; the exit status."""
     strategy = distribution_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
-    import keras
-    import tensorflow as tf
-
-    from .data import Lanes, Windows, holdout_starts
-    from .model import averaged, build_model, carried, inference_function, load_checkpoint
-
     worker, workers = cluster()
-    chief = worker == 0
-    cpuinfo = Path("/proc/cpuinfo")
-    if (chief and recipe.bfloat16 and cpuinfo.exists() and not tf.config.list_logical_devices("GPU")
-            and not bfloat16_in_hardware(cpuinfo.read_text())):
-        print("train: note: this CPU has no bfloat16 instructions, so --bfloat16 is emulated: "
-              "--no-bfloat16 may train faster", file=sys.stderr)
-    replicas = strategy.num_replicas_in_sync
-    if recipe.batch_size % replicas:
-        print(f"train: error: BATCH_SIZE {recipe.batch_size} cannot be shared by {replicas} replicas: "
-              f"choose a multiple of {replicas}", file=sys.stderr)
+    if worker == 0:
+        note_emulated_bfloat16(recipe)
+    try:
+        plan = plan_epochs(corpus, recipe, strategy.num_replicas_in_sync)
+    except RecipeError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
         return 2
-    log_path, last_path, best_path = out / "log.json", out / "last.keras", out / "best.keras"
-    if recipe.carry_state:
-        problem = ("trains with a loss at every position: add --loss-at all" if recipe.loss_at != "all" else
-                   "makes its own epochs (one pass over the lanes): leave --steps-per-epoch at 0"
-                   if recipe.steps_per_epoch else None)
-        if problem:
-            print(f"train: error: --carry-state {problem}", file=sys.stderr)
-            return 2
-        windows = Lanes(corpus, recipe.maxlen, recipe.batch_size, recipe.seed)
-        if windows.steps < 1:
-            print(f"train: error: {corpus.split:,} training characters are too few for {recipe.batch_size} "
-                  f"lanes of at least {3 * recipe.maxlen} characters: lower --batch-size or --maxlen",
-                  file=sys.stderr)
-            return 2
-        steps_per_epoch, window_count = windows.steps, windows.steps * recipe.batch_size
-        holdout = None
-    else:
-        windows = Windows(corpus, recipe.maxlen, recipe.step, recipe.batch_size, recipe.seed, recipe.loss_at)
-        steps_per_epoch = recipe.steps_per_epoch or math.ceil(windows.count / recipe.batch_size)
-        window_count = windows.count
-        holdout = holdout_starts(len(corpus.holdout_ids), recipe.maxlen, recipe.holdout_stride,
-                                 recipe.holdout_windows)
-    log = {
-        "recipe_name": recipe_name,
-        "recipe": recipe.to_dict(),
-        "corpus": {"path": corpus.path, "sha256": corpus.sha256, "chars": len(corpus.ids),
-                   "vocab": list(corpus.chars), "train_chars": corpus.split},
-        "steps_per_epoch": steps_per_epoch,
-        "training_windows": window_count,
-        "holdout_windows_scored": f"stateful, {HOLDOUT_LANES} lanes" if holdout is None else len(holdout),
-        "workers": workers,
-        "epochs": [],
-    }
+    log = new_log(recipe_name, recipe, corpus, plan, workers)
     previous = None if fresh else read_log(out)
-    resuming = previous is not None and last_path.exists()
+    resuming = previous is not None and (out / "last.keras").exists()
     if resuming and not same_run(previous, log):
         print(f"train: error: {out} holds a run with another recipe or corpus: "
               "pass --fresh (FRESH=1) to start over, or choose another NAME", file=sys.stderr)
         return 2
-    with strategy.scope():
-        if resuming:
-            model = load_checkpoint(last_path)
-        else:
-            keras.utils.set_random_seed(recipe.seed)
-            model = build_model(len(corpus.chars), recipe, steps_per_epoch=steps_per_epoch)
+    model = initial_model(strategy, out / "last.keras" if resuming else None, corpus, recipe, plan)
     if resuming:
         log["epochs"] = previous["epochs"]
-        forget_epochs_after(log, int(model.optimizer.iterations.numpy()) // steps_per_epoch)
+        forget_epochs_after(log, int(model.optimizer.iterations.numpy()) // plan.steps_per_epoch)
         print(f"Resuming {out} after epoch {len(log['epochs'])}")
-    if chief:
+    if worker == 0:
         model.summary()
-        print(f"{window_count:,} training windows, {steps_per_epoch:,} steps of {recipe.batch_size} per "
-              f"epoch, {replicas} replica(s); held-out: {log['holdout_windows_scored']} scored per epoch")
-    forward = carried(model) if recipe.carry_state else lambda x, states, training: (
-        model(x, training=training), [])
-    train_step = make_train_step(model, forward, strategy, recipe)
-    if recipe.carry_state:
-        holdout_nats = make_stateful_holdout_scorer(forward, corpus, recipe)
-    else:
-        holdout_nats = make_holdout_scorer(model, strategy, corpus, holdout, recipe.maxlen)
+        print(f"{plan.window_count:,} training windows, {plan.steps_per_epoch:,} steps of "
+              f"{recipe.batch_size} per epoch, {strategy.num_replicas_in_sync} replica(s); held-out: "
+              f"{log['holdout_windows_scored']} scored per epoch")
+    return TrainingLoop(model, strategy, corpus, recipe, plan, out, log).run()
 
-    def batch(k):
+
+class RecipeError(Exception):
+    """A recipe that cannot train on this corpus or cluster; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What an epoch reads: the batches, how many a pass, and the fixed held-out windows (None: scored
+    stateful, carry_state)."""
+
+    windows: Windows | Lanes
+    steps_per_epoch: int
+    window_count: int
+    holdout: np.ndarray | None
+
+
+def plan_epochs(corpus: Corpus, recipe: Recipe, replicas: int) -> EpochPlan:
+    if recipe.batch_size % replicas:
+        raise RecipeError(f"BATCH_SIZE {recipe.batch_size} cannot be shared by {replicas} replicas: "
+                          f"choose a multiple of {replicas}")
+    if not recipe.carry_state:
+        windows = Windows(corpus, recipe.maxlen, recipe.step, recipe.batch_size, recipe.seed, recipe.loss_at)
+        return EpochPlan(windows, recipe.steps_per_epoch or math.ceil(windows.count / recipe.batch_size),
+                         windows.count, holdout_starts(len(corpus.holdout_ids), recipe.maxlen,
+                                                       recipe.holdout_stride, recipe.holdout_windows))
+    if recipe.loss_at != "all":
+        raise RecipeError("--carry-state trains with a loss at every position: add --loss-at all")
+    if recipe.steps_per_epoch:
+        raise RecipeError("--carry-state makes its own epochs (one pass over the lanes): leave "
+                          "--steps-per-epoch at 0")
+    lanes = Lanes(corpus, recipe.maxlen, recipe.batch_size, recipe.seed)
+    if lanes.steps < 1:
+        raise RecipeError(f"{corpus.split:,} training characters are too few for {recipe.batch_size} "
+                          f"lanes of at least {3 * recipe.maxlen} characters: lower --batch-size or --maxlen")
+    return EpochPlan(lanes, lanes.steps, lanes.steps * recipe.batch_size, None)
+
+
+def note_emulated_bfloat16(recipe: Recipe) -> None:
+    import tensorflow as tf
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if (recipe.bfloat16 and cpuinfo.exists() and not tf.config.list_logical_devices("GPU")
+            and not bfloat16_in_hardware(cpuinfo.read_text())):
+        print("train: note: this CPU has no bfloat16 instructions, so --bfloat16 is emulated: "
+              "--no-bfloat16 may train faster", file=sys.stderr)
+
+
+def new_log(recipe_name: str, recipe: Recipe, corpus: Corpus, plan: EpochPlan, workers: int) -> dict:
+    return {
+        "recipe_name": recipe_name,
+        "recipe": recipe.to_dict(),
+        "corpus": {"path": corpus.path, "sha256": corpus.sha256, "chars": len(corpus.ids),
+                   "vocab": list(corpus.chars), "train_chars": corpus.split},
+        "steps_per_epoch": plan.steps_per_epoch,
+        "training_windows": plan.window_count,
+        "holdout_windows_scored": (f"stateful, {HOLDOUT_LANES} lanes" if plan.holdout is None
+                                   else len(plan.holdout)),
+        "workers": workers,
+        "epochs": [],
+    }
+
+
+def initial_model(strategy, checkpoint: Path | None, corpus: Corpus, recipe: Recipe, plan: EpochPlan):
+    """The model training starts from: the run's own last checkpoint (resuming), else new weights."""
+    import keras
+
+    from .model import build_model, load_checkpoint
+
+    with strategy.scope():
+        if checkpoint:
+            return load_checkpoint(checkpoint)
+        keras.utils.set_random_seed(recipe.seed)
+        return build_model(len(corpus.chars), recipe, steps_per_epoch=plan.steps_per_epoch)
+
+
+class TrainingLoop:
+    """Epochs of steps under the strategy; after each, the held-out figure, the checkpoints and the log
+    (worker 0), the samples, and whether to stop (all workers together)."""
+
+    def __init__(self, model, strategy, corpus: Corpus, recipe: Recipe, plan: EpochPlan, out: Path,
+                 log: dict):
+        from .model import carried
+
+        self.model, self.strategy, self.corpus, self.recipe, self.plan = model, strategy, corpus, recipe, plan
+        self.out, self.log = out, log
+        self.worker = cluster()[0]
+        self.chief = self.worker == 0
+        self.replicas = strategy.num_replicas_in_sync
+        self.forward = carried(model) if recipe.carry_state else lambda x, states, training: (
+            model(x, training=training), [])
+        self.train_step = make_train_step(model, self.forward, strategy, recipe)
+        if recipe.carry_state:
+            self.holdout_nats = make_stateful_holdout_scorer(self.forward, corpus, recipe)
+        else:
+            self.holdout_nats = make_holdout_scorer(model, strategy, corpus, plan.holdout, recipe.maxlen)
+        self.votes = make_vote(strategy)
+
+    def run(self) -> int:
+        recipe, log = self.recipe, self.log
+        done = len(log["epochs"])
+        if done >= recipe.epochs:
+            print(f"{self.out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
+            return 0
+        for epoch in range(done, recipe.epochs):
+            if self.chief:
+                print(f"Epoch {epoch + 1}/{recipe.epochs}")
+            mean_loss, steps, seconds = self.train_epoch(epoch, first=epoch == done)
+            val_loss, sampler = self.score_and_checkpoint_best(mean_loss)
+            self.log_epoch(epoch, mean_loss, val_loss, seconds)
+            if not math.isfinite(mean_loss):
+                if self.chief:
+                    write_atomic(self.out / "log.json", json.dumps(log, indent=2) + "\n")
+                print(f"\ntrain: error: the loss became NaN at step {steps} of epoch {epoch + 1}: "
+                      "lower LEARNING_RATE or set CLIPNORM (the checkpoints hold the epochs before)",
+                      file=sys.stderr)
+                return 1
+            if self.chief:
+                self.write_log_and_last_checkpoint(epoch, val_loss)
+                self.print_samples(epoch, sampler)
+            reasons = self.stop_reasons(epoch, seconds)
+            if self.everyone_agrees_to_stop(bool(reasons)):
+                print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
+                break
+        best = log["epochs"][log["best_epoch"] - 1]
+        print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> "
+              f"{self.out / 'best.keras'}")
+        return 0
+
+    def batch(self, k: int):
+        import tensorflow as tf
+
         def replica_batch(context):
-            return tuple(tf.constant(a) for a in windows.batch(k, context.replica_id_in_sync_group, replicas))
-        return strategy.experimental_distribute_values_from_function(replica_batch)
+            return tuple(tf.constant(a) for a in self.plan.windows.batch(
+                k, context.replica_id_in_sync_group, self.replicas))
+        return self.strategy.experimental_distribute_values_from_function(replica_batch)
 
-    def zero_states():
+    def zero_states(self):
         """Each replica's carried LSTM states at the start of a pass (none without carry_state)."""
-        share = recipe.batch_size // replicas
-        sizes = carried_state_sizes(recipe) if recipe.carry_state else []
-        return strategy.experimental_distribute_values_from_function(
+        import tensorflow as tf
+
+        share = self.recipe.batch_size // self.replicas
+        sizes = carried_state_sizes(self.recipe) if self.recipe.carry_state else []
+        return self.strategy.experimental_distribute_values_from_function(
             lambda context: tuple(tf.zeros((share, u)) for u in sizes))
 
-    @tf.function
-    def votes(flag):
-        return strategy.reduce("SUM", strategy.run(tf.identity, args=(flag,)), axis=None)
+    def train_epoch(self, epoch: int, first: bool) -> tuple[float, int, float]:
+        """One epoch's steps: (mean loss, or NaN at the first NaN step; steps taken; seconds)."""
+        import keras
 
-    def everyone_agrees_to_stop(flag: bool) -> bool:
-        """The workers stop together: true if any worker wants to (each judges its own clock)."""
-        return bool(votes(tf.constant(float(flag))) > 0)
+        steps_per_epoch = self.plan.steps_per_epoch
+        progress = keras.utils.Progbar(steps_per_epoch, verbose=int(self.chief), stateful_metrics=["loss"])
+        started, total = time.perf_counter(), 0.0
+        states = self.zero_states()  # an epoch starts a pass of carry_state's lanes
+        for step in range(steps_per_epoch):
+            loss, states = self.train_step(*self.batch(epoch * steps_per_epoch + step), *states)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                return math.nan, step + 1, time.perf_counter() - started
+            total += loss
+            if step == 0 and first and self.chief:
+                print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
+            progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
+        return total / steps_per_epoch, steps_per_epoch, time.perf_counter() - started
 
-    def print_samples(epoch, sampler):
+    def score_and_checkpoint_best(self, mean_loss: float):
+        """The held-out figure (NaN after a NaN loss); best.keras if it is the best yet (worker 0); a
+        sampler of these weights. With recipe.ema all three are of the weights' moving average."""
+        from .model import averaged, inference_function
+
+        best = min((e["val_loss"] for e in self.log["epochs"]), default=math.inf)
+        with averaged(self.model):
+            val_loss = self.holdout_nats() if math.isfinite(mean_loss) else math.nan
+            if self.chief and val_loss < best:
+                save_model_atomic(self.model, self.out / "best.keras")
+            sampler = inference_function(self.model) if self.chief else None  # a copy of these weights
+        return val_loss, sampler
+
+    def log_epoch(self, epoch: int, mean_loss: float, val_loss: float, seconds: float) -> None:
+        entries = self.log["epochs"]
+        best = min((e["val_loss"] for e in entries), default=math.inf)
+        entries.append({
+            "epoch": epoch + 1,
+            "loss": mean_loss,
+            "val_loss": val_loss,
+            "val_bits_per_char": val_loss / math.log(2),
+            "epoch_s": round(seconds, 2),
+            "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
+        })
+        entries[-1]["weights_sha256"] = digest = weights_sha256(self.model)
+        if not self.chief:
+            print(f"worker {self.worker}: epoch {epoch + 1}: weights sha256 {digest}")
+        if val_loss < best:
+            self.log["best_epoch"] = epoch + 1
+
+    def write_log_and_last_checkpoint(self, epoch: int, val_loss: float) -> None:
+        # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
+        # resuming trusts the checkpoint's own step count (forget_epochs_after).
+        write_atomic(self.out / "log.json", json.dumps(self.log, indent=2) + "\n")
+        save_model_atomic(self.model, self.out / "last.keras")
+        print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
+              f"(best epoch {self.log.get('best_epoch')})")
+
+    def print_samples(self, epoch: int, sampler) -> None:
+        corpus, recipe = self.corpus, self.recipe
         step_fn, states = sampler
         rng = np.random.default_rng(recipe.seed + epoch)
         start = int(rng.integers(0, corpus.split - recipe.maxlen))
@@ -270,75 +403,29 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
             print(f"--- temperature {temperature}:\n{corpus.decode(text)}")
         sys.stdout.flush()
 
-    done = len(log["epochs"])
-    if done >= recipe.epochs:
-        print(f"{out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
-        return 0
-    for epoch in range(done, recipe.epochs):
-        if chief:
-            print(f"Epoch {epoch + 1}/{recipe.epochs}")
-        progress = keras.utils.Progbar(steps_per_epoch, verbose=int(chief), stateful_metrics=["loss"])
-        started, total, finite = time.perf_counter(), 0.0, True
-        states = zero_states()  # an epoch starts a pass of carry_state's lanes
-        for step in range(steps_per_epoch):
-            loss, states = train_step(*batch(epoch * steps_per_epoch + step), *states)
-            loss = float(loss)
-            if not math.isfinite(loss):
-                finite = False
-                break
-            total += loss
-            if step == 0 and epoch == done and chief:
-                print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
-            progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
-        seconds = time.perf_counter() - started
-        entries = log["epochs"]
-        best = min((e["val_loss"] for e in entries), default=math.inf)
-        with averaged(model):  # with recipe.ema, the figure, best.keras and the samples are of the average
-            val_loss = holdout_nats() if finite else math.nan
-            if chief and val_loss < best:
-                save_model_atomic(model, best_path)
-            sampler = inference_function(model) if chief else None  # a copy of these weights
-        entries.append({
-            "epoch": epoch + 1,
-            "loss": total / (step + 1) if finite else math.nan,
-            "val_loss": val_loss,
-            "val_bits_per_char": val_loss / math.log(2),
-            "epoch_s": round(seconds, 2),
-            "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
-        })
-        entries[-1]["weights_sha256"] = digest = weights_sha256(model)
-        if not chief:
-            print(f"worker {worker}: epoch {epoch + 1}: weights sha256 {digest}")
-        if not finite:
-            if chief:
-                write_atomic(log_path, json.dumps(log, indent=2) + "\n")
-            print(f"\ntrain: error: the loss became NaN at step {step + 1} of epoch {epoch + 1}: "
-                  "lower LEARNING_RATE or set CLIPNORM (the checkpoints hold the epochs before)",
-                  file=sys.stderr)
-            return 1
-        if val_loss < best:
-            log["best_epoch"] = epoch + 1
-        if chief:
-            # The log first: a kill before last.keras lands leaves the log an epoch ahead, and
-            # resuming trusts the checkpoint's own step count (forget_epochs_after).
-            write_atomic(log_path, json.dumps(log, indent=2) + "\n")
-            save_model_atomic(model, last_path)
-            print(f"epoch {epoch + 1}: held-out {val_loss / math.log(2):.3f} bits/char "
-                  f"(best epoch {log.get('best_epoch')})")
-            print_samples(epoch, sampler)
-        reasons = []
-        if next_epoch_overruns(entries[-1]["wall_s"], seconds, recipe.time_budget_s):
-            reasons.append(f"another epoch would end past the time budget of "
-                           f"{recipe.time_budget_s:.0f} s")
-        if recipe.patience and epoch + 1 - log.get("best_epoch", 0) >= recipe.patience:
+    def stop_reasons(self, epoch: int, seconds: float) -> list[str]:
+        recipe, reasons = self.recipe, []
+        if next_epoch_overruns(self.log["epochs"][-1]["wall_s"], seconds, recipe.time_budget_s):
+            reasons.append(f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s")
+        if recipe.patience and epoch + 1 - self.log.get("best_epoch", 0) >= recipe.patience:
             reasons.append(f"no better held-out figure for {recipe.patience} epochs")
-        if everyone_agrees_to_stop(bool(reasons)):
-            print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
-            break
+        return reasons
 
-    best = log["epochs"][log["best_epoch"] - 1]
-    print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> {best_path}")
-    return 0
+    def everyone_agrees_to_stop(self, flag: bool) -> bool:
+        """The workers stop together: true if any worker wants to (each judges its own clock)."""
+        import tensorflow as tf
+
+        return bool(self.votes(tf.constant(float(flag))) > 0)
+
+
+def make_vote(strategy):
+    """A function summing a flag over every replica of the cluster."""
+    import tensorflow as tf
+
+    @tf.function
+    def votes(flag):
+        return strategy.reduce("SUM", strategy.run(tf.identity, args=(flag,)), axis=None)
+    return votes
 
 
 def make_train_step(model, forward, strategy, recipe: Recipe):
