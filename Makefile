@@ -1,5 +1,5 @@
-# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make bench` · `make bench-serve`
-#          `make bench-train` · `make plot` · `make lint` · `make check-js`
+# charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make base` · `make bench`
+#          `make bench-serve` · `make bench-train` · `make plot` · `make lint` · `make check-js`
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 RUNTIME_VENV := .venv-runtime# runtime dependencies only: what `pip install charsdk` gives users
 DEV_VENV := .venv# runtime + training + test dependencies
@@ -8,7 +8,9 @@ SHARED_CORPUS := $(wildcard ../shared/corpora/nietzsche.txt)# this workspace's c
 CORPUS ?=# a new run: the text to train on (empty: the book's, downloaded); a run named again: its own
 NAME ?= nietzsche# the run: artifacts/$(NAME)/
 MODEL ?= nietzsche# a shipped model: charsdk/models/$(MODEL)/ (nietzsche is the default one)
-RECIPE ?=# a new run: default, quality or book (empty: default); a run named again: its own
+RECIPE ?=# a new run: default, finetune, quality or book (empty: finetune from the base, else default)
+BASE ?=# a new run's starting weights: empty (auto: the base, if it covers the corpus), none, or a run
+BUDGET ?=# seconds of training not to pass (empty: the recipe's)
 ARTIFACTS ?= artifacts
 EPOCHS ?=
 EPOCH_STEPS ?=# steps per epoch (checkpoint, log entry, samples); empty: one pass over the corpus
@@ -17,7 +19,7 @@ FRESH ?=
 PRECISION ?= int8# export: int8 weights (one scale per output channel) or fp32
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship bench bench-serve bench-train baselines plot lint clean check-js
+.PHONY: gen test train export ship base bench bench-serve bench-train baselines plot lint clean check-js
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -37,13 +39,25 @@ test: $(DEV_VENV)/.installed
 
 TRAIN_ARGS = --name $(NAME) --artifacts $(ARTIFACTS) $(if $(RECIPE),--recipe $(RECIPE)) \
 	$(if $(CORPUS),--corpus $(CORPUS)) $(if $(SHARED_CORPUS),--fallback-corpus $(SHARED_CORPUS)) \
-	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCH_STEPS),--steps-per-epoch $(EPOCH_STEPS)) $(if $(FRESH),--fresh)
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCH_STEPS),--steps-per-epoch $(EPOCH_STEPS)) $(if $(FRESH),--fresh) \
+	$(if $(BASE),--base $(BASE)) $(if $(BUDGET),--time-budget-s $(BUDGET))
 train: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m $(if $(filter-out 1,$(WORKERS)),train.cluster --workers $(WORKERS),train.fit) \
 		$(TRAIN_ARGS)
 
 export: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS) --precision $(PRECISION)
+
+# The pretrained base: its corpus from Debian's packages (train/base_corpus.py; apt-get install dict-gcide
+# bible-kjv fortunes dict-jargon dict-devil dict-foldoc fortune-anarchism), trained (resumably: run it
+# again to continue) and exported as artifacts/base; `make ship NAME=base MODEL=base` puts it in the package.
+BASE_CORPUS := $(ARTIFACTS)/base/corpus.txt
+base: $(DEV_VENV)/.installed
+	@test -f $(BASE_CORPUS) || $(DEV_VENV)/bin/python -m train.base_corpus --out $(BASE_CORPUS) \
+		$(if $(SHARED_CORPUS),--exclude $(SHARED_CORPUS))
+	$(DEV_VENV)/bin/python -m train.fit --name base --artifacts $(ARTIFACTS) --recipe base --base none \
+		--corpus $(BASE_CORPUS) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(DEV_VENV)/bin/python -m train.export --name base --artifacts $(ARTIFACTS) --precision $(PRECISION)
 
 # Copy the export of run $(NAME) into the package as charsdk/models/$(MODEL)/ (checked, then swapped in).
 ship: $(RUNTIME_VENV)/.installed

@@ -26,8 +26,9 @@ import numpy as np
 
 from charsdk.vocab import write_atomic
 
+from .base import Base, BaseError, choose_base, load_base
 from .config import RECIPES, Recipe, make_recipe
-from .corpus import Corpus, CorpusError, load_corpus
+from .corpus import Corpus, CorpusError, download_book_corpus, load_corpus
 from .data import Lanes, Windows, holdout_starts
 
 STARTED = time.monotonic()  # about when the process started: make bench-train times the first step from it
@@ -47,6 +48,10 @@ def parse_args(argv):
     p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="default: the run's own recipe, else 'default'")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.add_argument("--base", default="auto",
+                   help="a new run's starting weights: auto (the base model under --artifacts, if it covers "
+                        "the corpus: then the recipe is finetune unless --recipe says), none (from scratch), "
+                        "or a run's name or directory (its best.keras)")
     recipe = p.add_argument_group("recipe settings", "each replaces the recipe's value (train/config.py)")
     for f in fields(Recipe):
         flag = f"--{f.name.replace('_', '-')}"
@@ -105,13 +110,21 @@ def main(argv=None) -> int:
         return 2
     corpus_path = args.corpus or (previous and previous["corpus"]["path"]) or args.fallback_corpus
     try:
+        corpus_path = Path(corpus_path) if corpus_path else download_book_corpus()
+        base, says = starting_point(args, previous, corpus_path, recipe)
+        if base and not previous and args.recipe is None:  # a fine-tune's recipe is its own
+            recipe_name, recipe = "finetune", make_recipe("finetune", **overrides)
+        if base:
+            recipe = recipe.updated(units=base.units)  # the model's shape is the base's
+        print(f"train: {says}", flush=True)
         corpus = load_corpus(corpus_path, maxlen=recipe.maxlen, holdout=recipe.holdout,
-                             lowercase=recipe.lowercase, cache_dir=out, known_chars=recipe.vocab)
-    except CorpusError as exc:
+                             lowercase=recipe.lowercase, cache_dir=out,
+                             known_chars="".join(base.chars) if base else recipe.vocab)
+    except (CorpusError, BaseError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return fit(corpus, recipe_name, recipe, out, fresh=args.fresh)
+        return fit(corpus, recipe_name, recipe, out, fresh=args.fresh, base=base)
     except Exception as exc:
         if not lost_worker(exc):
             raise
@@ -120,6 +133,16 @@ def main(argv=None) -> int:
         print(f"\ntrain: error: the cluster lost a worker ({reason}): start every worker again with the "
               "same command, and the run resumes after its last finished epoch", file=sys.stderr)
         return 1
+
+
+def starting_point(args, previous: dict | None, corpus: Path, recipe: Recipe) -> tuple[Base | None, str]:
+    """The base a run starts from and the line that says so: a run named again keeps its own (and
+    resumes from its own checkpoint once it has one); a new run chooses by --base."""
+    if previous:
+        started = previous.get("base")
+        says = f"continuing run {args.name}" + (f", fine-tuned from {started['checkpoint']}" * bool(started))
+        return load_base(Path(started["checkpoint"])) if started else None, says
+    return choose_base(args.base, Path(args.artifacts), corpus, recipe.lowercase)
 
 
 def lost_worker(exc: Exception) -> bool:
@@ -158,8 +181,10 @@ def distribution_strategy():
     return tf.distribute.get_strategy()
 
 
-def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool = False) -> int:
-    """Train `recipe` on `corpus` into `out`, resuming the run there unless `fresh`; the exit status."""
+def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool = False,
+        base: Base | None = None) -> int:
+    """Train `recipe` on `corpus` into `out` from `base`'s weights (None: new ones), resuming the run
+    there unless `fresh`; the exit status."""
     strategy = distribution_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
     worker, workers = cluster()
     if worker == 0:
@@ -170,13 +195,14 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     log = new_log(recipe_name, recipe, corpus, plan, workers)
+    log["base"] = base.describe() if base else None
     previous = None if fresh else read_log(out)
     resuming = previous is not None and (out / "last.keras").exists()
     if resuming and not same_run(previous, log):
         print(f"train: error: {out} holds a run with another recipe or corpus: "
               "pass --fresh (FRESH=1) to start over, or choose another NAME", file=sys.stderr)
         return 2
-    model = initial_model(strategy, out / "last.keras" if resuming else None, corpus, recipe, plan)
+    model = initial_model(strategy, out / "last.keras" if resuming else None, corpus, recipe, plan, base)
     if resuming:
         log["epochs"] = previous["epochs"]
         forget_epochs_after(log, int(model.optimizer.iterations.numpy()) // plan.steps_per_epoch)
@@ -250,17 +276,22 @@ def new_log(recipe_name: str, recipe: Recipe, corpus: Corpus, plan: EpochPlan, w
     }
 
 
-def initial_model(strategy, checkpoint: Path | None, corpus: Corpus, recipe: Recipe, plan: EpochPlan):
-    """The model training starts from: the run's own last checkpoint (resuming), else new weights."""
+def initial_model(strategy, checkpoint: Path | None, corpus: Corpus, recipe: Recipe, plan: EpochPlan,
+                  base: Base | None):
+    """The model training starts from: the run's own last checkpoint (resuming), else the base's
+    weights (the vocabulary extended for the corpus's new characters), else new weights."""
     import keras
 
-    from .model import build_model, load_checkpoint
+    from .model import build_model, load_checkpoint, start_from
 
     with strategy.scope():
         if checkpoint:
             return load_checkpoint(checkpoint)
         keras.utils.set_random_seed(recipe.seed)
-        return build_model(len(corpus.chars), recipe, steps_per_epoch=plan.steps_per_epoch)
+        model = build_model(len(corpus.chars), recipe, steps_per_epoch=plan.steps_per_epoch)
+        if base:
+            start_from(model, load_checkpoint(base.checkpoint))
+        return model
 
 
 class TrainingLoop:
@@ -291,6 +322,8 @@ class TrainingLoop:
         if done >= recipe.epochs:
             print(f"{self.out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
             return 0
+        if done == 0 and log["base"]:
+            self.score_start()
         for epoch in range(done, recipe.epochs):
             if self.chief:
                 print(f"Epoch {epoch + 1}/{recipe.epochs}")
@@ -315,6 +348,13 @@ class TrainingLoop:
         print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> "
               f"{self.out / 'best.keras'}")
         return 0
+
+    def score_start(self) -> None:
+        """The held-out figure before any step: the base's on this text (log["start"])."""
+        val_loss = self.holdout_nats()
+        self.log["start"] = {"val_loss": val_loss, "val_bits_per_char": val_loss / math.log(2)}
+        if self.chief:
+            print(f"before training: held-out {val_loss / math.log(2):.3f} bits/char (the base on this text)")
 
     def batch(self, k: int):
         import tensorflow as tf

@@ -96,6 +96,38 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
     return model
 
 
+NEW_CHAR_LOGIT_GAP = 10.0  # a new character's first logit, below the base's lowest bias
+
+
+def start_from(model: keras.Model, base: keras.Model) -> None:
+    """Give `model` the weights of `base`, whose vocabulary is the first characters of model's (same
+    layers otherwise). A new character gets a zero input row (reading it moves no state) and an output
+    column of zero weights whose bias is NEW_CHAR_LOGIT_GAP below the base's lowest (e^10 times less
+    likely than the base's rarest character), so that at the first step the model predicts as the base
+    did for every character the base knows. Adam moves each of the column's weights by about the learning
+    rate a step, so a new character that the corpus uses is learnt within a few hundred steps."""
+    def weighted(m):
+        return [layer for layer in m.layers if isinstance(layer, (keras.layers.LSTM, keras.layers.Dense))]
+
+    layers, base_layers = weighted(model), weighted(base)
+    if len(layers) != len(base_layers):
+        raise ValueError(f"the base has {len(base_layers)} weighted layers, the model {len(layers)}")
+    known = base.input_shape[-1]
+    for i, (layer, base_layer) in enumerate(zip(layers, base_layers, strict=True)):
+        weights = [np.asarray(w) for w in base_layer.get_weights()]
+        if i == 0:  # the first LSTM's input kernel [vocab, 4U]
+            kernel = np.zeros(layer.get_weights()[0].shape, np.float32)
+            kernel[:known] = weights[0]
+            weights[0] = kernel
+        if isinstance(layer, keras.layers.Dense):  # kernel [U, vocab], bias [vocab]
+            kernel, bias = np.zeros(layer.get_weights()[0].shape, np.float32), layer.get_weights()[1]
+            kernel[:, :known] = weights[0]
+            bias = np.full(bias.shape, weights[1].min() - NEW_CHAR_LOGIT_GAP, np.float32)
+            bias[:known] = weights[1]
+            weights = [kernel, bias]
+        layer.set_weights(weights)
+
+
 @contextlib.contextmanager
 def averaged(model: keras.Model):
     """Inside the block the model holds its weights' moving average (a recipe with ema), after it the
