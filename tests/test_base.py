@@ -93,6 +93,16 @@ def test_new_characters_extend_the_vocabulary_without_changing_the_base_s_predic
     after = model.predict(np.eye(len(vocab))[ids], verbose=0)
     np.testing.assert_allclose(after[..., : len(base_vocab)], before, rtol=1e-3, atol=1e-6)
     assert after[..., len(base_vocab):].max() < 1e-3
+    # The export keeps that vocabulary and the ids training cached (no second encoding).
+    from charsdk import Generator
+    from train import export
+
+    cached = sorted(p.name for p in (tmp_path / "extra").glob("ids-*"))
+    assert export.main(["--name", "extra", "--artifacts", str(tmp_path), "--precision", "fp32"]) == 0
+    generator = Generator.load(tmp_path / "extra")
+    assert list(generator.vocab.chars) == vocab and generator.vocab.lowercase is False
+    assert sorted(p.name for p in (tmp_path / "extra").glob("ids-*")) == cached
+    assert len(generator.generate("The Zq@", length=20, seed=1)) == 20
     # Reading a new character moves nothing: as if the base had read no character there.
     ids[:, ::3] = len(base_vocab)  # the first new character
     nothing = np.eye(len(base_vocab) + 1)[np.minimum(ids, len(base_vocab))][..., : len(base_vocab)]

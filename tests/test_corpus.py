@@ -162,3 +162,16 @@ def test_baselines_code_the_held_out_part_after_the_training_part(small_corpus, 
     assert bits["zlib -9"] == pytest.approx(by_hand / (len(text) - split))
     # on this repetitive text every compressor beats 8 bits per character, and PPMd beats zlib
     assert 0 < bits["PPMd order 6, 256 MB"] < bits["zlib -9"] < 8
+
+
+def test_known_characters_come_first_and_a_cache_of_another_order_is_not_reused(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("a quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    sorted_corpus = load_corpus(path, maxlen=10, holdout=0.1, cache_dir=tmp_path / "run")
+    assert list(sorted_corpus.chars) == sorted(sorted_corpus.chars)
+    based = load_corpus(path, maxlen=10, holdout=0.1, cache_dir=tmp_path / "run", known_chars="zyQ")
+    assert based.chars[:3] == ("z", "y", "Q") and list(based.chars[3:]) == sorted(set(based.chars[3:]))
+    assert based.decode(based.ids) == sorted_corpus.decode(sorted_corpus.ids) == path.read_text()
+    extended = load_corpus(path, maxlen=10, holdout=0.1, cache_dir=tmp_path / "run", known_chars="zyQ .a")
+    assert extended.chars == based.chars  # the same vocabulary: the cached ids are reused
+    assert extended.ids_path == based.ids_path

@@ -206,9 +206,9 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
     path = Path(path) if path else download_book_corpus()
     sha256 = file_sha256(path)
     key = f"ids-{sha256[:16]}-{'lower' if lowercase else 'cased'}"
-    if known_chars:
-        key += f"-{hashlib.sha256(known_chars.encode()).hexdigest()[:8]}"
     cached = read_cache(cache_dir, key, sha256) if cache_dir else None
+    if cached and not starts_with(cached[0], known_chars):
+        cached = None  # encoded for another vocabulary order
     if cached:
         chars, ids, ids_path = cached
     else:
@@ -232,6 +232,13 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
             f"{holdout:.0%} held out it needs at least {needed}: give a longer text or a smaller MAXLEN"
         )
     return Corpus(chars, ids, split, sha256, str(path), ids_path and str(ids_path))
+
+
+def starts_with(chars: tuple[str, ...], known_chars: str) -> bool:
+    """Whether a corpus's vocabulary is what `known_chars` followed by the corpus's others, sorted, gives
+    (a fine-tune's export names the new characters too: the same vocabulary, the same cached ids)."""
+    rest = chars[len(known_chars):]
+    return "".join(chars[: len(known_chars)]) == known_chars and list(rest) == sorted(rest)
 
 
 def read_cache(cache_dir: Path, key: str, sha256: str):

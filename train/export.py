@@ -47,7 +47,8 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
     recipe, corpus_info = log["recipe"], log["corpus"]
     try:
         corpus = load_corpus(corpus_info["path"], maxlen=recipe["maxlen"], holdout=recipe["holdout"],
-                             lowercase=recipe["lowercase"], cache_dir=model_dir)
+                             lowercase=recipe["lowercase"], cache_dir=model_dir,
+                             known_chars="".join(corpus_info["vocab"]))  # the model's, in its order
     except CorpusError as exc:
         raise ExportError(f"the training corpus is needed to check the export: {exc}") from None
     if corpus.sha256 != corpus_info["sha256"]:
