@@ -158,6 +158,9 @@ def test_auto_fine_tunes_from_the_base_only_where_it_covers_the_corpus(base_dir,
     assert code == 0 and out.out.startswith(f"train: fine-tuning from {tmp_path / 'base' / 'best.keras'}")
     log = json.loads((tmp_path / "auto" / "log.json").read_text())
     assert log["recipe_name"] == "finetune" and log["recipe"]["units"] == [32]  # the base's shape
+    code, out = train(other_text, tmp_path, "book", "--recipe", "book", *TINY, "--units", "16",
+                      "--epochs", "1", "--steps-per-epoch", "1", capsys=capsys)
+    assert code == 0 and out.out.startswith("train: training from scratch: the recipe's LSTMs [16] are not")
     chinese = tmp_path / "chinese.txt"
     chinese.write_text("天地玄黄，宇宙洪荒。日月盈昃，辰宿列张。" * 300, encoding="utf-8")
     code, out = train(chinese, tmp_path, "zh", *TINY, "--epochs", "1", "--steps-per-epoch", "1",

@@ -95,32 +95,19 @@ def read_log(out: Path) -> dict | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.artifacts) / args.name
-    # A run named again continues with what it was started with, unless told otherwise.
     previous = None if args.fresh else read_log(out)
-    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)}
-    if args.recipe is None and previous:
-        recipe_name = previous["recipe_name"]
-        recipe = Recipe.from_dict(previous["recipe"]).updated(**overrides)
-    else:
-        recipe_name = args.recipe or "default"
-        recipe = make_recipe(recipe_name, **overrides)
-    if recipe.weight_drop and recipe.recurrent_dropout:
-        print("train: error: --weight-drop and --recurrent-dropout cannot be combined (recurrent dropout "
-              "runs Keras' own LSTM loop, which drops no weights): choose one of them", file=sys.stderr)
-        return 2
     corpus_path = args.corpus or (previous and previous["corpus"]["path"]) or args.fallback_corpus
     try:
         corpus_path = Path(corpus_path) if corpus_path else download_book_corpus()
-        base, says = starting_point(args, previous, corpus_path, recipe)
-        if base and not previous and args.recipe is None:  # a fine-tune's recipe is its own
-            recipe_name, recipe = "finetune", make_recipe("finetune", **overrides)
-        if base:
-            recipe = recipe.updated(units=base.units)  # the model's shape is the base's
+        recipe_name, recipe, base, says = starting_point(args, previous, corpus_path)
+        if recipe.weight_drop and recipe.recurrent_dropout:
+            raise RecipeError("--weight-drop and --recurrent-dropout cannot be combined (recurrent dropout "
+                              "runs Keras' own LSTM loop, which drops no weights): choose one of them")
         print(f"train: {says}", flush=True)
         corpus = load_corpus(corpus_path, maxlen=recipe.maxlen, holdout=recipe.holdout,
                              lowercase=recipe.lowercase, cache_dir=out,
                              known_chars="".join(base.chars) if base else recipe.vocab)
-    except (CorpusError, BaseError) as exc:
+    except (CorpusError, BaseError, RecipeError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -135,14 +122,33 @@ def main(argv=None) -> int:
         return 1
 
 
-def starting_point(args, previous: dict | None, corpus: Path, recipe: Recipe) -> tuple[Base | None, str]:
-    """The base a run starts from and the line that says so: a run named again keeps its own (and
-    resumes from its own checkpoint once it has one); a new run chooses by --base."""
+def starting_point(args, previous: dict | None, corpus: Path) -> tuple[str, Recipe, Base | None, str]:
+    """The recipe (its name), the base a run starts from, and the line that says so.
+
+    A run named again continues with the recipe and base it was started with (and resumes from its own
+    checkpoint once it has one). A new run chooses its base by --base; a fine-tune from the base chosen
+    by default takes the recipe finetune, unless --recipe names another, and the base's shape. A shape
+    asked for (--recipe, --units) that is not the base's trains from scratch."""
+    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)}
     if previous:
+        recipe_name = args.recipe or previous["recipe_name"]
+        recipe = (make_recipe(recipe_name, **overrides) if args.recipe else
+                  Recipe.from_dict(previous["recipe"]).updated(**overrides))
         started = previous.get("base")
-        says = f"continuing run {args.name}" + (f", fine-tuned from {started['checkpoint']}" * bool(started))
-        return load_base(Path(started["checkpoint"])) if started else None, says
-    return choose_base(args.base, Path(args.artifacts), corpus, recipe.lowercase)
+        if not started:
+            return recipe_name, recipe, None, f"continuing run {args.name}"
+        return (recipe_name, recipe, load_base(Path(started["checkpoint"])),
+                f"continuing run {args.name}, fine-tuned from {started['checkpoint']}")
+    recipe_name = args.recipe or "default"
+    recipe = make_recipe(recipe_name, **overrides)
+    base, says = choose_base(args.base, Path(args.artifacts), corpus, recipe.lowercase)
+    if base and args.base == "auto" and (args.recipe or args.units) and recipe.units != base.units:
+        return recipe_name, recipe, None, (f"training from scratch: the recipe's LSTMs {list(recipe.units)} "
+                                           f"are not the base's {list(base.units)} (BASE=base fine-tunes "
+                                           "with its shape)")
+    if base and args.recipe is None:  # a fine-tune's recipe is its own
+        recipe_name, recipe = "finetune", make_recipe("finetune", **overrides)
+    return recipe_name, recipe.updated(units=base.units) if base else recipe, base, says
 
 
 def lost_worker(exc: Exception) -> bool:
