@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
-from .errors import CharsdkError, InputError
+from .errors import CharsdkError, InputError, ModelError
 from .generator import Generator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -80,7 +80,8 @@ def gen(
     top_p: float = typer.Option(1.0, "--top-p", help="Keep the smallest set of mass p (1 = all)."),
     stop: list[str] = typer.Option([], "--stop", help="End a sample at this string; repeatable."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed: same seed, same text."),
-    mode: str = typer.Option("stateful", "--mode", help="stateful or window."),
+    mode: str | None = typer.Option(None, "--mode",
+                                    help="stateful or window (default: the model's own)."),
     on_unknown: str = ON_UNKNOWN,
     threads: int = THREADS,
     provider: list[str] = PROVIDERS,
@@ -111,8 +112,9 @@ def gen(
 def evaluate(
     text_file: Path = typer.Argument(..., help="UTF-8 text to score."),
     model: Path | None = MODEL,
-    mode: str = typer.Option("stateful", "--mode",
-                             help="stateful (as gen reads) or window (each character from the last maxlen)."),
+    mode: str | None = typer.Option(None, "--mode",
+                                    help="stateful (as gen reads) or window (each character from the last "
+                                         "maxlen); default: the model's."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     on_unknown: str = ON_UNKNOWN,
     threads: int = THREADS,
@@ -247,6 +249,10 @@ def serve(
         _fail(InputError(f"--chunk-ms must be a number of milliseconds in (0, 10000], got {chunk_ms}"))
     try:
         generator = _load(model, 1, provider)  # one core per model call; `threads` calls at once
+        if generator.vocab.window:
+            raise ModelError(f"{generator.path} is a window model (a Keras model converted by tf2onnx): "
+                             "charsdk serve batches charsdk's own graph models; run it with charsdk gen "
+                             "or the Python API")
     except CharsdkError as exc:
         _fail(exc)
     try:

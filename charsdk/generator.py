@@ -128,6 +128,8 @@ class TextDecoder:
 class Generator:
     """A loaded model: `Generator.load(dir).generate("seed text")`. Safe to share between threads."""
 
+    modes = MODES  # the modes this model runs in; the first is its default
+
     def __init__(self, vocab: Vocab, session: ort.InferenceSession, path: Path):
         self.vocab = vocab
         self.session = session  # model.onnx: read ids, then draw characters (see train/graph.py)
@@ -158,6 +160,10 @@ class Generator:
                              "vocab.json and the ONNX file it names")
         vocab = Vocab.load(path / "vocab.json")
         session = _open_session(path / vocab.onnx_file, vocab.onnx_sha256, threads, providers)
+        if vocab.window:
+            from .window import WindowGenerator
+
+            return WindowGenerator.checked(vocab, session, path)
         inputs = {i.name: i for i in session.get_inputs()}
         if set(inputs) != GRAPH_INPUTS | {s.input for s in vocab.states}:
             raise ModelError(f"{vocab.onnx_file} does not take the inputs this charsdk gives it "
@@ -237,6 +243,17 @@ class Generator:
 
     # -- the public API -----------------------------------------------------------------------
 
+    def _mode(self, mode: str | None) -> str:
+        """The mode asked for (None: the model's default), checked."""
+        if mode is None:
+            return self.modes[0]
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
+        if mode not in self.modes:
+            raise InputError(f"mode {mode!r}: this is a window model (a Keras model converted by tf2onnx), "
+                             "which runs in window mode only: use mode='window' or leave mode out", "mode")
+        return mode
+
     def _plan(self, seed_text, length, temperatures, n, top_k, top_p, stop, seed, mode,
               on_unknown) -> Plan:
         """Check every argument (InputError naming the argument) and say what to run."""
@@ -249,8 +266,7 @@ class Generator:
         if seed_text is not None and not isinstance(seed_text, str):
             raise InputError(f"seed_text must be a string (or None for the model's own), got "
                              f"{type(seed_text).__name__}", "seed_text")
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
+        mode = self._mode(mode)
         stop = [stop] if isinstance(stop, str) else list(stop or ())
         if any(not isinstance(s, str) or not s for s in stop):
             raise InputError("stop must be a list of non-empty strings", "stop")
@@ -281,7 +297,7 @@ class Generator:
 
     def stream(self, seed_text: str | None = None, length: int = 400, temperature: float = 0.5,
                *, top_k: int = 0, top_p: float = 1.0, stop: str | Sequence[str] = (),
-               seed: int | None = None, mode: str = "stateful",
+               seed: int | None = None, mode: str | None = None,
                on_unknown: str = "error") -> Iterator[str]:
         """The generated characters, one by one as they are produced (see `generate`)."""
         plan = self._plan(seed_text, length, [temperature], 1, top_k, top_p, stop, seed, mode, on_unknown)
@@ -290,7 +306,7 @@ class Generator:
     def generate(self, seed_text: str | None = None, length: int = 400,
                  temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
                  top_p: float = 1.0, stop: str | Sequence[str] = (), seed: int | None = None,
-                 mode: str = "stateful", on_unknown: str = "error") -> str | list[str]:
+                 mode: str | None = None, on_unknown: str = "error") -> str | list[str]:
         """The `length` characters that follow `seed_text` (None: the model's stored seed).
 
         temperature: 0 is greedy; a list gives `n` samples per temperature. n > 1 or a list of
@@ -299,7 +315,8 @@ class Generator:
         stop: strings that end a sample (not included). seed: same seed, same text.
         on_unknown: "error" (default) names seed characters the model does not know; "skip" drops them.
         mode: "stateful" carries the LSTM state (one step per character); "window" predicts each
-        character from the last `maxlen` characters and a zero state, as the model was trained.
+        character from the last `maxlen` characters and a zero state, as the model was trained. None:
+        the model's default (stateful; a window model runs in window mode only).
         """
         temperatures = [temperature] if np.isscalar(temperature) else list(temperature)
         if not temperatures:
@@ -310,7 +327,7 @@ class Generator:
             texts = [t + p for t, p in zip(texts, pieces, strict=True)]
         return texts[0] if np.isscalar(temperature) and n == 1 else texts
 
-    def evaluate(self, text: str, mode: str = "stateful", on_unknown: str = "error",
+    def evaluate(self, text: str, mode: str | None = None, on_unknown: str = "error",
                  progress: Callable[[int, int], None] | None = None) -> dict:
         """Bits per character on `text`, scoring every position that has `maxlen` characters before it.
 
@@ -318,8 +335,7 @@ class Generator:
         "window" predicts each from exactly those characters and a zero state (as in training).
         The text is read SCORE_CHUNK characters per call; `progress(done, total)` is called after each.
         """
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
+        mode = self._mode(mode)
         ids, maxlen = self.vocab.encode(text, on_unknown), self.vocab.maxlen
         if len(ids) <= maxlen:
             raise InputError(f"the text needs more than {maxlen} characters to be scored, "

@@ -117,8 +117,17 @@ def draw(probs: np.ndarray, noise: np.ndarray, keep: np.ndarray | None = None) -
     return np.argmax(scores(probs, noise, keep), axis=1)
 
 
+def draw_rows(probs: np.ndarray, uniforms: np.ndarray, options) -> np.ndarray:
+    """One index per row of probs [B, V], each row with its own options and uniform numbers [B, V]:
+    the rules model.onnx applies in its graph, in numpy (a window model's draw, `sample`)."""
+    noise = gumbel_noise(uniforms, [o.temperature for o in options])
+    keep = None
+    if any(o.filters for o in options):  # top_p 1 as +inf: a cumulative sum may reach 1.0 by rounding
+        keep = allowed(probs, [o.inv_temperature for o in options], [o.top_k for o in options],
+                       [o.top_p if o.top_p < 1 else np.inf for o in options])
+    return draw(probs, noise, keep)
+
+
 def sample(probs: np.ndarray, options: SamplingOptions, rng: np.random.Generator) -> int:
     """One index drawn from one distribution [V] (O(vocabulary))."""
-    noise = gumbel_noise(rng.random((1, len(probs)), np.float32), [options.temperature])
-    keep = allowed(probs, options.inv_temperature, options.top_k, options.top_p) if options.filters else None
-    return int(draw(probs, noise, keep)[0])
+    return int(draw_rows(np.atleast_2d(probs), rng.random((1, len(probs)), np.float32), [options])[0])

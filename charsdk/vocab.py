@@ -2,7 +2,9 @@
 
 It holds everything needed to drive model.onnx: the characters in index order, the context
 length, the casing rule, the state tensors' names and sizes, the weights' precision and the sha256 of
-the ONNX file it belongs to.
+the ONNX file it belongs to. Format version 2 describes charsdk's own graph (train/graph.py); version 3
+a window model, any Keras character model converted by tf2onnx: one window of `maxlen` characters in,
+the next character's distribution out (docs/model-format.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from .errors import InputError, ModelError
 
 FORMAT = "charsdk-model"
 FORMAT_VERSION = 2  # 2: one graph (model.onnx reads, scores and samples), int8 or float32 weights
+WINDOW_FORMAT_VERSION = 3  # 3: a window model (tf2onnx): a window in, the next character's distribution out
 PRECISIONS = ("int8", "fp32")
+ENCODINGS = ("one_hot", "ids")  # how a window model reads its window
+OUTPUTS = ("probs", "logits")  # what a window model returns
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,31 @@ class StateSpec:
     input: str
     output: str
     size: int
+
+
+@dataclass(frozen=True)
+class WindowIO:
+    """A window model's tensors: `input` [batch, maxlen, chars] one-hot float32 (or [batch, maxlen] ids,
+    `encoding` "ids"), `output` [batch, chars], probabilities or logits."""
+
+    input: str
+    encoding: str
+    input_type: str  # "float32", "int32" or "int64", as the ONNX input is typed
+    output: str
+    output_is: str
+
+    def to_dict(self) -> dict:
+        return {"input": self.input, "encoding": self.encoding, "input_type": self.input_type,
+                "output": self.output, "output_is": self.output_is}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WindowIO:
+        io = cls(str(data["input"]), data["encoding"], data["input_type"], str(data["output"]),
+                 data["output_is"])
+        if io.encoding not in ENCODINGS or io.output_is not in OUTPUTS or io.input_type not in (
+                "float32", "int32", "int64"):
+            raise TypeError("'onnx.window' has an unknown encoding, input type or output")
+        return io
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,7 @@ class Vocab:
     precision: str = "int8"
     default_seed_text: str = ""
     training: dict = field(default_factory=dict)
+    window: WindowIO | None = None  # a window model's tensors (None: charsdk's own graph)
 
     def __post_init__(self):
         if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
@@ -83,6 +114,12 @@ class Vocab:
         return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
+        if self.window:
+            return {"format": FORMAT, "format_version": WINDOW_FORMAT_VERSION, "chars": list(self.chars),
+                    "maxlen": self.maxlen, "lowercase": self.lowercase,
+                    "onnx": {"file": self.onnx_file, "sha256": self.onnx_sha256, "precision": self.precision,
+                             "window": self.window.to_dict()},
+                    "default_seed_text": self.default_seed_text, "training": self.training}
         V = self.size
         return {
             "format": FORMAT,
@@ -116,10 +153,10 @@ class Vocab:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ModelError("vocab.json is not a charsdk model description ('format' is missing)")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in (FORMAT_VERSION, WINDOW_FORMAT_VERSION):
             raise ModelError(
-                f"vocab.json has format_version {version!r}; this charsdk reads version "
-                f"{FORMAT_VERSION}: re-export the model or upgrade charsdk"
+                f"vocab.json has format_version {version!r}; this charsdk reads versions "
+                f"{FORMAT_VERSION} and {WINDOW_FORMAT_VERSION}: re-export the model or upgrade charsdk"
             )
         try:
             onnx = data["onnx"]
@@ -133,7 +170,8 @@ class Vocab:
                 raise TypeError("'onnx.file' must be a plain file name inside the model directory")
             if onnx["precision"] not in PRECISIONS:
                 raise TypeError(f"'onnx.precision' must be one of {', '.join(PRECISIONS)}")
-            states = tuple(
+            window = WindowIO.from_dict(onnx["window"]) if version == WINDOW_FORMAT_VERSION else None
+            states = () if window else tuple(
                 StateSpec(str(s["input"]), str(s["output"]), int(s["shape"][1]))
                 for s in onnx["states"]
             )
@@ -147,6 +185,7 @@ class Vocab:
                 precision=onnx["precision"],
                 default_seed_text=str(data.get("default_seed_text", "")),
                 training=dict(data.get("training", {})),
+                window=window,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"vocab.json is invalid: {exc}") from None

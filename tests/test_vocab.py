@@ -46,7 +46,7 @@ def test_unknown_characters_are_named():
         ({"format": "other"}, "not a charsdk model"),
         ({"chars": "abc"}, "'chars'"),
         ({"maxlen": 0}, "'maxlen'"),
-        ({"format_version": 1}, "format_version 1; this charsdk reads version 2: re-export"),
+        ({"format_version": 1}, "format_version 1; this charsdk reads versions 2 and 3: re-export"),
     ],
 )
 def test_invalid_vocab_is_refused(change, message):
