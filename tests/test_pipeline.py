@@ -144,6 +144,31 @@ def test_export_refuses_a_graph_that_disagrees_with_keras(trained_dir, monkeypat
     assert not (trained_dir / ".export-staging").exists()
 
 
+def test_export_refuses_a_graph_that_tf2onnx_s_conversion_contradicts(trained_dir, monkeypatch):
+    """The witness broken on purpose: tf2onnx's graph of the same model with one output bias changed."""
+    from train import export, keras_onnx
+
+    real = keras_onnx.to_onnx
+    monkeypatch.setattr(keras_onnx, "to_onnx", lambda *args, **kwargs: bump_bias_of(real(*args, **kwargs)))
+    before = model_files(trained_dir)
+    with pytest.raises(export.ExportError, match="tf2onnx's conversion of the model and charsdk's graph"):
+        export.export(trained_dir)
+    assert model_files(trained_dir) == before
+    assert not (trained_dir / ".export-staging").exists()
+
+
+def bump_bias_of(proto, by: float = 1.0):
+    """tf2onnx's graph with the dense layer's bias (the initializer of the output's width) moved."""
+    from onnx import numpy_helper
+
+    width = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    tensor = next(t for t in proto.graph.initializer if list(t.dims) == [width])
+    bias = numpy_helper.to_array(tensor).copy()
+    bias[0] += by
+    tensor.CopyFrom(numpy_helper.from_array(bias, tensor.name))
+    return proto
+
+
 def test_export_refuses_a_graph_that_draws_what_numpy_would_not(trained_dir, monkeypatch):
     from train import export
 

@@ -3,9 +3,9 @@ model-<hash>.onnx (one graph that reads, scores and samples: train/graph.py) and
 names it, with its sha256).
 
 Before anything is moved into place, the float32 graph run by onnxruntime (through charsdk, as users
-run it) must agree with Keras on real windows, the graph's draws must be numpy's draws from its own
-distributions, and an int8 graph must score the held-out text within INT8_MAX_LOSS bits/char of the
-float32 one.
+run it) must agree with Keras on real windows and with tf2onnx's conversion of the same model (an
+independent witness), the graph's draws must be numpy's draws from its own distributions, and an int8
+graph must score the held-out text within INT8_MAX_LOSS bits/char of the float32 one.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, log_softmax, scores
 from charsdk.vocab import PRECISIONS, Vocab
 
+from . import keras_onnx
 from .corpus import CorpusError, load_corpus
 from .graph import OPSET, build_graph
 from .model import graph_weights, last_step_probs, load_checkpoint
@@ -55,10 +56,7 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
 
     model = load_checkpoint(model_dir / "best.keras")
-    layers, dense, states = graph_weights(model)
     best = log["epochs"][log["best_epoch"] - 1]
-    holdout_text = corpus.decode(corpus.holdout_ids[: max(HOLDOUT_CHARS.values())])
-    seed_start = holdout_text.find(" ") + 1
     training = {
         "recipe_name": log["recipe_name"],
         "recipe": recipe,
@@ -70,8 +68,19 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         "train_wall_s": best["wall_s"],
         "parameters": int(model.count_params()),
         "checkpoint_sha256": sha256_of(model_dir / "best.keras"),
-        "opset": OPSET,
     }
+    return export_graph(model, corpus, recipe["maxlen"], recipe["lowercase"], training, model_dir, precision)
+
+
+def export_graph(model, corpus, maxlen: int, lowercase: bool, training: dict, model_dir: Path,
+                 precision: str) -> dict:
+    """charsdk's graph of a Keras model (train/graph.py) into model_dir, once it agrees with Keras and
+    with tf2onnx's conversion, draws as numpy draws, and (int8) scores within INT8_MAX_LOSS of float32;
+    returns the checks' figures. Raises ExportError (and installs nothing) when a check fails."""
+    layers, dense, states = graph_weights(model)
+    holdout_text = corpus.decode(corpus.holdout_ids[: max(HOLDOUT_CHARS.values())])
+    seed_start = holdout_text.find(" ") + 1
+    training = {**training, "opset": OPSET}
     staging = model_dir / ".export-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -82,9 +91,9 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
             directory.mkdir()
             path, sha256 = save_content_addressed(build_graph(layers, dense, states, graph_precision),
                                                   directory, "model")
-            vocab = Vocab(chars=corpus.chars, maxlen=recipe["maxlen"], lowercase=recipe["lowercase"],
+            vocab = Vocab(chars=corpus.chars, maxlen=maxlen, lowercase=lowercase,
                           states=states, onnx_file=path.name, onnx_sha256=sha256, precision=graph_precision,
-                          default_seed_text=holdout_text[seed_start : seed_start + recipe["maxlen"]],
+                          default_seed_text=holdout_text[seed_start : seed_start + maxlen],
                           training=training)
             vocab.save(directory / "vocab.json")
             generators[graph_precision] = Generator.load(directory, threads=os.cpu_count())
@@ -96,8 +105,13 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         if parity["max_abs_diff"] > TOLERANCE:
             raise ExportError(f"onnxruntime and Keras disagree by {parity['max_abs_diff']:.2e} "
                               f"(> {TOLERANCE}): the export is wrong and was not installed")
+        parity["tf2onnx_max_abs_diff"] = tf2onnx_witness(model, generators["fp32"], corpus)
+        if parity["tf2onnx_max_abs_diff"] > TOLERANCE:
+            raise ExportError(f"tf2onnx's conversion of the model and charsdk's graph disagree by "
+                              f"{parity['tf2onnx_max_abs_diff']:.2e} (> {TOLERANCE}) on held-out windows: "
+                              "the export is wrong and was not installed")
         generator = generators[precision]
-        parity["sampler_mismatches"] = sampler_mismatches(generator, corpus.holdout_ids[: recipe["maxlen"]])
+        parity["sampler_mismatches"] = sampler_mismatches(generator, corpus.holdout_ids[:maxlen])
         if parity["sampler_mismatches"]:
             raise ExportError(f"model.onnx drew {parity['sampler_mismatches']} characters that "
                               "numpy sampling did not: the export is wrong and was not installed")
@@ -154,13 +168,30 @@ def remove_unnamed_onnx(model_dir: Path) -> None:
             path.unlink()
 
 
+def holdout_windows(corpus, maxlen: int, windows: int = 64) -> np.ndarray:
+    """Ids [windows, maxlen] of windows spread evenly over the held-out text."""
+    holdout = corpus.holdout_ids
+    starts = np.linspace(0, len(holdout) - maxlen - 1, windows).astype(int)
+    return np.stack([holdout[s : s + maxlen] for s in starts]).astype(np.int64)
+
+
+def tf2onnx_witness(model, generator: Generator, corpus) -> float:
+    """The largest difference of probabilities between charsdk's float32 graph and tf2onnx's conversion
+    of the same Keras model, on whole held-out windows from a zero state: an independent converter's
+    witness for train/graph.py."""
+    maxlen, size = generator.vocab.maxlen, generator.vocab.size
+    ids = holdout_windows(corpus, maxlen)
+    theirs = keras_onnx.run(keras_onnx.to_onnx(model, maxlen, size), np.eye(size, dtype=np.float32)[ids])
+    theirs = theirs[:, -1] if theirs.ndim == 3 else theirs  # a loss at every position: the last one
+    _, _, _, logits = generator.run(ids, generator._zero_state(len(ids)))
+    return float(np.abs(softmax(logits[-1]) - theirs).max())
+
+
 def check_parity(model, generator: Generator, corpus, windows: int = 64, stepped: int = 4) -> dict:
     """Keras vs the graph on held-out windows: whole windows in one call from a zero state, and one
     character per call with the state carried."""
     maxlen, vocab = generator.vocab.maxlen, generator.vocab
-    holdout = corpus.holdout_ids
-    starts = np.linspace(0, len(holdout) - maxlen - 1, windows).astype(int)
-    ids = np.stack([holdout[s : s + maxlen] for s in starts])
+    ids = holdout_windows(corpus, maxlen, windows)
     keras_probs = last_step_probs(model, np.eye(vocab.size, dtype=np.float32)[ids])
     _, _, _, logits = generator.run(ids, generator._zero_state(len(ids)))
     whole = float(np.abs(softmax(logits[-1]) - keras_probs).max())
@@ -228,8 +259,9 @@ def main(argv=None) -> int:
     figures = ", ".join(f"{p} {bits['stateful']:.4f}" for p, bits in parity["holdout_bits_per_char"].items())
     print(f"exported {model_dir}/vocab.json and the ONNX file it names ({args.precision}); Keras vs the "
           f"float32 graph max abs difference: window {parity['window_max_abs_diff']:.1e}, step by step "
-          f"{parity['step_max_abs_diff']:.1e}; its draws agree with numpy sampling; held-out bits/char "
-          f"(stateful): {figures}")
+          f"{parity['step_max_abs_diff']:.1e}; tf2onnx's conversion vs the graph "
+          f"{parity['tf2onnx_max_abs_diff']:.1e}; its draws agree with numpy sampling; held-out "
+          f"bits/char (stateful): {figures}")
     return 0
 
 
