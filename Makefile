@@ -45,8 +45,15 @@ train: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m $(if $(filter-out 1,$(WORKERS)),train.cluster --workers $(WORKERS),train.fit) \
 		$(TRAIN_ARGS)
 
+# KERAS=model.keras (or .h5): export any Keras character model instead (train/convert.py), with the
+# CORPUS it was trained on (default: the book's), LOWERCASE=1 if its training lower-cased, MAXLEN=.
+KERAS ?=
+LOWERCASE ?=
+MAXLEN ?=
 export: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS) --precision $(PRECISION)
+	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS) --precision $(PRECISION) \
+		$(if $(KERAS),--keras $(KERAS) $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus \
+		$(SHARED_CORPUS))) $(if $(LOWERCASE),--lowercase) $(if $(MAXLEN),--maxlen $(MAXLEN)))
 
 # The pretrained base: its corpus from Debian's packages (train/base_corpus.py; apt-get install dict-gcide
 # bible-kjv fortunes dict-jargon dict-devil dict-foldoc fortune-anarchism), trained (resumably: run it

@@ -176,14 +176,22 @@ def summary(generator: Generator) -> str:
     recipe = training.get("recipe", {})
     onnx_file = Path(generator.path) / vocab.onnx_file
     layers = recipe.get("units") or [s.size for s in vocab.states[::2]]
+    network = ((f"{len(layers)} x LSTM({layers[0]})" if len(set(layers)) == 1 else
+                " + ".join(f"LSTM({units})" for units in layers)) if layers else "")
+    if "parameters" in training:
+        network += f", {training['parameters']:,} parameters"
+    if vocab.window:
+        window = vocab.window
+        network = (f"a window model ({training.get('keras_file', 'Keras')} converted by tf2onnx): "
+                   f"{window.encoding.replace('_', '-')} windows in, {window.output_is} out; "
+                   f"window mode only, {training.get('parameters', 0):,} parameters")
     shown = "".join(vocab.chars).replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
     lines = [
         ("model", f"{Path(generator.path).name} ({generator.path})"),
-        ("network", (f"{len(layers)} x LSTM({layers[0]})" if len(set(layers)) == 1 else
-                     " + ".join(f"LSTM({units})" for units in layers))
-         + (f", {training['parameters']:,} parameters" if "parameters" in training else "")),
+        ("network", network),
         ("weights", f"{vocab.precision}, {vocab.onnx_file}, {onnx_file.stat().st_size / 1e6:.2f} MB"),
-        ("context", f"{vocab.maxlen} characters (window mode); stateful mode carries the state"),
+        ("context", f"{vocab.maxlen} characters (window mode)"
+                    + ("" if vocab.window else "; stateful mode carries the state")),
         ("characters", f"{vocab.size}{', lower-cased input' if vocab.lowercase else ', case kept'}: {shown}"),
     ]
     held_out = [f"{training[key]:.4f} {mode}" for mode, key in (

@@ -245,8 +245,16 @@ def main(argv=None) -> int:
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",
                    help="int8: int8 weights, one scale per output channel (default); fp32: float32 weights")
+    p.add_argument("--keras", type=Path, help="export this Keras model (.keras, .h5) instead of run NAME's "
+                                              "checkpoint: train/convert.py")
+    p.add_argument("--corpus", type=Path, help="with --keras: the text it was trained on (default: the "
+                                               "book's Nietzsche text)")
+    p.add_argument("--lowercase", action="store_true", help="with --keras: its training lower-cased the text")
+    p.add_argument("--maxlen", type=int, help="with --keras: its window, if its input does not fix it (60)")
     args = p.parse_args(argv)
     model_dir = Path(args.artifacts) / args.name
+    if args.keras:
+        return export_keras(args, model_dir)
     if not (model_dir / "best.keras").exists() or not (model_dir / "log.json").exists():
         print(f"export: error: {model_dir} has no trained checkpoint: run make train NAME={args.name}",
               file=sys.stderr)
@@ -262,6 +270,20 @@ def main(argv=None) -> int:
           f"{parity['step_max_abs_diff']:.1e}; tf2onnx's conversion vs the graph "
           f"{parity['tf2onnx_max_abs_diff']:.1e}; its draws agree with numpy sampling; held-out "
           f"bits/char (stateful): {figures}")
+    return 0
+
+
+def export_keras(args, model_dir: Path) -> int:
+    from .convert import bring
+    from .corpus import download_book_corpus
+
+    try:
+        written = bring(args.keras, args.corpus or download_book_corpus(), model_dir, args.lowercase,
+                        args.maxlen, args.precision)
+    except (ExportError, CorpusError) as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {args.keras} to {model_dir}/vocab.json and the ONNX file it names: {written}")
     return 0
 
 
