@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,18 @@ def book_loop(model, generator: Generator, length: int, direct: bool):
         text += vocab.chars[sample(probs, options, rng)]
 
 
+def window_model(model, generator: Generator, directory: Path) -> Generator:
+    """The checkpoint as `make export KERAS=` makes a window model of it: tf2onnx's conversion."""
+    from train import keras_onnx
+    from train.convert import save_window_model
+
+    vocab = generator.vocab
+    proto = keras_onnx.to_onnx(model, vocab.maxlen, vocab.size)
+    save_window_model(proto, directory, vocab.chars, vocab.maxlen, vocab.lowercase, "one_hot", "float32",
+                      "probs")
+    return Generator.load(directory)
+
+
 def fresh_process(command: list[str]) -> tuple[float, float, float]:
     """Seconds to the first byte on stdout, seconds to exit, peak RSS in MB: one new process."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True,
@@ -85,12 +98,18 @@ def main(argv=None) -> int:
                   "run make export and make ship for that run", file=sys.stderr)
             return 2
         model = load_checkpoint(checkpoint)
+        window = window_model(model, generator, Path(tempfile.mkdtemp(prefix="charsdk-bench-")))
         jobs += [
             ("book loop: Keras predict on the window",
              lambda: book_loop(model, generator, 20, direct=False), 20),
             ("Keras model called directly on the window",
              lambda: book_loop(model, generator, 20, direct=True), 20),
+            ("window model (make export KERAS=, tf2onnx)",
+             lambda: window.generate(SEED_TEXT, 1000, TEMPERATURE, seed=1), 1000),
+            (f"window model, n=64, {os.cpu_count()} threads (aggregate)",
+             lambda: window_batched.generate(SEED_TEXT, 100, TEMPERATURE, n=64, seed=1), 100 * 64),
         ]
+        window_batched = Generator.load(window.path, threads=os.cpu_count())
     jobs += [
         ("charsdk window mode", lambda: gen(SEED_TEXT, 3000, TEMPERATURE, seed=1, mode="window"), 3000),
         ("charsdk stateful mode", lambda: gen(SEED_TEXT, 30000, TEMPERATURE, seed=1), 30000),

@@ -151,6 +151,19 @@ def graph_can_build(model) -> bool:
                and not layer.go_backwards and not layer.stateful for layer in layers[:-1])
 
 
+def save_window_model(proto, directory: Path, chars, maxlen: int, lowercase: bool, encoding: str, dtype: str,
+                      output_is: str, default_seed_text: str = "", training: dict | None = None) -> Vocab:
+    """tf2onnx's graph and the vocab.json of a window model that names it, into `directory`."""
+    path, sha256 = save_content_addressed(proto, directory, "model")
+    io = WindowIO(proto.graph.input[0].name, encoding, dtype if encoding == "ids" else "float32",
+                  proto.graph.output[0].name, output_is)
+    vocab = Vocab(chars=tuple(chars), maxlen=maxlen, lowercase=lowercase, states=(), onnx_file=path.name,
+                  onnx_sha256=sha256, precision="fp32", default_seed_text=default_seed_text, window=io,
+                  training=training or {})
+    vocab.save(directory / "vocab.json")
+    return vocab
+
+
 def export_window_model(model, corpus, maxlen: int, lowercase: bool, encoding: str, dtype: str,
                         training: dict, model_dir: Path) -> str:
     """tf2onnx's conversion as a window model, once onnxruntime agrees with Keras on held-out windows."""
@@ -162,16 +175,11 @@ def export_window_model(model, corpus, maxlen: int, lowercase: bool, encoding: s
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        path, sha256 = save_content_addressed(proto, staging, "model")
         holdout_text = corpus.decode(corpus.holdout_ids[: HOLDOUT_CHARS["window"]])
         seed_start = holdout_text.find(" ") + 1
-        io = WindowIO(proto.graph.input[0].name, encoding, dtype if encoding == "ids" else "float32",
-                      proto.graph.output[0].name, "probs" if is_distribution(raw) else "logits")
-        vocab = Vocab(chars=corpus.chars, maxlen=maxlen, lowercase=lowercase, states=(), onnx_file=path.name,
-                      onnx_sha256=sha256, precision="fp32",
-                      default_seed_text=holdout_text[seed_start : seed_start + maxlen], window=io,
-                      training=training)
-        vocab.save(staging / "vocab.json")
+        vocab = save_window_model(proto, staging, corpus.chars, maxlen, lowercase, encoding, dtype,
+                                  "probs" if is_distribution(raw) else "logits",
+                                  holdout_text[seed_start : seed_start + maxlen], training)
         generator = Generator.load(staging)
         diff = float(np.abs(generator.distributions(windows) - keras_outputs(model, windows, width, encoding,
                                                                              dtype)).max())
