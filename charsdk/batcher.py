@@ -71,9 +71,11 @@ class _Row:
 
 
 class Batcher:
-    def __init__(self, generator: Generator, chunk_seconds: float = 0.05):
+    def __init__(self, generator: Generator, chunk_seconds: float = 0.05,
+                 on_chunk: Callable[[int], None] | None = None):
         self.generator = generator
         self.chunk_seconds = chunk_seconds
+        self.on_chunk = on_chunk  # told each model call's batch size (the server's metrics)
         self._incoming: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._wake = threading.Event()  # a new request, a reader that caught up, a cancel
         self._rows: list[_Row] = []
@@ -226,6 +228,8 @@ class Batcher:
             for name, value in state.items():
                 self._state[name][select] = value
         self._row_step_s = (time.perf_counter() - start) / (k * len(rows))
+        if self.on_chunk:
+            self.on_chunk(len(rows))
         events: dict[Job, list[Event]] = {}
         for b, row in enumerate(rows):
             piece = row.decoder.feed(drawn[:, b])
@@ -244,8 +248,9 @@ class Batchers:
     its own batch, not every kernel of a shared one (default model, 256 streams, another thread busy
     60% of a core: 271,000 chars/s against 215,000)."""
 
-    def __init__(self, generator: Generator, chunk_seconds: float = 0.05, count: int = 1):
-        self.batchers = [Batcher(generator, chunk_seconds) for _ in range(count)]
+    def __init__(self, generator: Generator, chunk_seconds: float = 0.05, count: int = 1,
+                 on_chunk: Callable[[int], None] | None = None):
+        self.batchers = [Batcher(generator, chunk_seconds, on_chunk) for _ in range(count)]
 
     @property
     def streams(self) -> int:

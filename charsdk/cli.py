@@ -214,11 +214,22 @@ def summary(generator: Generator) -> str:
     return "\n".join(f"{label:<11} {text}" for label, text in lines)
 
 
+MODELS = typer.Option(None, "--model", "-m",
+                      help="A shipped model's name or a model directory; repeat to serve several (a "
+                           "request's model picks one; default: the first).")
+
+
 @app.command()
 def serve(
-    model: Path | None = MODEL,
+    model: list[Path] | None = MODELS,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: any free one, printed at start)."),
+    api_key: list[str] | None = typer.Option(None, "--api-key", envvar="CHARSDK_API_KEY", show_envvar=True,
+                                             help="Require Authorization: Bearer KEY on /v1/ (repeatable; "
+                                                  "the variable may hold several, separated by spaces)."),
+    allow_origin: list[str] | None = typer.Option(None, "--allow-origin",
+                                                  help="Let browser pages on this origin call the API (CORS; "
+                                                       "repeatable; * for any)."),
     max_streams: int = typer.Option(256, "--max-streams",
                                     help="Streams generating at once (a request with n=4 takes 4)."),
     max_waiting: int = typer.Option(256, "--max-waiting",
@@ -226,6 +237,14 @@ def serve(
     max_wait: float = typer.Option(5.0, "--max-wait", help="Seconds a request waits; then: 503."),
     max_tokens: int = typer.Option(100_000, "--max-tokens", help="Largest max_tokens a request may ask for."),
     max_prompt: int = typer.Option(20_000, "--max-prompt", help="Longest prompt, in characters."),
+    request_timeout: float = typer.Option(10.0, "--request-timeout",
+                                          help="Seconds a request's headers, then its body, may take to "
+                                               "arrive; then 408 and the connection closes."),
+    max_connections: int = typer.Option(1000, "--max-connections",
+                                        help="Open connections at most; a request beyond them: 503."),
+    drain_s: float = typer.Option(30.0, "--drain-s", help="On SIGTERM or SIGINT, seconds to let requests in "
+                                                          "flight finish (new ones: 503); a second signal "
+                                                          "exits at once."),
     chunk_ms: float = typer.Option(50.0, "--chunk-ms",
                                    help="Target time of one batched model call: a new request joins the "
                                         "batch between calls (shorter: sooner; longer: less overhead)."),
@@ -234,13 +253,11 @@ def serve(
                                      "with the fewest streams (default: every core)."),
     provider: list[str] = PROVIDERS,
 ):
-    """Serve the completions API (POST /v1/completions, GET /v1/models, GET /health) over HTTP."""
+    """Serve the completions API (POST /v1/completions, GET /v1/models, GET /health, GET /metrics)."""
     import socket
 
     try:
-        import uvicorn
-
-        from .serve import Limits, create_app
+        from .serve import Limits, create_app, run_server
     except ImportError as exc:
         _fail(CharsdkError(f"charsdk serve needs the serve extra ({exc.name} is missing): "
                            "pip install 'charsdk[serve]'"))
@@ -248,19 +265,29 @@ def serve(
         _fail(InputError(f"--port must be from 0 to 65535, got {port}"))
     for flag, value, low in (("--max-streams", max_streams, 1), ("--max-waiting", max_waiting, 0),
                              ("--max-tokens", max_tokens, 0), ("--max-prompt", max_prompt, 0),
-                             ("--threads", threads, 1)):
+                             ("--threads", threads, 1), ("--max-connections", max_connections, 1)):
         if value < low:
             _fail(InputError(f"{flag} must be >= {low}, got {value}"))
-    if not max_wait >= 0:
-        _fail(InputError(f"--max-wait must be a number of seconds >= 0, got {max_wait}"))
+    for flag, value in (("--max-wait", max_wait), ("--drain-s", drain_s),
+                        ("--request-timeout", request_timeout)):
+        if not value >= 0:
+            _fail(InputError(f"{flag} must be a number of seconds >= 0, got {value}"))
     if not 0 < chunk_ms <= 10_000:
         _fail(InputError(f"--chunk-ms must be a number of milliseconds in (0, 10000], got {chunk_ms}"))
+    if any(not key.strip() for key in api_key or ()):
+        _fail(InputError("--api-key must not be empty"))
     try:
-        generator = _load(model, 1, provider)  # one core per model call; `threads` calls at once
-        if generator.vocab.window:
-            raise ModelError(f"{generator.path} is a window model (a Keras model converted by tf2onnx): "
-                             "charsdk serve batches charsdk's own graph models; run it with charsdk gen "
-                             "or the Python API")
+        generators = [_load(m, 1, provider) for m in model or [None]]  # one core per call; `threads` at once
+        for generator in generators:
+            if generator.vocab.window:
+                raise ModelError(f"{generator.path} is a window model (a Keras model converted by tf2onnx): "
+                                 "charsdk serve batches charsdk's own graph models; run it with charsdk gen "
+                                 "or the Python API")
+        limits = Limits(max_streams=max_streams, max_waiting=max_waiting, max_wait_s=max_wait,
+                        max_prompt_chars=max_prompt, max_tokens=max_tokens,
+                        request_timeout_s=request_timeout)
+        app = create_app(generators, limits, chunk_seconds=chunk_ms / 1000, parts=threads,
+                         api_keys=api_key or (), allow_origins=allow_origin or ())
     except CharsdkError as exc:
         _fail(exc)
     try:
@@ -268,11 +295,8 @@ def serve(
     except (OSError, OverflowError) as exc:
         _fail(InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another "
                          "--host or --port"))
-    limits = Limits(max_streams=max_streams, max_waiting=max_waiting, max_wait_s=max_wait,
-                    max_prompt_chars=max_prompt, max_tokens=max_tokens)
     address = sock.getsockname()
-    typer.echo(f"charsdk: serving {generator.path.name} on http://{address[0]}:{address[1]}/v1 "
-               f"(at most {max_streams} streams)", err=True)
-    app = create_app(generator, limits, chunk_seconds=chunk_ms / 1000, parts=threads)
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    names = ", ".join(g.path.name for g in generators)
+    typer.echo(f"charsdk: serving {names} on http://{address[0]}:{address[1]}/v1 "
+               f"(at most {max_streams} streams{', API keys required' if api_key else ''})", err=True)
+    run_server(app, sock, drain_s=drain_s, max_connections=max_connections)

@@ -14,23 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import json
+import os
 import secrets
+import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .batcher import Batchers, Job
-from .errors import InputError
+from .errors import InputError, ModelError
 from .generator import Generator, Plan
+from .metrics import Metrics
 
 UNSUPPORTED = {"logprobs": None, "suffix": None, "best_of": 1, "logit_bias": None,
                "presence_penalty": 0, "frequency_penalty": 0}  # fields taken only at these values
@@ -44,6 +50,7 @@ class Limits:
     max_prompt_chars: int = 20_000  # characters per prompt
     max_tokens: int = 100_000  # characters per completion (max_tokens)
     retry_after_s: int = 1  # the Retry-After of a 429 or 503
+    request_timeout_s: float = 10.0  # a request's headers, then its body, must each arrive within this: 408
 
 
 class APIError(Exception):
@@ -111,8 +118,9 @@ class Slots:
 
 @dataclass
 class Completion:
-    """A checked request: one plan per prompt, each with n streams."""
+    """A checked request: one plan per prompt, each with n streams, for one of the served models."""
 
+    model: str
     prompts: list[str]
     plans: list[Plan]
     stream: bool
@@ -140,14 +148,18 @@ def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def parse_completion(body, generator: Generator, model_id: str, limits: Limits) -> Completion:
-    """The request's fields, checked as the API checks them (APIError naming the field)."""
+def parse_completion(body, models: dict[str, Generator], limits: Limits) -> Completion:
+    """The request's fields, checked as the API checks them (APIError naming the field); `model` picks
+    one of `models` (default: the first)."""
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object")
-    model = body.get("model")
-    if model is not None and model != model_id:
-        raise APIError(404, f"model {json.dumps(model)[:80]} does not exist; this server serves "
-                            f"{json.dumps(model_id)} (GET /v1/models)", "model", code="model_not_found")
+    model_id = body.get("model")
+    model_id = next(iter(models)) if model_id is None else model_id
+    if not isinstance(model_id, str) or model_id not in models:
+        served = ", ".join(json.dumps(m) for m in models)
+        raise APIError(404, f"model {json.dumps(model_id)[:80]} does not exist; this server serves "
+                            f"{served} (GET /v1/models)", "model", code="model_not_found")
+    generator = models[model_id]
     for name, allowed in UNSUPPORTED.items():
         if body.get(name, allowed) not in (allowed, None):
             raise APIError(400, f"{name} is not supported by this server", name)
@@ -163,11 +175,16 @@ def parse_completion(body, generator: Generator, model_id: str, limits: Limits) 
                                 f"{limits.max_prompt_chars:,}", "prompt")
     max_tokens = _integer(body, "max_tokens", 16, 0, limits.max_tokens)
     n = _integer(body, "n", 1, 1, limits.max_streams)
+    if n * len(prompts) > limits.max_streams:
+        raise APIError(400, f"this request asks for {n * len(prompts)} streams (n times the prompts); this "
+                            f"server runs at most {limits.max_streams} at once", "n")
     temperature = _field(body, "temperature", 1.0, (int, float), "a number >= 0")
     top_p = _field(body, "top_p", 1.0, (int, float), "a number in (0, 1]")
     top_k = _field(body, "top_k", 0, (int,), "an integer >= 0")
     seed = _field(body, "seed", None, (int,), "an integer >= 0")
     stop = _field(body, "stop", [], (str, list), "a string or a list of strings")
+    if isinstance(stop, list) and len(stop) > MAX_STOP:
+        raise APIError(400, f"stop has {len(stop)} strings; this server takes at most {MAX_STOP}", "stop")
     stream = _field(body, "stream", False, (bool,), "true or false")
     echo = _field(body, "echo", False, (bool,), "true or false")
     on_unknown = _field(body, "on_unknown", "error", (str,), '"error" or "skip"')
@@ -183,28 +200,40 @@ def parse_completion(body, generator: Generator, model_id: str, limits: Limits) 
             message = (str(exc).replace("(on_unknown='skip', --on-unknown skip)", '("on_unknown": "skip")')
                        .replace("(or None for a fresh one)", "(or null for a fresh one)"))
             raise APIError(400, message, param) from None
-    return Completion(prompts, plans, stream, echo, include_usage)
+    return Completion(model_id, prompts, plans, stream, echo, include_usage)
 
 
-async def read_json(request: Request, limit: int):
-    """The body as JSON, read up to `limit` bytes (413 beyond)."""
+MAX_STOP = 16  # stop strings per request
+
+
+async def read_json(request: Request, limit: int, timeout_s: float):
+    """The body as JSON, read up to `limit` bytes (413 beyond) within `timeout_s` (408 beyond)."""
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise APIError(413, f"the body is over {limit:,} bytes", kind="invalid_request_error")
+
+    async def read():
+        async for part in request.stream():
+            body.extend(part)
+            if len(body) > limit:
+                raise APIError(413, f"the body is over {limit:,} bytes", kind="invalid_request_error")
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise APIError(408, f"the body took over {timeout_s:g} s to arrive") from None
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "the body's JSON is nested too deeply") from None
 
 
 class Run:
     """One completion's streams in the batches: their text as it arrives, and one end however the request
     ends (its streams leave the batch, its slots are free)."""
 
-    def __init__(self, service: Service, completion: Completion, request: Request):
+    def __init__(self, service: Service, completion: Completion, request: Request, started: float):
         self.service, self.completion, self.streams = service, completion, completion.streams
+        self.started, self.first_sent = started, False
         self.per_prompt = self.streams // len(completion.prompts)
         self.prompt_chars = sum(len(p) for p in completion.prompts) * self.per_prompt
         self.events: asyncio.Queue = asyncio.Queue()
@@ -212,12 +241,12 @@ class Run:
         loop = asyncio.get_running_loop()
         self.jobs, base = [], 0
         for plan in completion.plans:
-            self.jobs.append(service.batcher.submit(Job(plan, self._emitter(loop, len(self.jobs), base),
-                                                        self._error_emitter(loop))))
+            self.jobs.append(service.batchers[completion.model].submit(
+                Job(plan, self._emitter(loop, len(self.jobs), base), self._error_emitter(loop))))
             base += len(plan.options)
         self.watcher = asyncio.ensure_future(self._watch_disconnect(request))
         self.head = {"id": f"cmpl-{next(service.ids)}", "object": "text_completion",
-                     "created": int(time.time()), "model": service.model_id}
+                     "created": int(time.time()), "model": completion.model}
 
     def _emitter(self, loop, job_index: int, base: int):
         def emit(batch):
@@ -254,7 +283,16 @@ class Run:
             for index, text, finish in batch:
                 _, before, _ = merged.get(index, (index, "", None))
                 merged[index] = (index, before + text, finish)
+        self.count(sum(len(text) for _, text, _ in merged.values()))
         return list(merged.values())
+
+    def count(self, chars: int) -> None:
+        """Characters on their way to the client (metrics: the total, and the time to the first)."""
+        metrics = self.service.metrics
+        if chars and not self.first_sent:
+            self.first_sent = True
+            metrics.first_character.observe(time.perf_counter() - self.started)
+        metrics.characters.inc(chars)
 
     def end(self):
         self.watcher.cancel()
@@ -318,41 +356,69 @@ def _choice(index: int, text: str, finish: str | None) -> dict:
 
 
 class Service:
-    """What the routes share: the model, its batches (started with the app), the stream slots, the limits.
-    Each route is a method; create_app lists them."""
+    """What the routes share: the models and their batches (started with the app), the stream slots,
+    the limits, the metrics, and whether the server is draining. Each route is a method; create_app
+    lists them."""
 
-    def __init__(self, generator: Generator, limits: Limits, model_id: str | None, chunk_seconds: float,
-                 parts: int):
-        self.generator, self.limits, self.chunk_seconds, self.parts = generator, limits, chunk_seconds, parts
-        self.model_id = model_id or generator.path.name
+    def __init__(self, generators: Sequence[Generator], limits: Limits, chunk_seconds: float, parts: int):
+        self.models: dict[str, Generator] = {}
+        for generator in generators:
+            if generator.path.name in self.models:
+                raise ModelError(f"two models are named {generator.path.name!r}: serve models whose "
+                                 "directories have different names")
+            self.models[generator.path.name] = generator
+        self.limits, self.chunk_seconds, self.parts = limits, chunk_seconds, parts
         self.created = int(time.time())
         self.ids = (f"{secrets.token_hex(6)}{i:x}" for i in itertools.count())  # unique across replicas too
         self.slots = Slots(limits)
-        self.batcher: Batchers | None = None
+        self.batchers: dict[str, Batchers] = {}
         self.body_limit = 4 * limits.max_prompt_chars * 4 + 65_536  # JSON escapes, several prompts: generous
+        self.draining = False
+        self.metrics = Metrics(lambda: limits.max_streams - self.slots.free, lambda: self.slots.waiting)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request holds or waits for streams (what a drain waits for)."""
+        return self.slots.free < self.limits.max_streams or self.slots.waiting > 0
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        self.batcher = Batchers(self.generator, self.chunk_seconds, self.parts)
+        self.batchers = {name: Batchers(generator, self.chunk_seconds, self.parts,
+                                        on_chunk=self.metrics.batch.observe)
+                         for name, generator in self.models.items()}
         yield
-        self.batcher.close()
+        for batchers in self.batchers.values():
+            batchers.close()
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model_id, "streams": self.batcher.streams,
-                             "paused_streams": self.batcher.paused,
+        return JSONResponse({"status": "draining" if self.draining else "ok",
+                             "model": next(iter(self.models)), "models": list(self.models),
+                             "streams": sum(b.streams for b in self.batchers.values()),
+                             "paused_streams": sum(b.paused for b in self.batchers.values()),
                              "free_streams": self.slots.free, "waiting_requests": self.slots.waiting,
-                             "max_streams": self.limits.max_streams})
+                             "max_streams": self.limits.max_streams}, 503 if self.draining else 200)
 
-    async def models(self, request: Request) -> Response:
+    async def list_models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
-            {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "charsdk",
-             "max_model_len": None, "vocabulary": self.generator.vocab.size}]})
+            {"id": name, "object": "model", "created": self.created, "owned_by": "charsdk",
+             "max_model_len": None, "vocabulary": generator.vocab.size}
+            for name, generator in self.models.items()]})
 
     async def completions(self, request: Request) -> Response:
-        body = await read_json(request, self.body_limit)
-        completion = parse_completion(body, self.generator, self.model_id, self.limits)
-        await self.slots.acquire(completion.streams)
-        run = Run(self, completion, request)
+        started = time.perf_counter()
+        if self.draining:
+            self.metrics.refused.labels("503").inc()
+            raise APIError(503, "the server is shutting down: retry on another replica",
+                           kind="server_shutting_down", retry_after=self.limits.retry_after_s)
+        body = await read_json(request, self.body_limit, self.limits.request_timeout_s)
+        completion = parse_completion(body, self.models, self.limits)
+        try:
+            await self.slots.acquire(completion.streams)
+        except APIError as exc:
+            if exc.status in (429, 503):
+                self.metrics.refused.labels(str(exc.status)).inc()
+            raise
+        run = Run(self, completion, request, started)
         if completion.stream:
             return EventStream(run.sse(), run.end)
         return await run.whole()
@@ -374,15 +440,49 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return APIError(500, f"internal error: {type(exc).__name__}", kind="server_error").response()
 
 
-def create_app(generator: Generator, limits: Limits = Limits(), model_id: str | None = None,
-               chunk_seconds: float = 0.05, parts: int = 1) -> Starlette:
-    service = Service(generator, limits, model_id, chunk_seconds, parts)
-    return Starlette(
-        routes=[Route("/health", service.health), Route("/v1/models", service.models),
+def create_app(generators: Generator | Sequence[Generator], limits: Limits = Limits(),
+               chunk_seconds: float = 0.05, parts: int = 1, api_keys: Sequence[str] = (),
+               allow_origins: Sequence[str] = ()) -> Starlette:
+    """The ASGI app serving `generators` (the first is the default model). With `api_keys`, every /v1/
+    route needs one of them as a bearer token; with `allow_origins`, browsers on those origins may call
+    the API (CORS). app.state.service is the Service (draining: see charsdk.cli)."""
+    service = Service([generators] if isinstance(generators, Generator) else generators, limits,
+                      chunk_seconds, parts)
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if allow_origins else []
+    middleware.append(Middleware(service.metrics.middleware))  # inside CORS: preflights are not API calls
+    if api_keys:
+        middleware.append(Middleware(BearerKeys, keys=tuple(api_keys)))
+    app = Starlette(
+        routes=[Route("/health", service.health), Route("/metrics", service.metrics.endpoint),
+                Route("/v1/models", service.list_models),
                 Route("/v1/completions", service.completions, methods=["POST"])],
+        middleware=middleware,
         exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
         lifespan=service.lifespan,
     )
+    app.state.service = service
+    return app
+
+
+class BearerKeys:
+    """ASGI middleware: every /v1/ request but a CORS preflight must carry `Authorization: Bearer KEY`
+    with one of the keys, else a 401 in the API's error form. Each key is compared in constant time
+    (hmac.compare_digest), all of them every time; keys are never logged or echoed."""
+
+    def __init__(self, app, keys: tuple[str, ...]):
+        self.app, self.keys = app, [key.encode() for key in keys]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            token = given[7:].strip() if given[:7].lower() == b"bearer " else None
+            if token is None or not sum(hmac.compare_digest(token, key) for key in self.keys):
+                message = ("this server needs an API key: send the header Authorization: Bearer <key>"
+                           if token is None else "the API key is not valid")
+                response = APIError(401, message, code="invalid_api_key").response()
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _event(data: dict) -> bytes:
@@ -416,3 +516,100 @@ class EventStream(Response):
         finally:
             await self.events.aclose()
             self.on_close()
+
+
+# Limits the HTTP server does not set by itself (uvicorn bounds connections and idle keep-alive; bodies
+# are bounded by read_json): a request's line and headers must arrive within Limits.request_timeout_s
+# and take at most MAX_HEADER_BYTES, else 408 or 431 and the connection closes.
+MAX_HEADER_BYTES = 16_384  # what h11 and nginx allow by default
+KEEP_ALIVE_S = 5.0  # an idle keep-alive connection closes after this (uvicorn's own timeout)
+
+
+def guarded_protocol(header_timeout_s: float):
+    """uvicorn's httptools protocol with a deadline for a request's headers and the size limit above."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self._head_bytes, self._tail = 0, b""
+            self._head_timer = self.loop.call_later(header_timeout_s, self._refuse, 408,
+                                                    f"the request's headers took over {header_timeout_s:g} s")
+
+        def _disarm(self):
+            if getattr(self, "_head_timer", None) is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def data_received(self, data: bytes):
+            if self._head_timer is not None:  # reading a request's line and headers: count them
+                end = (self._tail + data).find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+                if self._head_bytes > MAX_HEADER_BYTES:
+                    return self._refuse(431, f"the request's headers are over {MAX_HEADER_BYTES:,} bytes")
+                self._tail = (self._tail + data)[-3:]
+            super().data_received(data)
+
+        def on_headers_complete(self):
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request on this connection has its own deadline
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _refuse(self, status: int, message: str):
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:  # not in the middle of an answer
+                body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                             "param": None, "code": None}}).encode()
+                reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+                self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: "
+                                     b"%d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body))
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol
+
+
+def run_server(app: Starlette, sock, drain_s: float = 30.0, max_connections: int = 1000) -> None:
+    """Serve `app` on a listening socket until SIGTERM or SIGINT, then drain (DrainingServer)."""
+    import uvicorn
+
+    service = app.state.service
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
+                            http=guarded_protocol(service.limits.request_timeout_s),
+                            limit_concurrency=max_connections, timeout_keep_alive=KEEP_ALIVE_S,
+                            timeout_graceful_shutdown=5)
+    draining_server(config, service, drain_s).run(sockets=[sock])
+
+
+def draining_server(config, service: Service, drain_s: float):
+    """A uvicorn server that on SIGTERM or SIGINT drains as load balancers expect: new requests get 503
+    and /health says "draining" while the requests in flight finish (at most drain_s), then it exits
+    with 0. A second signal exits at once."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if service.draining:
+                os._exit(128 + sig)  # the second signal
+            service.draining = True
+            threading.Thread(target=self.drain, name="charsdk-drain", daemon=True).start()
+
+        def drain(self):
+            deadline = time.monotonic() + drain_s
+            while service.busy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.should_exit = True
+
+    return DrainingServer(config)
