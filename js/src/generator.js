@@ -1,0 +1,265 @@
+// Text generation with a charsdk model in onnxruntime-web, in the browser and in Node: the same calls of
+// the same model.onnx as Python's charsdk/generator.py (prime on the seed, then chunks of drawn
+// characters, the sampling rules inside the graph), fed the same seeded uniform numbers (random.js), so a
+// seed gives the same text as Python's `Generator.generate`.
+
+import * as ort from "onnxruntime-web";
+
+import { webcrypto } from "./crypto.js";
+import { streamGenerators } from "./random.js";
+import { CharsdkError, Vocab } from "./vocab.js";
+
+export const MODES = ["stateful", "window"];
+const FIRST_CHUNK = 16; // characters in the first call: the first ones show quickly
+const CHUNK = 1024; // at most per call after that (each call 4x the one before)
+const UNIFORMS_PER_CALL = 1 << 21; // uniform numbers per call, whatever n is
+const SCORE_CHUNK = 4096; // characters read per call when scoring a text
+
+/** Chunk sizes adding up to `length`: FIRST_CHUNK, then 4x as many per call up to CHUNK, fewer for many
+ * streams (charsdk/generator.py's chunk_sizes). */
+export function* chunkSizes(length, streams, vocabSize) {
+  const limit = Math.max(1, Math.floor(UNIFORMS_PER_CALL / (streams * vocabSize)));
+  let done = 0, size = FIRST_CHUNK;
+  while (done < length) {
+    const step = Math.min(size, limit, length - done);
+    yield step;
+    done += step;
+    size = Math.min(4 * size, CHUNK);
+  }
+}
+
+const isInteger = v => (typeof v === "number" && Number.isInteger(v)) || typeof v === "bigint";
+
+/** One stream's options, checked as Python's SamplingOptions.check checks them. */
+function samplingOptions(temperature, topK, topP) {
+  if (typeof temperature !== "number" || !Number.isFinite(temperature) || temperature < 0) {
+    throw new CharsdkError(`temperature must be a finite number >= 0 (0 = greedy), got ${temperature}`, "temperature");
+  }
+  if (!Number.isInteger(topK) || topK < 0) {
+    throw new CharsdkError(`topK must be an integer >= 0 (0 = no limit), got ${topK}`, "topK");
+  }
+  if (typeof topP !== "number" || !(topP > 0 && topP <= 1)) {
+    throw new CharsdkError(`topP must be in (0, 1] (1 = no limit), got ${topP}`, "topP");
+  }
+  return { temperature, topK, topP, filters: topK > 0 || topP < 1 };
+}
+
+/** One stream's text as its drawn ids arrive: at most `length` characters, cut before the first stop
+ * string, holding back the characters that could start one (charsdk/generator.py's TextDecoder). */
+class TextDecoder {
+  constructor(chars, length, stop) {
+    this.chars = chars; this.length = length; this.stop = stop;
+    this.hold = Math.max(1, ...stop.map(s => [...s].length)) - 1;
+    this.text = []; this.sent = 0; this.drawn = 0; this.finishReason = null;
+  }
+
+  feed(ids) {
+    if (this.finishReason) return "";
+    ids = ids.slice(0, this.length - this.drawn);
+    this.drawn += ids.length;
+    const searched = Math.max(this.text.length - this.hold, 0);
+    for (const id of ids) this.text.push(this.chars[id]);
+    const joined = this.text.join("");
+    const searchedAt = this.text.slice(0, searched).join("").length; // in UTF-16 units
+    const cuts = this.stop.map(s => joined.indexOf(s, searchedAt)).filter(i => i >= 0);
+    if (cuts.length) {
+      this.text = [...joined.slice(0, Math.min(...cuts))];
+      this.finishReason = "stop";
+    } else if (this.drawn === this.length) {
+      this.finishReason = "length";
+    }
+    const end = this.finishReason ? this.text.length : this.text.length - this.hold;
+    const piece = this.text.slice(this.sent, Math.max(end, this.sent)).join("");
+    this.sent = Math.max(end, this.sent);
+    return piece;
+  }
+}
+
+async function readLocation(location, file, binary) {
+  const isUrl = typeof location !== "string" || /^[a-z]+:\/\//i.test(location) || typeof process === "undefined";
+  if (isUrl) {
+    const url = new URL(file, String(location).endsWith("/") ? String(location) : `${location}/`);
+    const response = await fetch(url);
+    if (!response.ok) throw new CharsdkError(`${url} could not be fetched (HTTP ${response.status})`);
+    return binary ? new Uint8Array(await response.arrayBuffer()) : response.json();
+  }
+  const { readFile } = await import("node:fs/promises");
+  const { join } = await import("node:path");
+  let data;
+  try {
+    data = await readFile(join(location, file));
+  } catch (error) {
+    throw new CharsdkError(`${join(location, file)} cannot be read: ${error.code || error.message}`);
+  }
+  return binary ? new Uint8Array(data) : JSON.parse(data.toString("utf-8"));
+}
+
+async function sha256Hex(bytes) {
+  const digest = await webcrypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), b => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A loaded model: `const gen = await Generator.load(location); await gen.generate("seed text")`. */
+export class Generator {
+  constructor(vocab, session) {
+    this.vocab = vocab;
+    this.session = session;
+  }
+
+  /**
+   * A model directory: a URL (browser, Node) or a directory path (Node) holding vocab.json and the ONNX
+   * file it names, which must match the sha256 vocab.json records.
+   * @param {string | URL} location
+   * @param {{sessionOptions?: object}} [options] passed to ort.InferenceSession.create
+   */
+  static async load(location, { sessionOptions = {} } = {}) {
+    const vocab = new Vocab(await readLocation(location, "vocab.json", false));
+    const bytes = await readLocation(location, vocab.onnxFile, true);
+    if ((await sha256Hex(bytes)) !== vocab.onnxSha256) {
+      throw new CharsdkError(`${vocab.onnxFile} does not match the sha256 recorded in vocab.json: the files ` +
+                             "come from different exports; re-export the model so they belong together");
+    }
+    const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...sessionOptions });
+    return new Generator(vocab, session);
+  }
+
+  // -- the graph ----------------------------------------------------------------------------------
+
+  zeroState(rows) {
+    return Object.fromEntries(this.vocab.states.map(s => [s.input, { data: new Float32Array(rows * s.size), rows, size: s.size }]));
+  }
+
+  /** One call of model.onnx for B streams: read ids [B][T], then draw K characters (uniforms [B, K, V]). */
+  async run(ids, state, { logits = null, uniforms = null, draws = 0, options = null, window = 0, start = 0 } = {}) {
+    const streams = ids.length, size = this.vocab.size, reads = ids[0]?.length ?? 0;
+    options = options || Array(streams).fill(samplingOptions(0.5, 0, 1));
+    const i64 = values => BigInt64Array.from(values, v => BigInt(v));
+    const feed = {
+      ids: new ort.Tensor("int64", i64(ids.flat()), [streams, reads]),
+      logits: new ort.Tensor("float32", logits || new Float32Array(streams * size), [streams, size]),
+      uniforms: new ort.Tensor("float32", uniforms || new Float32Array(0), [streams, draws, size]),
+      temperature: new ort.Tensor("float32", Float32Array.from(options, o => o.temperature), [streams]),
+      top_k: new ort.Tensor("int64", i64(options.map(o => o.topK)), [streams]),
+      // top_p 1 (no limit) as +inf: the graph's cumulative sum may reach 1.0 by rounding before the end
+      top_p: new ort.Tensor("float32", Float32Array.from(options, o => (o.topP < 1 ? o.topP : Infinity)), [streams]),
+      use_filter: new ort.Tensor("bool", Uint8Array.of(options.some(o => o.filters) ? 1 : 0), []),
+      window: new ort.Tensor("int64", BigInt64Array.of(BigInt(window)), []),
+      start: new ort.Tensor("int64", BigInt64Array.of(BigInt(start)), []),
+    };
+    for (const [name, s] of Object.entries(state)) feed[name] = new ort.Tensor("float32", s.data, [s.rows, s.size]);
+    const out = await this.session.run(feed);
+    const newState = {};
+    for (const s of this.vocab.states) {
+      const rows = out[s.output].dims[0];
+      newState[s.input] = { data: out[s.output].data, rows, size: s.size };
+    }
+    return { logits: out.logits_out.data, state: newState, drawn: out.ids_out, read: out.read_logits };
+  }
+
+  /** Read the seed once and copy the result to every stream (charsdk/generator.py's _prime). */
+  async prime(ids, streams, mode) {
+    const maxlen = this.vocab.maxlen;
+    const repeatRows = (data, times) => { const out = new Float32Array(data.length * times); for (let i = 0; i < times; i++) out.set(data, i * data.length); return out; };
+    if (mode === "window" && ids.length) {
+      const seed = ids.slice(-maxlen);
+      const { logits, state } = await this.run([seed], this.zeroState(maxlen), { window: maxlen });
+      const tiled = Object.fromEntries(Object.entries(state).map(([k, s]) => [k, { ...s, data: repeatRows(s.data, streams), rows: s.rows * streams }]));
+      return { logits: repeatRows(logits, streams), state: tiled, read: seed.length };
+    }
+    const { logits, state } = await this.run([ids.length ? ids : [this.vocab.noCharId]], this.zeroState(1));
+    if (mode === "window") return { logits: repeatRows(logits, streams), state: this.zeroState(streams * maxlen), read: 0 };
+    const repeated = Object.fromEntries(Object.entries(state).map(([k, s]) => [k, { ...s, data: repeatRows(s.data, streams), rows: streams }]));
+    return { logits: repeatRows(logits, streams), state: repeated, read: 0 };
+  }
+
+  // -- the public API -----------------------------------------------------------------------------
+
+  plan(seedText, { length = 400, temperature = 0.5, n = 1, topK = 0, topP = 1.0, stop = [], seed = null,
+                   mode = "stateful", onUnknown = "error" } = {}) {
+    if (!Number.isInteger(length) || length < 0) throw new CharsdkError(`length must be an integer >= 0, got ${length}`, "length");
+    if (!Number.isInteger(n) || n < 1) throw new CharsdkError(`n must be an integer >= 1, got ${n}`, "n");
+    if (seed !== null && (!isInteger(seed) || seed < 0)) {
+      throw new CharsdkError(`seed must be an integer >= 0 (or null for a fresh one), got ${seed}`, "seed");
+    }
+    if (seedText !== null && seedText !== undefined && typeof seedText !== "string") {
+      throw new CharsdkError(`seedText must be a string (or null for the model's own), got ${typeof seedText}`, "seedText");
+    }
+    if (!MODES.includes(mode)) throw new CharsdkError(`mode must be one of ${MODES.join(", ")}, got ${JSON.stringify(mode)}`, "mode");
+    stop = typeof stop === "string" ? [stop] : Array.from(stop || []);
+    if (stop.some(s => typeof s !== "string" || !s)) throw new CharsdkError("stop must be a list of non-empty strings", "stop");
+    const temperatures = Array.isArray(temperature) ? temperature : [temperature];
+    if (!temperatures.length) throw new CharsdkError("temperature must be a number or a non-empty list of numbers", "temperature");
+    const options = temperatures.flatMap(t => Array(n).fill(null).map(() => samplingOptions(t, topK, topP)));
+    const ids = this.vocab.encode(seedText ?? this.vocab.defaultSeedText, onUnknown);
+    return { ids, options, rngs: streamGenerators(seed, options.length), length, stop, mode,
+             many: Array.isArray(temperature) || n > 1 };
+  }
+
+  /** The new text of every stream of a plan, chunk by chunk (one model call per chunk). */
+  async *texts(plan) {
+    if (plan.length === 0) return;
+    const streams = plan.options.length, size = this.vocab.size;
+    const decoders = plan.options.map(() => new TextDecoder(this.vocab.chars, plan.length, plan.stop));
+    let { logits, state, read } = await this.prime(plan.ids, streams, plan.mode);
+    const window = plan.mode === "window" ? this.vocab.maxlen : 0;
+    const noIds = Array.from({ length: streams }, () => []);
+    for (const k of chunkSizes(plan.length, streams, size)) {
+      const uniforms = new Float32Array(streams * k * size);
+      plan.rngs.forEach((rng, b) => rng.fillFloat32(uniforms.subarray(b * k * size, (b + 1) * k * size)));
+      const out = await this.run(noIds, state, { logits, uniforms, draws: k, options: plan.options, window, start: read });
+      ({ logits, state } = out);
+      read += k;
+      const drawn = Array.from(out.drawn.data, Number); // [k, B]
+      yield decoders.map((d, b) => d.feed(Array.from({ length: k }, (_, j) => drawn[j * streams + b])));
+      if (decoders.every(d => d.finishReason)) return;
+    }
+  }
+
+  /**
+   * The `length` characters after `seedText` (null: the model's stored seed). Options as Python's
+   * generate: temperature (0: greedy; an array: n samples per temperature), topK, topP, stop, seed (same
+   * seed, same text), n, mode ("stateful" or "window"), onUnknown ("error" or "skip"). Returns a string,
+   * or an array for n > 1 or an array of temperatures.
+   */
+  async generate(seedText = null, options = {}) {
+    const plan = this.plan(seedText, options);
+    const texts = plan.options.map(() => "");
+    for await (const pieces of this.texts(plan)) pieces.forEach((p, b) => { texts[b] += p; });
+    return plan.many ? texts : texts[0];
+  }
+
+  /** The generated characters of one sample, as they are produced (options as generate, n = 1). */
+  async *stream(seedText = null, options = {}) {
+    if (Array.isArray(options.temperature) || (options.n ?? 1) !== 1) {
+      throw new CharsdkError("stream gives one sample: one temperature, n = 1", "n");
+    }
+    for await (const [piece] of this.texts(this.plan(seedText, options))) yield* piece;
+  }
+
+  /** Bits per character on `text`, scoring every position with maxlen characters before it. */
+  async evaluate(text, { mode = "stateful", onUnknown = "error" } = {}) {
+    if (!MODES.includes(mode)) throw new CharsdkError(`mode must be one of ${MODES.join(", ")}, got ${JSON.stringify(mode)}`, "mode");
+    const ids = this.vocab.encode(text, onUnknown), maxlen = this.vocab.maxlen, size = this.vocab.size;
+    if (ids.length <= maxlen) throw new CharsdkError(`the text needs more than ${maxlen} characters to be scored, it has ${ids.length}`);
+    const window = mode === "window" ? maxlen : 0;
+    let state = this.zeroState(window ? maxlen : 1), total = 0, read = 0;
+    while (read < ids.length - 1) {
+      const chunk = ids.slice(read, Math.min(read + SCORE_CHUNK, ids.length - 1));
+      const out = await this.run([chunk], state, { window, start: read });
+      state = out.state;
+      for (let t = 0; t < chunk.length; t++) {
+        const target = read + 1 + t;
+        if (target < maxlen) continue;
+        const row = out.read.data.subarray(t * size, (t + 1) * size);
+        let top = -Infinity;
+        for (const v of row) top = Math.max(top, v);
+        let sum = 0;
+        for (const v of row) sum += Math.exp(v - top);
+        total += row[ids[target]] - top - Math.log(sum);
+      }
+      read += chunk.length;
+    }
+    const scored = ids.length - maxlen, bits = -total / scored / Math.LN2;
+    return { mode, chars_scored: scored, bits_per_char: bits, perplexity: 2 ** bits };
+  }
+}

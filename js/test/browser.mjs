@@ -1,0 +1,21 @@
+// node test/browser.mjs URL < cases.json: the cases run in headless Chromium (playwright-core driving the
+// browser named by $CHROMIUM) on the page at URL (test/page.html, served from 127.0.0.1).
+import { readFileSync } from "node:fs";
+
+import { chromium } from "playwright-core";
+
+const cases = JSON.parse(readFileSync(0, "utf-8"));
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"],
+});
+try {
+  const page = await browser.newPage();
+  page.on("pageerror", error => console.error(`page error: ${error}`));
+  await page.goto(process.argv[2]);
+  await page.waitForFunction(() => window.ready === true, null, { timeout: 30000 });
+  console.log(JSON.stringify(await page.evaluate(cases => window.runCases(cases), cases)));
+} finally {
+  await browser.close();
+}

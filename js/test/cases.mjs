@@ -1,0 +1,17 @@
+// Runs generation cases and prints their texts as JSON, in Node or (imported by page.html) in a browser.
+// A case: {model, seedText, options}; errors are reported as {error, option} instead of a text.
+import { Generator } from "../src/index.js";
+
+export async function runCases(cases, modelUrl) {
+  const generators = {};
+  const out = [];
+  for (const c of cases) {
+    try {
+      generators[c.model] ??= await Generator.load(modelUrl(c.model));
+      out.push({ text: await generators[c.model].generate(c.seedText, c.options) });
+    } catch (error) {
+      out.push({ error: error.message, option: error.option ?? null, name: error.name });
+    }
+  }
+  return out;
+}

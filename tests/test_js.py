@@ -1,0 +1,114 @@
+"""The JavaScript package (js/): the same seeded text as Python in Node and in headless Chromium, and the
+same clear errors. Skipped, with the reason, where node or Chromium is absent (.ci/run installs both)."""
+
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from charsdk import Generator
+from charsdk.generator import shipped_models_dir
+from tests.conftest import ROOT
+
+JS = ROOT / "js"
+NODE = shutil.which("node")
+CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+needs_node = pytest.mark.skipif(
+    not NODE or not (JS / "node_modules" / "onnxruntime-web").is_dir(),
+    reason="needs node and js/node_modules: apt install nodejs npm; npm ci --prefix js (.ci/run does both)")
+needs_chromium = pytest.mark.skipif(not CHROMIUM,
+                                    reason="needs Chromium: apt install chromium-headless-shell")
+
+SEED_TEXT = "the free spirit "
+OPTIONS = {"length": "length", "temperature": "temperature", "n": "n", "seed": "seed", "mode": "mode",
+           "topK": "top_k", "topP": "top_p", "stop": "stop", "onUnknown": "on_unknown"}
+
+
+def cases() -> list[dict]:
+    """Seeds 0-9, one and four samples, both modes, both shipped models; a few with top-k, top-p, stop."""
+    found = [{"model": model, "seedText": SEED_TEXT,
+              "options": {"length": 60, "temperature": 0.8, "n": n, "seed": seed, "mode": mode}}
+             for model in ("nietzsche", "nietzsche-book") for seed in range(10) for n in (1, 4)
+             for mode in ("stateful", "window")]
+    return found + [{"model": "nietzsche", "seedText": SEED_TEXT,
+                     "options": {"length": 120, "temperature": [0.5, 1.2], "topP": 0.9, "topK": 7,
+                                 "stop": [". "], "seed": 11, "n": 2}}]
+
+
+@functools.cache
+def python_texts() -> list[str]:
+    generators = {name: Generator.load(name) for name in ("nietzsche", "nietzsche-book")}
+    return [generators[c["model"]].generate(c["seedText"], **{OPTIONS[k]: v for k, v in c["options"].items()})
+            for c in cases()]
+
+
+def node(script: str, *args: str, payload, env=None) -> list[dict]:
+    result = subprocess.run([NODE, str(JS / "test" / script), *args], input=json.dumps(payload), text=True,
+                            capture_output=True, timeout=600, cwd=JS, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@needs_node
+def test_node_draws_python_s_text_for_every_seed_n_mode_and_model():
+    got = node("node.mjs", str(shipped_models_dir()), payload=cases())
+    assert [g.get("text", g.get("error")) for g in got] == python_texts()
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                      ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """js/ and the shipped models over HTTP on 127.0.0.1 (a static file server, as users would host them)."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "js").symlink_to(JS)
+    (root / "models").symlink_to(shipped_models_dir())
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Files, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@needs_node
+@needs_chromium
+def test_chromium_draws_python_s_text_for_every_seed_n_mode_and_model(site):
+    import os
+
+    got = node("browser.mjs", f"{site}/js/test/page.html", payload=cases(),
+               env={**os.environ, "CHROMIUM": CHROMIUM})
+    assert [g.get("text", g.get("error")) for g in got] == python_texts()
+
+
+@needs_node
+def test_a_wrong_sha256_a_bad_option_and_an_unknown_character_are_clear_errors(tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(shipped_models_dir() / "nietzsche-book", broken)
+    vocab = json.loads((broken / "vocab.json").read_text())
+    vocab["onnx"]["sha256"] = "0" * 64
+    (broken / "vocab.json").write_text(json.dumps(vocab))
+    shutil.copytree(shipped_models_dir() / "nietzsche-book", tmp_path / "nietzsche-book")
+    got = node("node.mjs", str(tmp_path), payload=[
+        {"model": "broken", "seedText": "the ", "options": {}},
+        {"model": "nietzsche-book", "seedText": "the ", "options": {"temperature": -1}},
+        {"model": "nietzsche-book", "seedText": "the ", "options": {"topP": 0}},
+        {"model": "nietzsche-book", "seedText": "the ", "options": {"mode": "sideways"}},
+        {"model": "nietzsche-book", "seedText": "the ☃ ", "options": {}},
+        {"model": "nietzsche-book", "seedText": "the ☃ ",
+         "options": {"onUnknown": "skip", "length": 5, "seed": 1}},
+    ])
+    assert "does not match the sha256 recorded in vocab.json" in got[0]["error"]
+    assert got[1]["option"] == "temperature" and "temperature must be a finite number >= 0" in got[1]["error"]
+    assert got[2]["option"] == "topP" and "topP must be in (0, 1]" in got[2]["error"]
+    assert got[3]["option"] == "mode"
+    assert '"☃"' in got[4]["error"] and 'onUnknown: "skip"' in got[4]["error"]
+    assert got[5]["text"] == Generator.load("nietzsche-book").generate("the ☃ ", 5, on_unknown="skip", seed=1)
