@@ -17,6 +17,7 @@ import contextlib
 import hmac
 import itertools
 import json
+import mimetypes
 import os
 import secrets
 import threading
@@ -24,14 +25,16 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .batcher import Batchers, Job
 from .errors import InputError, ModelError
@@ -456,13 +459,49 @@ def create_app(generators: Generator | Sequence[Generator], limits: Limits = Lim
     app = Starlette(
         routes=[Route("/health", service.health), Route("/metrics", service.metrics.endpoint),
                 Route("/v1/models", service.list_models),
-                Route("/v1/completions", service.completions, methods=["POST"])],
+                Route("/v1/completions", service.completions, methods=["POST"]),
+                *playground_routes(service)],
         middleware=middleware,
         exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
         lifespan=service.lifespan,
     )
     app.state.service = service
     return app
+
+
+PLAYGROUND = Path(__file__).with_name("playground")
+ONNXRUNTIME_WEB = Path("node_modules") / "onnxruntime-web" / "dist"
+mimetypes.add_type("text/javascript", ".mjs")  # module scripts and workers need a JavaScript type
+mimetypes.add_type("application/wasm", ".wasm")
+
+
+def javascript_package() -> Path | None:
+    """The JavaScript runtime (js/ with its npm packages) for the playground's in-browser mode: $CHARSDK_JS,
+    else the repository's js/ beside this package (a checkout); None: the page runs on the server's API."""
+    found = Path(os.environ.get("CHARSDK_JS") or Path(__file__).resolve().parents[1] / "js")
+    complete = (found / "src" / "generator.js").is_file() and (found / ONNXRUNTIME_WEB).is_dir()
+    return found if complete else None
+
+
+def playground_routes(service: Service) -> list:
+    """The playground at / (charsdk/playground/), the served models' files for its in-browser mode, and
+    the JavaScript runtime where there is one: at the same paths as in the repository, so that the page's
+    relative addresses work from this server and from any static file server at the repository's root."""
+    async def model_file(request: Request) -> Response:
+        generator = service.models.get(request.path_params["name"])
+        wanted = request.path_params["file"]
+        if generator is None or wanted not in ("vocab.json", generator.vocab.onnx_file):
+            raise HTTPException(404)
+        return FileResponse(generator.path / wanted)
+
+    routes = [Route("/", lambda request: RedirectResponse("/charsdk/playground/")),
+              Mount("/charsdk/playground", StaticFiles(directory=PLAYGROUND, html=True)),
+              Route("/models/{name}/{file}", model_file)]
+    js = javascript_package()
+    if js:
+        routes += [Mount("/js/src", StaticFiles(directory=js / "src")),
+                   Mount(f"/js/{ONNXRUNTIME_WEB.as_posix()}", StaticFiles(directory=js / ONNXRUNTIME_WEB))]
+    return routes
 
 
 class BearerKeys:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,34 @@ def test_a_wrong_sha256_a_bad_option_and_an_unknown_character_are_clear_errors(t
     assert got[3]["option"] == "mode"
     assert '"☃"' in got[4]["error"] and 'onUnknown: "skip"' in got[4]["error"]
     assert got[5]["text"] == Generator.load("nietzsche-book").generate("the ☃ ", 5, on_unknown="skip", seed=1)
+
+
+def playground(url: str, where: str, screenshot: Path) -> dict:
+    import os
+
+    settings = {"seedText": "the will to power ", "temperature": 0.5, "length": 300, "seed": 7,
+                "where": where}
+    return node("playground.mjs", url, str(screenshot), payload=settings,
+                env={**os.environ, "CHROMIUM": CHROMIUM})
+
+
+@needs_node
+@needs_chromium
+@pytest.mark.parametrize("where", ["browser", "server"])
+def test_the_playground_streams_text_into_the_page_from_a_typed_seed(where):
+    """charsdk serve serves the playground at /; in the browser (a Web Worker) and through the server's API
+    it shows the seed and the same seeded text as Python's generate. The screenshot is kept."""
+    from tests.test_serve_ops import Server
+
+    server = Server("--model", "nietzsche-book")
+    try:
+        shot = ROOT / "test-artifacts" / f"playground-{where}.png"
+        shot.parent.mkdir(exist_ok=True)
+        result = playground(server.root + "/", where, shot)
+    finally:
+        server.stop()
+    expected = Generator.load("nietzsche-book").generate("the will to power ", 300, 0.5, seed=7)
+    assert result["errors"] == [] and result["streaming"], result
+    assert result["out"] == "the will to power " + expected, result
+    assert result["status"].startswith("300 characters in"), result
+    assert shot.stat().st_size > 10_000

@@ -3,8 +3,6 @@
 // characters, the sampling rules inside the graph), fed the same seeded uniform numbers (random.js), so a
 // seed gives the same text as Python's `Generator.generate`.
 
-import * as ort from "onnxruntime-web";
-
 import { webcrypto } from "./crypto.js";
 import { streamGenerators } from "./random.js";
 import { CharsdkError, Vocab } from "./vocab.js";
@@ -101,18 +99,23 @@ async function sha256Hex(bytes) {
 
 /** A loaded model: `const gen = await Generator.load(location); await gen.generate("seed text")`. */
 export class Generator {
-  constructor(vocab, session) {
+  /** onnxruntime-web's module: index.js sets it; a Web Worker that imports ort by URL sets it itself. */
+  static ort = null;
+
+  constructor(vocab, session, ort) {
     this.vocab = vocab;
     this.session = session;
+    this.ort = ort;
   }
 
   /**
    * A model directory: a URL (browser, Node) or a directory path (Node) holding vocab.json and the ONNX
    * file it names, which must match the sha256 vocab.json records.
    * @param {string | URL} location
-   * @param {{sessionOptions?: object}} [options] passed to ort.InferenceSession.create
+   * @param {{sessionOptions?: object, ort?: object}} [options] sessionOptions: passed to
+   *   ort.InferenceSession.create; ort: onnxruntime-web's module (default: Generator.ort)
    */
-  static async load(location, { sessionOptions = {} } = {}) {
+  static async load(location, { sessionOptions = {}, ort = Generator.ort } = {}) {
     const vocab = new Vocab(await readLocation(location, "vocab.json", false));
     const bytes = await readLocation(location, vocab.onnxFile, true);
     if ((await sha256Hex(bytes)) !== vocab.onnxSha256) {
@@ -120,7 +123,7 @@ export class Generator {
                              "come from different exports; re-export the model so they belong together");
     }
     const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...sessionOptions });
-    return new Generator(vocab, session);
+    return new Generator(vocab, session, ort);
   }
 
   // -- the graph ----------------------------------------------------------------------------------
@@ -133,6 +136,7 @@ export class Generator {
   async run(ids, state, { logits = null, uniforms = null, draws = 0, options = null, window = 0, start = 0 } = {}) {
     const streams = ids.length, size = this.vocab.size, reads = ids[0]?.length ?? 0;
     options = options || Array(streams).fill(samplingOptions(0.5, 0, 1));
+    const ort = this.ort;
     const i64 = values => BigInt64Array.from(values, v => BigInt(v));
     const feed = {
       ids: new ort.Tensor("int64", i64(ids.flat()), [streams, reads]),
