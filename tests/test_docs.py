@@ -26,6 +26,7 @@ NOT_RUN = {
     r"^make gen$": "sets up .venv-runtime from PyPI (tests/test_packaging.py installs the wheel in a clean "
                    "venv instead)",
     r"^pip install ": "installs from PyPI (tests/test_packaging.py installs the wheel and its serve extra)",
+    r"^npm install ": "installs from npm (tests/test_js.py runs js/ with the packages .ci/run installs)",
     r"^export TF_CONFIG=": "configures a cluster of machines (tests/test_cluster.py runs one locally)",
     r"^charsdk serve --port 8001 &": "starts two replicas for a load balancer that is not here",
 }
