@@ -130,9 +130,9 @@ def playground(url: str, where: str, screenshot: Path) -> dict:
 def test_the_playground_streams_text_into_the_page_from_a_typed_seed(where):
     """charsdk serve serves the playground at /; in the browser (a Web Worker) and through the server's API
     it shows the seed and the same seeded text as Python's generate. The screenshot is kept."""
-    from tests.test_serve_ops import Server
+    from tests.test_serve import Server
 
-    server = Server("--model", "nietzsche-book")
+    server = Server()  # the book's model
     try:
         shot = ROOT / "test-artifacts" / f"playground-{where}.png"
         shot.parent.mkdir(exist_ok=True)

@@ -16,14 +16,20 @@ MODEL = "nietzsche-book"  # the small shipped model: the fastest real one
 
 
 class Server:
-    def __init__(self, *flags: str):
+    """`charsdk serve` on a free loopback port: the model (None: the flags name them) and the flags."""
+
+    def __init__(self, *flags: str, model: str | None = MODEL, env: dict | None = None):
+        import os
+
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "charsdk", "serve", "--model", MODEL, "--port", "0", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "charsdk", "serve", *(["--model", model] if model else []), "--port", "0",
+             *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
         line = self.process.stderr.readline()  # "charsdk: serving MODEL on http://HOST:PORT/v1 (...)"
         assert "serving" in line, line + self.process.stderr.read()
         self.base = line.split(" on ")[1].split()[0]  # http://127.0.0.1:PORT/v1
         self.root = self.base.removesuffix("/v1")
+        self.host, self.port = self.root.removeprefix("http://").split(":")
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -40,9 +46,12 @@ class Server:
         content = body if isinstance(body, str | bytes) else json.dumps(body)
         return httpx.post(self.base + "/completions", content=content, timeout=30, **kwargs)
 
-    def stop(self):
-        self.process.terminate()
+    def stop(self) -> str:
+        """Stop it (if it still runs) and return what it wrote on stderr."""
+        if self.process.poll() is None:
+            self.process.terminate()
         self.process.wait(timeout=10)
+        return self.process.stderr.read()
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,8 @@
 hostile clients. A real server process on a loopback port each; loops bounded in count and time."""
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,42 +11,19 @@ import httpx
 import pytest
 
 from charsdk import Generator
+from tests.test_serve import Server
 
 BOOK, DEFAULT = "nietzsche-book", "nietzsche"
 
 
-class Server:
-    def __init__(self, *flags: str, env: dict | None = None):
-        self.process = subprocess.Popen([sys.executable, "-m", "charsdk", "serve", "--port", "0", *flags],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        env={**os.environ, **(env or {})})
-        line = self.process.stderr.readline()  # "charsdk: serving MODELS on http://HOST:PORT/v1 (...)"
-        assert "serving" in line, line + self.process.stderr.read()
-        self.root = line.split(" on ")[1].split()[0].removesuffix("/v1")
-        self.host, self.port = self.root.removeprefix("http://").split(":")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(self.root + "/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and self.process.poll() is None, "server did not start"
-                time.sleep(0.05)
-
-    def post(self, body: dict, **kwargs) -> httpx.Response:
-        return httpx.post(self.root + "/v1/completions", content=json.dumps(body), timeout=60, **kwargs)
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-        return self.process.stderr.read()
+def post(server, body: dict, **kwargs) -> httpx.Response:
+    return httpx.post(server.base + "/completions", content=json.dumps(body), timeout=60, **kwargs)
 
 
 @pytest.fixture
 def servers():
     started = []
-    yield lambda *flags, **kwargs: started.append(Server(*flags, **kwargs)) or started[-1]
+    yield lambda *flags, **kwargs: started.append(Server(*flags, model=None, **kwargs)) or started[-1]
     for server in started:
         server.stop()
 
@@ -60,13 +34,13 @@ REQUEST = {"prompt": "the free spirit ", "max_tokens": 40, "seed": 1}
 def test_api_keys_guard_the_api_but_not_health_metrics_or_preflights(servers):
     server = servers("--model", BOOK, "--api-key", "first-key", "--allow-origin", "http://page.example",
                      env={"CHARSDK_API_KEY": "key-from-env"})
-    missing = server.post(REQUEST)
+    missing = post(server, REQUEST)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
     assert "Authorization: Bearer" in missing.json()["error"]["message"]
-    wrong = server.post(REQUEST, headers={"Authorization": "Bearer not-a-key"})
+    wrong = post(server, REQUEST, headers={"Authorization": "Bearer not-a-key"})
     assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "the API key is not valid"
     assert httpx.get(server.root + "/v1/models", timeout=10).status_code == 401
-    assert server.post(REQUEST, headers={"Authorization": "Bearer first-key"}).status_code == 200
+    assert post(server, REQUEST, headers={"Authorization": "Bearer first-key"}).status_code == 200
     assert httpx.get(server.root + "/health", timeout=10).status_code == 200
     assert httpx.get(server.root + "/metrics", timeout=10).status_code == 200
     preflight = httpx.options(server.root + "/v1/completions", timeout=10, headers={
@@ -78,8 +52,8 @@ def test_api_keys_guard_the_api_but_not_health_metrics_or_preflights(servers):
 
 def test_the_api_key_can_come_from_the_environment(servers):
     server = servers("--model", BOOK, env={"CHARSDK_API_KEY": "key-from-env"})
-    assert server.post(REQUEST).status_code == 401
-    assert server.post(REQUEST, headers={"Authorization": "Bearer key-from-env"}).status_code == 200
+    assert post(server, REQUEST).status_code == 401
+    assert post(server, REQUEST, headers={"Authorization": "Bearer key-from-env"}).status_code == 200
 
 
 def test_cors_answers_allowed_origins_only(servers):
@@ -92,10 +66,10 @@ def test_cors_answers_allowed_origins_only(servers):
     other = httpx.options(server.root + "/v1/completions", timeout=10,
                           headers={"Origin": "http://elsewhere.example", **ask})
     assert "access-control-allow-origin" not in other.headers
-    answer = server.post(REQUEST, headers={"Origin": "http://page.example"})
+    answer = post(server, REQUEST, headers={"Origin": "http://page.example"})
     assert answer.headers["access-control-allow-origin"] == "http://page.example"
     plain = servers("--model", BOOK)  # no --allow-origin: no CORS headers at all
-    assert "access-control-allow-origin" not in plain.post(REQUEST,
+    assert "access-control-allow-origin" not in post(plain, REQUEST,
                                                            headers={"Origin": "http://page.example"}).headers
 
 
@@ -110,9 +84,9 @@ def metrics(server) -> dict:
 def test_metrics_parse_and_move_with_requests(servers):
     server = servers("--model", BOOK, "--max-streams", "4", "--max-waiting", "0")
     before = metrics(server)
-    assert server.post({**REQUEST, "max_tokens": 300}).status_code == 200
-    assert server.post({**REQUEST, "temperature": -1}).status_code == 400
-    streamed = server.post({**REQUEST, "max_tokens": 100, "stream": True})
+    assert post(server, {**REQUEST, "max_tokens": 300}).status_code == 200
+    assert post(server, {**REQUEST, "temperature": -1}).status_code == 400
+    streamed = post(server, {**REQUEST, "max_tokens": 100, "stream": True})
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
     after = metrics(server)
 
@@ -134,13 +108,13 @@ def test_two_models_each_give_their_own_text(servers):
     assert [m["id"] for m in listed] == [BOOK, DEFAULT]
     texts = {}
     for name in (BOOK, DEFAULT):
-        answer = server.post({**REQUEST, "model": name})
+        answer = post(server, {**REQUEST, "model": name})
         assert answer.status_code == 200 and answer.json()["model"] == name
         texts[name] = answer.json()["choices"][0]["text"]
         assert texts[name] == Generator.load(name).generate("the free spirit ", 40, 1.0, seed=1)
     assert texts[BOOK] != texts[DEFAULT]
-    assert server.post(REQUEST).json()["model"] == BOOK  # the first is the default
-    unknown = server.post({**REQUEST, "model": "nope"})
+    assert post(server, REQUEST).json()["model"] == BOOK  # the first is the default
+    unknown = post(server, {**REQUEST, "model": "nope"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
 
 
@@ -157,18 +131,24 @@ def read_stream(server, body, out: dict):
         out["error"] = exc
 
 
-def test_sigterm_drains_streams_in_flight_refuses_new_requests_and_exits_0(servers):
-    server = servers("--model", DEFAULT, "--drain-s", "30")
+def long_stream(server) -> tuple[dict, threading.Thread]:
+    """A streaming request of 100,000 characters, read in a thread; returns once its first chunk came."""
     out = {}
-    reader = threading.Thread(target=read_stream, args=(server, {**REQUEST, "max_tokens": 100_000,
-                                                                 "stream": True}, out))
+    reader = threading.Thread(target=read_stream, daemon=True,
+                              args=(server, {**REQUEST, "max_tokens": 100_000, "stream": True}, out))
     reader.start()
     deadline = time.monotonic() + 20
     while "first" not in out and time.monotonic() < deadline:
         time.sleep(0.01)
+    return out, reader
+
+
+def test_sigterm_drains_streams_in_flight_refuses_new_requests_and_exits_0(servers):
+    server = servers("--model", DEFAULT, "--drain-s", "30")
+    out, reader = long_stream(server)
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.2)
-    refused = server.post(REQUEST)
+    refused = post(server, REQUEST)
     assert refused.status_code == 503 and refused.json()["error"]["type"] == "server_shutting_down"
     health = httpx.get(server.root + "/health", timeout=10)
     assert health.status_code == 503 and health.json()["status"] == "draining"
@@ -179,13 +159,7 @@ def test_sigterm_drains_streams_in_flight_refuses_new_requests_and_exits_0(serve
 
 def test_a_second_signal_exits_at_once(servers):
     server = servers("--model", DEFAULT, "--drain-s", "60")
-    out = {}
-    reader = threading.Thread(target=read_stream, args=(server, {**REQUEST, "max_tokens": 100_000,
-                                                                 "stream": True}, out), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 20
-    while "first" not in out and time.monotonic() < deadline:
-        time.sleep(0.01)
+    long_stream(server)
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     server.process.send_signal(signal.SIGTERM)
@@ -220,7 +194,7 @@ def test_stalled_idle_and_oversized_clients_fail_alone_while_a_good_request_succ
     idle = [socket.create_connection((server.host, int(server.port))) for _ in range(200)]
     for t in threads:
         t.start()
-    good = server.post(REQUEST)  # while all of them hang on
+    good = post(server, REQUEST)  # while all of them hang on
     assert good.status_code == 200 and len(good.json()["choices"][0]["text"]) == 40
     for t in threads:
         t.join(timeout=15)
@@ -238,7 +212,7 @@ def test_stalled_idle_and_oversized_clients_fail_alone_while_a_good_request_succ
             closed += 1
         sock.close()
     assert closed == 200
-    assert server.post(REQUEST).status_code == 200
+    assert post(server, REQUEST).status_code == 200
 
 
 @pytest.mark.parametrize("body, message", [

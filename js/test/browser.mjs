@@ -2,14 +2,10 @@
 // browser named by $CHROMIUM) on the page at URL (test/page.html, served from 127.0.0.1).
 import { readFileSync } from "node:fs";
 
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const cases = JSON.parse(readFileSync(0, "utf-8"));
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage();
   page.on("pageerror", error => console.error(`page error: ${error}`));

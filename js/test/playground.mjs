@@ -3,14 +3,10 @@
 // shows (and whether text arrived before the end), and saves a screenshot.
 import { readFileSync } from "node:fs";
 
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const settings = JSON.parse(readFileSync(0, "utf-8"));
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 420, height: 860 } });  // a phone's width
   const errors = [];

@@ -1,6 +1,6 @@
 // node test/speed.mjs URL: characters per second of the JavaScript runtime in headless Chromium (the page
 // at URL: test/page.html served beside the models), one stream and 64, both shipped models; then Node.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 import { Generator } from "../src/index.js";
 
@@ -17,8 +17,7 @@ async function measure(generate) {
   return rows;
 }
 
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"] });
+const browser = await launch();
 const page = await browser.newPage();
 await page.goto(process.argv[2]);
 await page.waitForFunction(() => window.ready === true);
