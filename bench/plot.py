@@ -39,8 +39,9 @@ def main(argv=None) -> int:
         log = json.loads(path.read_text())
         corpora.append(Path(log["corpus"]["path"]).stem)
         sha256s.add(log["corpus"]["sha256"])
-        minutes = [e["wall_s"] / 60 for e in log["epochs"]]
-        bits = [e["val_bits_per_char"] for e in log["epochs"]]
+        start = [(0.0, log["start"]["val_bits_per_char"])] if log.get("start") else []  # a fine-tune's base
+        minutes = [m for m, _ in start] + [e["wall_s"] / 60 for e in log["epochs"]]
+        bits = [b for _, b in start] + [e["val_bits_per_char"] for e in log["epochs"]]
         best = min(bits)
         lines.append((best, *ax.plot(minutes, bits, marker="o", markersize=3, color=colours[i % len(colours)],
                                      label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")))

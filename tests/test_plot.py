@@ -41,6 +41,19 @@ def test_plot_draws_one_curve_per_run_and_ppmd_for_their_corpus(tmp_path, monkey
     assert [list(line.get_ydata()) for line in ax.get_lines() if "PPMd" in line.get_label()] == [[1.9, 1.9]]
 
 
+def test_a_fine_tune_s_curve_starts_at_minute_0_with_the_base_s_figure(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    write_log(tmp_path, "ft", "abc", [2.0, 1.9])
+    log = json.loads((tmp_path / "ft" / "log.json").read_text())
+    (tmp_path / "ft" / "log.json").write_text(json.dumps({**log, "start": {"val_bits_per_char": 2.2}}))
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path: saved.append(fig))
+    assert plot.main(["ft", "--artifacts", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 0
+    (curve,) = [line for line in saved[0].axes[0].get_lines() if line.get_label().startswith("ft ")]
+    assert list(curve.get_xdata()) == [0.0, 1.0, 2.0] and list(curve.get_ydata()) == [2.2, 2.0, 1.9]
+
+
 def test_plot_names_a_run_without_a_log(tmp_path, capsys):
     assert plot.main(["missing", "--artifacts", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
