@@ -437,3 +437,12 @@ def test_many_unknown_characters_are_counted(generator):
     unknown = "".join(chr(0x4E00 + i) for i in range(14))
     with pytest.raises(InputError, match=r"14 character\(s\) this model does not know: .* and 4 more;"):
         generator.generate("the " + unknown)
+
+
+def test_the_shipped_base_is_a_cased_general_english_generator():
+    """Generator.load("base"): every printable ASCII character and the Latin-1 letters, case kept."""
+    base = Generator.load("base")
+    assert base.vocab.lowercase is False and base.vocab.size == 175
+    assert {chr(c) for c in range(32, 127)} <= set(base.vocab.chars) and "é" in base.vocab.chars
+    text = base.generate("The King said", length=300, temperature=0.5, seed=1)
+    assert len(text) == 300 and any(c.isupper() for c in text) and text.count(" ") > 20
