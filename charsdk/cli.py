@@ -240,7 +240,7 @@ def serve(
     request_timeout: float = typer.Option(10.0, "--request-timeout",
                                           help="Seconds a request's headers, then its body, may take to "
                                                "arrive; then 408 and the connection closes."),
-    max_connections: int = typer.Option(1000, "--max-connections",
+    max_connections: int = typer.Option(4096, "--max-connections",
                                         help="Open connections at most; a request beyond them: 503."),
     drain_s: float = typer.Option(30.0, "--drain-s", help="On SIGTERM or SIGINT, seconds to let requests in "
                                                           "flight finish (new ones: 503); a second signal "

@@ -620,7 +620,7 @@ def guarded_protocol(header_timeout_s: float):
     return GuardedHttpToolsProtocol
 
 
-def run_server(app: Starlette, sock, drain_s: float = 30.0, max_connections: int = 1000) -> None:
+def run_server(app: Starlette, sock, drain_s: float = 30.0, max_connections: int = 4096) -> None:
     """Serve `app` on a listening socket until SIGTERM or SIGINT, then drain (DrainingServer)."""
     import uvicorn
 
