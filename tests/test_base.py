@@ -153,11 +153,11 @@ def test_a_resumed_fine_tune_continues_from_its_own_checkpoint(base_dir, other_t
 def test_auto_fine_tunes_from_the_base_only_where_it_covers_the_corpus(base_dir, other_text, tmp_path,
                                                                         capsys):
     shutil.copytree(base_dir, tmp_path / "base")
-    code, out = train(other_text, tmp_path, "auto", *TINY, "--epochs", "1", "--steps-per-epoch", "1",
-                      capsys=capsys)
+    code, out = train(other_text, tmp_path, "auto", *TINY, "--epochs", "1", capsys=capsys)
     assert code == 0 and out.out.startswith(f"train: fine-tuning from {tmp_path / 'base' / 'best.keras'}")
     log = json.loads((tmp_path / "auto" / "log.json").read_text())
     assert log["recipe_name"] == "finetune" and log["recipe"]["units"] == [32]  # the base's shape
+    assert log["recipe"]["carry_state"] and log["start"]["val_bits_per_char"] > 0  # read as generated
     code, out = train(other_text, tmp_path, "book", "--recipe", "book", *TINY, "--units", "16",
                       "--epochs", "1", "--steps-per-epoch", "1", capsys=capsys)
     assert code == 0 and out.out.startswith("train: training from scratch: the recipe's LSTMs [16] are not")
