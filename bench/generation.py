@@ -67,6 +67,25 @@ def window_model(model, generator: Generator, directory: Path) -> Generator:
     return Generator.load(directory)
 
 
+def keras_jobs(checkpoint: Path, generator: Generator) -> list:
+    """The rows timed on the run's checkpoint: the book's loop in Keras, and the checkpoint as a window
+    model (tf2onnx), one stream and 64."""
+    from train.model import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    window = window_model(model, generator, Path(tempfile.mkdtemp(prefix="charsdk-bench-")))
+    window_batched = Generator.load(window.path, threads=os.cpu_count())
+    return [
+        ("book loop: Keras predict on the window", lambda: book_loop(model, generator, 20, direct=False), 20),
+        ("Keras model called directly on the window",
+         lambda: book_loop(model, generator, 20, direct=True), 20),
+        ("window model (make export KERAS=, tf2onnx)",
+         lambda: window.generate(SEED_TEXT, 1000, TEMPERATURE, seed=1), 1000),
+        (f"window model, n=64, {os.cpu_count()} threads (aggregate)",
+         lambda: window_batched.generate(SEED_TEXT, 100, TEMPERATURE, n=64, seed=1), 100 * 64),
+    ]
+
+
 def fresh_process(command: list[str]) -> tuple[float, float, float]:
     """Seconds to the first byte on stdout, seconds to exit, peak RSS in MB: one new process."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True,
@@ -89,27 +108,13 @@ def main(argv=None) -> int:
     r, gen = args.repeats, generator.generate
     jobs = []
     if args.run:
-        from train.model import load_checkpoint
-
         checkpoint = Path(args.run) / "best.keras"
         exported_from = generator.vocab.training.get("checkpoint_sha256")
         if not checkpoint.exists() or exported_from != sha256_of(checkpoint):
             print(f"bench: error: {args.model} is not the export of {checkpoint}: "
                   "run make export and make ship for that run", file=sys.stderr)
             return 2
-        model = load_checkpoint(checkpoint)
-        window = window_model(model, generator, Path(tempfile.mkdtemp(prefix="charsdk-bench-")))
-        jobs += [
-            ("book loop: Keras predict on the window",
-             lambda: book_loop(model, generator, 20, direct=False), 20),
-            ("Keras model called directly on the window",
-             lambda: book_loop(model, generator, 20, direct=True), 20),
-            ("window model (make export KERAS=, tf2onnx)",
-             lambda: window.generate(SEED_TEXT, 1000, TEMPERATURE, seed=1), 1000),
-            (f"window model, n=64, {os.cpu_count()} threads (aggregate)",
-             lambda: window_batched.generate(SEED_TEXT, 100, TEMPERATURE, n=64, seed=1), 100 * 64),
-        ]
-        window_batched = Generator.load(window.path, threads=os.cpu_count())
+        jobs += keras_jobs(checkpoint, generator)
     jobs += [
         ("charsdk window mode", lambda: gen(SEED_TEXT, 3000, TEMPERATURE, seed=1, mode="window"), 3000),
         ("charsdk stateful mode", lambda: gen(SEED_TEXT, 30000, TEMPERATURE, seed=1), 30000),
