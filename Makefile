@@ -16,6 +16,7 @@ EPOCHS ?=
 EPOCH_STEPS ?=# steps per epoch (checkpoint, log entry, samples); empty: one pass over the corpus
 WORKERS ?= 1# >1: a cluster of that many workers on this machine (train/cluster.py)
 FRESH ?=
+LOWERCASE ?=# 1: a new run lower-cases its text (and generation its seeds); an exported KERAS model was so trained
 PRECISION ?= int8# export: int8 weights (one scale per output channel) or fp32
 GEN_ARGS ?= --length 400 --temperature 0.5
 
@@ -40,7 +41,7 @@ test: $(DEV_VENV)/.installed
 TRAIN_ARGS = --name $(NAME) --artifacts $(ARTIFACTS) $(if $(RECIPE),--recipe $(RECIPE)) \
 	$(if $(CORPUS),--corpus $(CORPUS)) $(if $(SHARED_CORPUS),--fallback-corpus $(SHARED_CORPUS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCH_STEPS),--steps-per-epoch $(EPOCH_STEPS)) $(if $(FRESH),--fresh) \
-	$(if $(BASE),--base $(BASE)) $(if $(BUDGET),--time-budget-s $(BUDGET))
+	$(if $(BASE),--base $(BASE)) $(if $(BUDGET),--time-budget-s $(BUDGET)) $(if $(LOWERCASE),--lowercase)
 train: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m $(if $(filter-out 1,$(WORKERS)),train.cluster --workers $(WORKERS),train.fit) \
 		$(TRAIN_ARGS)
@@ -48,7 +49,6 @@ train: $(DEV_VENV)/.installed
 # KERAS=model.keras (or .h5): export any Keras character model instead (train/convert.py), with the
 # CORPUS it was trained on (default: the book's), LOWERCASE=1 if its training lower-cased, MAXLEN=.
 KERAS ?=
-LOWERCASE ?=
 MAXLEN ?=
 export: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS) --precision $(PRECISION) \

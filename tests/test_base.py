@@ -133,6 +133,18 @@ def test_case_is_kept_by_default_and_lower_cased_by_the_book_recipe(other_text, 
     assert "T" not in json.loads((tmp_path / "lower" / "log.json").read_text())["corpus"]["vocab"]
 
 
+def test_make_train_passes_base_budget_and_lowercase_to_the_trainer():
+    """`make train BASE= BUDGET= LOWERCASE=1` reaches train.fit as its flags (a dry run: nothing trains)."""
+    command = subprocess.run(["make", "-n", "train", "NAME=mine", "CORPUS=my.txt", "BASE=none", "BUDGET=300",
+                              "LOWERCASE=1"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    flags = {flag: command[i + 1] for i, flag in enumerate(command[:-1]) if flag.startswith("--")}
+    assert flags["--base"] == "none" and flags["--time-budget-s"] == "300" and "--lowercase" in command
+    plain = subprocess.run(["make", "-n", "train", "NAME=mine", "CORPUS=my.txt"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert not {"--base", "--time-budget-s", "--lowercase"} & set(plain)
+
+
 def test_a_resumed_fine_tune_continues_from_its_own_checkpoint(base_dir, other_text, tmp_path, capsys):
     from train.model import load_checkpoint
 
