@@ -446,3 +446,5 @@ def test_the_shipped_base_is_a_cased_general_english_generator():
     assert {chr(c) for c in range(32, 127)} <= set(base.vocab.chars) and "é" in base.vocab.chars
     text = base.generate("The King said", length=300, temperature=0.5, seed=1)
     assert len(text) == 300 and any(c.isupper() for c in text) and text.count(" ") > 20
+    # the seed's case reaches the model (a lower-casing model would read these two seeds alike)
+    assert base.generate("THE KING SAID", 40, seed=1) != base.generate("the king said", 40, seed=1)
