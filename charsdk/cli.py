@@ -208,6 +208,11 @@ def summary(generator: Generator) -> str:
         trained = (f"; best epoch {training['best_epoch']} of {training['epochs_trained']}, "
                    f"{training['train_wall_s']:,.0f} s" if "best_epoch" in training else "")
         lines.append(("recipe", f"{training.get('recipe_name', '?')}: {settings}{trained}"))
+    if "base" in training:
+        base = training["base"]
+        sha, before = base["checkpoint_sha256"][:16], base["holdout_bits_per_char_before"]
+        lines.append(("start", f"fine-tuned from a base (best.keras sha256 {sha}), which scored "
+                               f"{before:.4f} bits/char on this held-out text before"))
     if "corpus_chars" in training:
         lines.append(("corpus", f"{training['corpus_chars']:,} characters, sha256 "
                                 f"{training.get('corpus_sha256', '')[:16]}"))

@@ -69,6 +69,9 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         "parameters": int(model.count_params()),
         "checkpoint_sha256": sha256_of(model_dir / "best.keras"),
     }
+    if log.get("base") and log.get("start"):  # a fine-tune: its base, and the base's figure on this text
+        training["base"] = {"checkpoint_sha256": log["base"]["sha256"], "units": log["base"]["units"],
+                            "holdout_bits_per_char_before": round(log["start"]["val_bits_per_char"], 4)}
     return export_graph(model, corpus, recipe["maxlen"], recipe["lowercase"], training, model_dir, precision)
 
 
