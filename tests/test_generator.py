@@ -127,7 +127,7 @@ def test_evaluate_scores_text_in_both_modes(generator):
         assert result["chars_scored"] == len(text) - generator.vocab.maxlen
         assert 0.5 < result["bits_per_char"] < 4
         assert result["perplexity"] == pytest.approx(2 ** result["bits_per_char"])
-    with pytest.raises(InputError, match="more than 60"):
+    with pytest.raises(InputError, match=f"more than {generator.vocab.maxlen}"):
         generator.evaluate("too short")
 
 
