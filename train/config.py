@@ -90,8 +90,8 @@ RECIPES = {
     # the base): read as stateful generation reads (carry_state: 32 lanes, 100 characters a step, the
     # state carried), the default recipe's regularisers, a third of its learning rate, 20 minutes. Trained
     # on 60-character windows instead, a fine-tune of the base scored 1.756 in window mode but 1.922 read
-    # statefully on Nietzsche; carried, 1.76 both ways (docs/base-model.md). Learning rate and schedule:
-    # one measurement each so far, on a base a third trained.
+    # statefully on Nietzsche; carried, 1.752 both ways from the finished base (docs/base-model.md: the
+    # shipped nietzsche). Learning rate and schedule: one value each measured so far.
     "finetune": Recipe(
         maxlen=100, units=(256, 256), dropout=0.3, weight_drop=0.1, bfloat16=True, loss_at="all",
         carry_state=True, optimizer="adam", learning_rate=0.001, cosine_decay=True, clipnorm=1.0,
