@@ -93,14 +93,16 @@ def test_new_characters_extend_the_vocabulary_without_changing_the_base_s_predic
     after = model.predict(np.eye(len(vocab))[ids], verbose=0)
     np.testing.assert_allclose(after[..., : len(base_vocab)], before, rtol=1e-3, atol=1e-6)
     assert after[..., len(base_vocab):].max() < 1e-3
-    # The export keeps that vocabulary and the ids training cached (no second encoding).
+    # The export keeps that vocabulary's order (the characters the text uses: test_an_export_keeps_only…)
+    # and the ids training cached (no second encoding).
     from charsdk import Generator
     from train import export
 
     cached = sorted(p.name for p in (tmp_path / "extra").glob("ids-*"))
     assert export.main(["--name", "extra", "--artifacts", str(tmp_path), "--precision", "fp32"]) == 0
     generator = Generator.load(tmp_path / "extra")
-    assert list(generator.vocab.chars) == vocab and generator.vocab.lowercase is False
+    text = corpus.read_text(encoding="utf-8")
+    assert list(generator.vocab.chars) == [c for c in vocab if c in text] and not generator.vocab.lowercase
     assert sorted(p.name for p in (tmp_path / "extra").glob("ids-*")) == cached
     assert len(generator.generate("The Zq@", length=20, seed=1)) == 20
     # Reading a new character moves nothing: as if the base had read no character there.
@@ -108,6 +110,35 @@ def test_new_characters_extend_the_vocabulary_without_changing_the_base_s_predic
     nothing = np.eye(len(base_vocab) + 1)[np.minimum(ids, len(base_vocab))][..., : len(base_vocab)]
     np.testing.assert_allclose(model.predict(np.eye(len(vocab))[ids], verbose=0)[..., : len(base_vocab)],
                                base.predict(nothing, verbose=0), rtol=1e-3, atol=1e-6)
+
+
+def test_an_export_keeps_only_the_characters_its_corpus_uses_predicting_as_the_model_does(base_dir,
+                                                                                          tmp_path):
+    """A fine-tune's vocabulary is its base's; its export drops the characters the text never uses
+    (here the capitals), and predicts over the rest as the model does, renormalised."""
+    from charsdk import Generator
+    from train import export
+    from train.model import keep_chars, load_checkpoint
+
+    corpus = tmp_path / "lower.txt"
+    corpus.write_text(make_text(15000, seed=14).lower(), encoding="utf-8")
+    code, _ = train(corpus, tmp_path, "lower", "--base", str(base_dir), *CASED, "--epochs", "1",
+                    "--steps-per-epoch", "2")
+    assert code == 0
+    chars = json.loads((tmp_path / "lower" / "log.json").read_text())["corpus"]["vocab"]
+    kept = sorted(set(corpus.read_text(encoding="utf-8")), key=chars.index)
+    assert len(kept) < len(chars) and any(c.isupper() for c in chars)
+    # The export's own checks hold its graph to the narrowed Keras model (export_graph).
+    assert export.main(["--name", "lower", "--artifacts", str(tmp_path), "--precision", "fp32"]) == 0
+    vocab = Generator.load(tmp_path / "lower").vocab
+    assert list(vocab.chars) == kept and vocab.training["chars_trained"] == len(chars)
+    model = load_checkpoint(tmp_path / "lower" / "best.keras")
+    narrow = keep_chars(model, chars, kept)
+    ids = np.random.default_rng(0).integers(0, len(kept), (8, 20))
+    full = model.predict(np.eye(len(chars))[np.array([chars.index(c) for c in kept])[ids]], verbose=0)
+    full = full[..., [chars.index(c) for c in kept]]
+    np.testing.assert_allclose(narrow.predict(np.eye(len(kept))[ids], verbose=0),
+                               full / full.sum(-1, keepdims=True), rtol=1e-4, atol=1e-7)
 
 
 def test_base_none_trains_from_scratch(base_dir, other_text, tmp_path, capsys):

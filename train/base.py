@@ -80,7 +80,8 @@ def choose_base(choice: str, artifacts: Path, corpus: Path, lowercase: bool) -> 
     if not named and covered < MIN_COVERAGE:
         return None, (f"training from scratch: only {covered:.1%} of the corpus's characters are in the "
                       f"base's vocabulary (fine-tuning needs {MIN_COVERAGE:.0%}); BASE=base insists")
-    shown = "".join(new[:20]).replace("\n", "\\n") + ("…" if len(new) > 20 else "")
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in new[:20])  # a tab as \t
+    shown += "…" if len(new) > 20 else ""
     return base, (f"fine-tuning from {base.checkpoint} ({len(base.units)} x LSTM({base.units[0]})): "
                   f"{covered:.2%} of the corpus's characters are in its vocabulary"
                   + (f"; {len(new)} new: {shown}" if new else ""))

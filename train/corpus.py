@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,17 @@ class Corpus:
         size, fd = self.ids.itemsize, self._ids_file.fileno()
         data = b"".join(os.pread(fd, length * size, int(start) * size) for start in starts)
         return np.frombuffer(data, self.ids.dtype).reshape(len(starts), length).astype(np.int32)
+
+    def used_only(self) -> Corpus:
+        """The corpus with only the characters its text uses, in the same order, the ids renumbered in
+        memory (a fine-tune's vocabulary is its base's, most of which a corpus may not use); itself when
+        it uses them all."""
+        used = np.bincount(self.ids, minlength=len(self.chars)) > 0
+        if used.all():
+            return self
+        renumbered = (np.cumsum(used) - 1).astype(self.ids.dtype)[self.ids]
+        chars = tuple(c for c, keep in zip(self.chars, used, strict=True) if keep)
+        return replace(self, chars=chars, ids=renumbered, ids_path=None)
 
     def decode(self, ids) -> str:
         """The text of some ids (after lower-casing, if the recipe asks for it)."""

@@ -29,7 +29,7 @@ from charsdk.vocab import PRECISIONS, Vocab
 from . import keras_onnx
 from .corpus import CorpusError, load_corpus
 from .graph import OPSET, build_graph
-from .model import graph_weights, last_step_probs, load_checkpoint
+from .model import graph_weights, keep_chars, last_step_probs, load_checkpoint
 
 TOLERANCE = 1e-5  # max abs difference of probabilities between Keras and the float32 graph
 INT8_MAX_LOSS = 0.005  # held-out bits/char an int8 export may lose against its float32 self
@@ -56,6 +56,9 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
 
     model = load_checkpoint(model_dir / "best.keras")
+    used = corpus.used_only()  # a fine-tune's vocabulary: its base's, and more than its text uses
+    if used is not corpus:
+        model, corpus = keep_chars(model, corpus.chars, used.chars), used
     best = log["epochs"][log["best_epoch"] - 1]
     training = {
         "recipe_name": log["recipe_name"],
@@ -68,6 +71,7 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         "train_wall_s": best["wall_s"],
         "parameters": int(model.count_params()),
         "checkpoint_sha256": sha256_of(model_dir / "best.keras"),
+        "chars_trained": len(corpus_info["vocab"]),  # more than vocab.json's when the text uses fewer
     }
     if log.get("base") and log.get("start"):  # a fine-tune: its base, and the base's figure on this text
         training["base"] = {"checkpoint_sha256": log["base"]["sha256"], "units": log["base"]["units"],

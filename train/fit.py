@@ -296,7 +296,7 @@ def initial_model(strategy, checkpoint: Path | None, corpus: Corpus, recipe: Rec
         keras.utils.set_random_seed(recipe.seed)
         model = build_model(len(corpus.chars), recipe, steps_per_epoch=plan.steps_per_epoch)
         if base:
-            start_from(model, load_checkpoint(base.checkpoint))
+            start_from(model, corpus.chars, load_checkpoint(base.checkpoint), base.chars)
         return model
 
 

@@ -99,33 +99,57 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
 NEW_CHAR_LOGIT_GAP = 10.0  # a new character's first logit, below the base's lowest bias
 
 
-def start_from(model: keras.Model, base: keras.Model) -> None:
-    """Give `model` the weights of `base`, whose vocabulary is the first characters of model's (same
-    layers otherwise). A new character gets a zero input row (reading it moves no state) and an output
-    column of zero weights whose bias is NEW_CHAR_LOGIT_GAP below the base's lowest (e^10 times less
-    likely than the base's rarest character), so that at the first step the model predicts as the base
-    did for every character the base knows. Adam moves each of the column's weights by about the learning
-    rate a step, so a new character that the corpus uses is learnt within a few hundred steps."""
+def start_from(model: keras.Model, chars, source: keras.Model, source_chars) -> None:
+    """Give `model`, whose vocabulary is `chars`, the weights of `source`, whose vocabulary is
+    `source_chars` (the same layers otherwise), character by character: a fine-tune starts from its base
+    so (the base's characters, then the corpus's new ones), and an export keeps only the characters its
+    corpus uses so (keep_chars).
+
+    A character `source` lacks gets a zero input row (reading it moves no state) and an output column of
+    zero weights whose bias is NEW_CHAR_LOGIT_GAP below the source's lowest (e^10 times less likely than
+    its rarest character), so that at the first step the model predicts as the source did for every
+    character both know. Adam moves each of the column's weights by about the learning rate a step, so a
+    new character that the corpus uses is learnt within a few hundred steps."""
     def weighted(m):
         return [layer for layer in m.layers if isinstance(layer, (keras.layers.LSTM, keras.layers.Dense))]
 
-    layers, base_layers = weighted(model), weighted(base)
-    if len(layers) != len(base_layers):
-        raise ValueError(f"the base has {len(base_layers)} weighted layers, the model {len(layers)}")
-    known = base.input_shape[-1]
-    for i, (layer, base_layer) in enumerate(zip(layers, base_layers, strict=True)):
-        weights = [np.asarray(w) for w in base_layer.get_weights()]
+    layers, source_layers = weighted(model), weighted(source)
+    if len(layers) != len(source_layers):
+        raise ValueError(f"the source has {len(source_layers)} weighted layers, the model {len(layers)}")
+    index = {c: i for i, c in enumerate(source_chars)}
+    rows = np.array([index.get(c, -1) for c in chars])
+    known = rows >= 0
+    for i, (layer, source_layer) in enumerate(zip(layers, source_layers, strict=True)):
+        weights = [np.asarray(w) for w in source_layer.get_weights()]
         if i == 0:  # the first LSTM's input kernel [vocab, 4U]
-            kernel = np.zeros(layer.get_weights()[0].shape, np.float32)
-            kernel[:known] = weights[0]
+            kernel = np.zeros((len(chars), weights[0].shape[1]), np.float32)
+            kernel[known] = weights[0][rows[known]]
             weights[0] = kernel
         if isinstance(layer, keras.layers.Dense):  # kernel [U, vocab], bias [vocab]
-            kernel, bias = np.zeros(layer.get_weights()[0].shape, np.float32), layer.get_weights()[1]
-            kernel[:, :known] = weights[0]
-            bias = np.full(bias.shape, weights[1].min() - NEW_CHAR_LOGIT_GAP, np.float32)
-            bias[:known] = weights[1]
+            kernel = np.zeros((weights[0].shape[0], len(chars)), np.float32)
+            kernel[:, known] = weights[0][:, rows[known]]
+            bias = np.full(len(chars), weights[1].min() - NEW_CHAR_LOGIT_GAP, np.float32)
+            bias[known] = weights[1][rows[known]]
             weights = [kernel, bias]
         layer.set_weights(weights)
+
+
+def keep_chars(model: keras.Model, chars, kept) -> keras.Model:
+    """The model (vocabulary `chars`) reading and predicting only the characters `kept`: the same layers
+    with narrower input and output, whose next-character distribution is the model's renormalised over
+    `kept`. A fine-tune's vocabulary is its base's (175 characters for the shipped base), most of which a
+    corpus may not use; its export keeps the ones used, so that the output layer and the softmax of every
+    generated character are no wider than the text needs."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer.pop("build_config", None)  # each layer is built again on its new input
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_shape"] = [*layer["config"]["batch_shape"][:-1], len(kept)]
+        elif layer["class_name"] == "Dense":
+            layer["config"]["units"] = len(kept)
+    narrow = keras.Model.from_config(config)
+    start_from(narrow, kept, model, chars)
+    return narrow
 
 
 @contextlib.contextmanager
