@@ -398,12 +398,18 @@ def test_patience_stops_training(worsening_corpus, tmp_path, capsys):
     assert "no better held-out figure for 2 epochs" in capsys.readouterr().out
 
 
-def test_a_time_budget_stops_training(small_corpus, tmp_path, capsys):
+def test_a_time_budget_stops_training_and_says_when_the_schedule_did_not_anneal(small_corpus, tmp_path,
+                                                                                capsys):
     from train import fit
 
     assert fit.main(train_args(small_corpus, tmp_path, "--epochs", "5", "--time-budget-s", "0.01")) == 0
     assert len(json.loads((tmp_path / "run" / "log.json").read_text())["epochs"]) == 1
-    assert "time budget" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time budget" in out and "annealed" not in out  # the book's recipe has no schedule
+    assert fit.main(train_args(small_corpus, tmp_path, "--name", "cosine", "--epochs", "5",
+                               "--time-budget-s", "0.01", "--cosine-decay")) == 0
+    assert ("scheduled over 5 epochs, had not annealed: EPOCHS=1 fits the schedule into this budget"
+            in capsys.readouterr().out)
 
 
 def test_a_nan_loss_stops_training(small_corpus, tmp_path, capsys):

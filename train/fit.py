@@ -451,8 +451,14 @@ class TrainingLoop:
 
     def stop_reasons(self, epoch: int, seconds: float) -> list[str]:
         recipe, reasons = self.recipe, []
-        if next_epoch_overruns(self.log["epochs"][-1]["wall_s"], seconds, recipe.time_budget_s):
-            reasons.append(f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s")
+        wall_s = self.log["epochs"][-1]["wall_s"]
+        if next_epoch_overruns(wall_s, seconds, recipe.time_budget_s):
+            reason = f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s"
+            if recipe.cosine_decay and epoch + 1 < recipe.epochs:  # the schedule did not anneal
+                fits = max(1, int(recipe.time_budget_s / (wall_s / (epoch + 1))))
+                reason += (f" (its learning rate, scheduled over {recipe.epochs} epochs, had not annealed: "
+                           f"EPOCHS={fits} fits the schedule into this budget)")
+            reasons.append(reason)
         if recipe.patience and epoch + 1 - self.log.get("best_epoch", 0) >= recipe.patience:
             reasons.append(f"no better held-out figure for {recipe.patience} epochs")
         return reasons
