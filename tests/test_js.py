@@ -4,15 +4,18 @@ same clear errors. Skipped, with the reason, where node or Chromium is absent (.
 import functools
 import http.server
 import json
+import math
 import shutil
 import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from charsdk import Generator
-from charsdk.generator import shipped_models_dir
+from charsdk.generator import shipped_models_dir, stream_generators
+from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, log_softmax, scores
 from tests.conftest import ROOT
 
 JS = ROOT / "js"
@@ -54,10 +57,54 @@ def node(script: str, *args: str, payload, env=None) -> list[dict]:
     return json.loads(result.stdout)
 
 
+# Where Python's best two characters score within this (log-probability plus the Gumbel noise), the other
+# runtime may draw the other one: onnxruntime's wasm kernels round differently in the last bit, and the
+# int8 graph quantises the LSTM's state each step, which can turn that bit into a step of the int8 grid.
+NEAR_TIE = 0.05
+
+
+def departure_gap(case: dict, stream: int, ours: str, theirs: str) -> float:
+    """How much worse Python scores the character the other runtime drew where their texts of one stream
+    first differ (0 would be an exact tie; inf if the other text ends early or is an error)."""
+    k = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
+    if k is None:
+        return math.inf
+    generator, options = Generator.load(case["model"]), case["options"]
+    temperatures = np.atleast_1d(options["temperature"]).tolist()
+    sampling = [SamplingOptions.check(t, options.get("topK", 0), options.get("topP", 1.0))
+                for t in temperatures for _ in range(options["n"])][stream]
+    uniforms = generator._uniforms(stream_generators(options["seed"], stream + 1)[stream:], k + 1)[:, k]
+    ids = generator.vocab.encode(case["seedText"] + ours[:k])
+    if options.get("mode") == "window":
+        ids = ids[-generator.vocab.maxlen :]
+    logits, *_ = generator.run(ids[None], generator._zero_state(1))  # each mode reads from a zero state
+    probs = np.exp(log_softmax(logits))
+    keep = None
+    if sampling.filters:
+        keep = allowed(probs, sampling.inv_temperature, sampling.top_k, sampling.top_p)
+    score = scores(probs, gumbel_noise(uniforms, [sampling.temperature]), keep)[0]
+    return float(score.max() - score[generator.vocab.chars.index(theirs[k])])
+
+
+def assert_python_s_texts_but_at_near_ties(got: list[dict]) -> None:
+    """The other runtime's texts are Python's, each stream up to where Python's two best characters
+    scored within NEAR_TIE; most cases are the same throughout."""
+    differing = 0
+    for case, theirs, ours in zip(cases(), got, python_texts(), strict=True):
+        theirs = theirs.get("text", theirs.get("error"))
+        if theirs == ours:
+            continue
+        differing += 1
+        assert isinstance(theirs, type(ours)), (case, theirs)
+        pairs = [(ours, theirs)] if isinstance(ours, str) else list(zip(ours, theirs, strict=True))
+        for stream, (a, b) in enumerate(pairs):
+            assert a == b or departure_gap(case, stream, a, b) < NEAR_TIE, (case, a, b)
+    assert differing <= len(got) // 4, f"{differing} of {len(got)} cases differ"
+
+
 @needs_node
 def test_node_draws_python_s_text_for_every_seed_n_mode_and_model():
-    got = node("node.mjs", str(shipped_models_dir()), payload=cases())
-    assert [g.get("text", g.get("error")) for g in got] == python_texts()
+    assert_python_s_texts_but_at_near_ties(node("node.mjs", str(shipped_models_dir()), payload=cases()))
 
 
 class Files(http.server.SimpleHTTPRequestHandler):
@@ -87,7 +134,7 @@ def test_chromium_draws_python_s_text_for_every_seed_n_mode_and_model(site):
 
     got = node("browser.mjs", f"{site}/js/test/page.html", payload=cases(),
                env={**os.environ, "CHROMIUM": CHROMIUM})
-    assert [g.get("text", g.get("error")) for g in got] == python_texts()
+    assert_python_s_texts_but_at_near_ties(got)
 
 
 @needs_node
