@@ -141,6 +141,19 @@ def test_an_export_keeps_only_the_characters_its_corpus_uses_predicting_as_the_m
                                full / full.sum(-1, keepdims=True), rtol=1e-4, atol=1e-7)
 
 
+def test_a_recipe_that_names_its_vocabulary_exports_all_of_it(other_text, tmp_path):
+    """The base's recipe names its characters (BASE_CHARS): its export keeps those the text never uses."""
+    from charsdk import Generator
+    from train import export
+
+    code, _ = train(other_text, tmp_path, "named", "--base", "none", *CASED, "--vocab", "QXZ@", "--epochs",
+                    "1", "--steps-per-epoch", "1")
+    assert code == 0 and "@" not in other_text.read_text(encoding="utf-8")
+    assert export.main(["--name", "named", "--artifacts", str(tmp_path), "--precision", "fp32"]) == 0
+    chars = Generator.load(tmp_path / "named").vocab.chars
+    assert "".join(chars[:4]) == "QXZ@" and len(chars) == 4 + len(set(other_text.read_text()) - set("QXZ"))
+
+
 def test_base_none_trains_from_scratch(base_dir, other_text, tmp_path, capsys):
     code, out = train(other_text, tmp_path, "scratch", "--base", "none", *CASED, "--epochs", "1",
                       "--steps-per-epoch", "1", "--learning-rate", "0", capsys=capsys)

@@ -56,7 +56,9 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
 
     model = load_checkpoint(model_dir / "best.keras")
-    used = corpus.used_only()  # a fine-tune's vocabulary: its base's, and more than its text uses
+    # A fine-tune's vocabulary is its base's, more than its text uses: keep the characters used. A recipe
+    # that names its vocabulary (the base's, BASE_CHARS) keeps all of it.
+    used = corpus if recipe.get("vocab") else corpus.used_only()
     if used is not corpus:
         model, corpus = keep_chars(model, corpus.chars, used.chars), used
     best = log["epochs"][log["best_epoch"] - 1]
