@@ -151,7 +151,8 @@ def test_a_recipe_that_names_its_vocabulary_exports_all_of_it(other_text, tmp_pa
     assert code == 0 and "@" not in other_text.read_text(encoding="utf-8")
     assert export.main(["--name", "named", "--artifacts", str(tmp_path), "--precision", "fp32"]) == 0
     chars = Generator.load(tmp_path / "named").vocab.chars
-    assert "".join(chars[:4]) == "QXZ@" and len(chars) == 4 + len(set(other_text.read_text()) - set("QXZ"))
+    text = other_text.read_text(encoding="utf-8")
+    assert "".join(chars[:4]) == "QXZ@" and len(chars) == 4 + len(set(text) - set("QXZ"))
 
 
 def test_base_none_trains_from_scratch(base_dir, other_text, tmp_path, capsys):

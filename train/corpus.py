@@ -72,16 +72,26 @@ class Corpus:
         data = b"".join(os.pread(fd, length * size, int(start) * size) for start in starts)
         return np.frombuffer(data, self.ids.dtype).reshape(len(starts), length).astype(np.int32)
 
-    def used_only(self) -> Corpus:
-        """The corpus with only the characters its text uses, in the same order, the ids renumbered in
-        memory (a fine-tune's vocabulary is its base's, most of which a corpus may not use); itself when
-        it uses them all."""
-        used = np.bincount(self.ids, minlength=len(self.chars)) > 0
+    def id_chunks(self) -> Iterator[np.ndarray]:
+        """All the ids, CHUNK_BYTES of them at a time, read as `read` reads (flat in memory)."""
+        for start in range(0, len(self.ids), CHUNK_BYTES):
+            yield self.read(np.array([start]), min(CHUNK_BYTES, len(self.ids) - start))[0]
+
+    def used_only(self, directory: Path) -> Corpus:
+        """The corpus with only the characters its text uses, in the same order (a fine-tune's vocabulary
+        is its base's, most of which a corpus may not use); itself when it uses them all. The renumbered
+        ids are written to `directory` chunk by chunk and memory-mapped, as the corpus's own are."""
+        counts = sum(np.bincount(chunk, minlength=len(self.chars)) for chunk in self.id_chunks())
+        used = counts > 0
         if used.all():
             return self
-        renumbered = (np.cumsum(used) - 1).astype(self.ids.dtype)[self.ids]
+        renumber = (np.cumsum(used) - 1).astype(self.ids.dtype)
+        path = directory / "ids-used.bin"
+        with open(path, "wb") as f:
+            for chunk in self.id_chunks():
+                f.write(renumber[chunk].tobytes())
         chars = tuple(c for c, keep in zip(self.chars, used, strict=True) if keep)
-        return replace(self, chars=chars, ids=renumbered, ids_path=None)
+        return replace(self, chars=chars, ids=np.memmap(path, self.ids.dtype, "r"), ids_path=str(path))
 
     def decode(self, ids) -> str:
         """The text of some ids (after lower-casing, if the recipe asks for it)."""

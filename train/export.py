@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +57,22 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
 
     model = load_checkpoint(model_dir / "best.keras")
-    # A fine-tune's vocabulary is its base's, more than its text uses: keep the characters used. A recipe
-    # that names its vocabulary (the base's, BASE_CHARS) keeps all of it.
-    used = corpus if recipe.get("vocab") else corpus.used_only()
-    if used is not corpus:
-        model, corpus = keep_chars(model, corpus.chars, used.chars), used
+    with tempfile.TemporaryDirectory(prefix=".narrowed-", dir=model_dir) as scratch:
+        # A fine-tune's vocabulary is its base's, more than its text uses: keep the characters used. A
+        # recipe that names its vocabulary (the base's, BASE_CHARS) keeps all of it.
+        used = corpus if recipe.get("vocab") else corpus.used_only(Path(scratch))
+        if used is not corpus:
+            model, corpus = keep_chars(model, corpus.chars, used.chars), used
+        return export_graph(model, corpus, recipe["maxlen"], recipe["lowercase"],
+                            training_summary(log, model, corpus, model_dir), model_dir, precision)
+
+
+def training_summary(log: dict, model, corpus, model_dir: Path) -> dict:
+    """vocab.json's `training`: how the exported model was trained, from the run's log."""
     best = log["epochs"][log["best_epoch"] - 1]
     training = {
         "recipe_name": log["recipe_name"],
-        "recipe": recipe,
+        "recipe": log["recipe"],
         "corpus_sha256": corpus.sha256,
         "corpus_chars": len(corpus.ids),
         "epochs_trained": len(log["epochs"]),
@@ -73,12 +81,12 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
         "train_wall_s": best["wall_s"],
         "parameters": int(model.count_params()),
         "checkpoint_sha256": sha256_of(model_dir / "best.keras"),
-        "chars_trained": len(corpus_info["vocab"]),  # more than vocab.json's when the text uses fewer
+        "chars_trained": len(log["corpus"]["vocab"]),  # more than vocab.json's when the text uses fewer
     }
     if log.get("base") and log.get("start"):  # a fine-tune: its base, and the base's figure on this text
         training["base"] = {"checkpoint_sha256": log["base"]["sha256"], "units": log["base"]["units"],
                             "holdout_bits_per_char_before": round(log["start"]["val_bits_per_char"], 4)}
-    return export_graph(model, corpus, recipe["maxlen"], recipe["lowercase"], training, model_dir, precision)
+    return training
 
 
 def export_graph(model, corpus, maxlen: int, lowercase: bool, training: dict, model_dir: Path,
