@@ -162,10 +162,16 @@ def test_a_wrong_sha256_a_bad_option_and_an_unknown_character_are_clear_errors(t
     assert got[5]["text"] == Generator.load("nietzsche-book").generate("the ☃ ", 5, on_unknown="skip", seed=1)
 
 
+PLAYGROUND_LENGTH = 4000
+
+
 def playground(url: str, where: str, screenshot: Path) -> dict:
     import os
 
-    settings = {"seedText": "the will to power ", "temperature": 0.5, "length": 300, "seed": 7,
+    # Long enough that the server's later chunks (1,024 characters a call) are made after the page is
+    # reading: the server merges the events a slow reader has not taken yet, and at 300 characters the
+    # whole text was once ready before the first event went out, arriving in one piece.
+    settings = {"seedText": "the will to power ", "temperature": 0.5, "length": PLAYGROUND_LENGTH, "seed": 7,
                 "where": where}
     return node("playground.mjs", url, str(screenshot), payload=settings,
                 env={**os.environ, "CHROMIUM": CHROMIUM})
@@ -186,8 +192,8 @@ def test_the_playground_streams_text_into_the_page_from_a_typed_seed(where):
         result = playground(server.root + "/", where, shot)
     finally:
         server.stop()
-    expected = Generator.load("nietzsche-book").generate("the will to power ", 300, 0.5, seed=7)
+    expected = Generator.load("nietzsche-book").generate("the will to power ", PLAYGROUND_LENGTH, 0.5, seed=7)
     assert result["errors"] == [] and result["pieces"] > 1, result  # streamed in, not set once at the end
     assert result["out"] == "the will to power " + expected, result
-    assert result["status"].startswith("300 characters in"), result
+    assert result["status"].startswith(f"{PLAYGROUND_LENGTH} characters in"), result
     assert shot.stat().st_size > 10_000
