@@ -105,7 +105,7 @@ def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
     if precision == PRECISIONS[0]:
         product, arrays = graph.product("x_in", "w", "b", "y_out", "fp32"), {"w": weights, **zero_bias}
     else:
-        q, scale = graph.quantize_per_channel(weights)
+        q, scale = graph.quantize_per_channel(weights, graph.PAIR_LIMIT)
         arrays = {"w_q": q, "w_scale": scale, "w_zero": np.zeros(n_out, np.int8)}
         if precision == PRECISIONS[1]:
             arrays |= {"act_scale": np.array(graph.ACTIVATION_SCALE, np.float32),

@@ -29,7 +29,7 @@ from charsdk.vocab import PRECISIONS, Vocab
 
 from . import keras_onnx
 from .corpus import CorpusError, load_corpus
-from .graph import OPSET, build_graph
+from .graph import OPSET, PAIR_LIMIT, build_graph, overflowing_pairs, product_weights
 from .model import graph_weights, keep_chars, last_step_probs, load_checkpoint
 
 TOLERANCE = 1e-5  # max abs difference of probabilities between Keras and the float32 graph
@@ -106,8 +106,9 @@ def export_graph(model, corpus, maxlen: int, lowercase: bool, training: dict, mo
         for graph_precision in dict.fromkeys(("fp32", precision)):  # fp32 first: the reference
             directory = staging / graph_precision
             directory.mkdir()
-            path, sha256 = save_content_addressed(build_graph(layers, dense, states, graph_precision),
-                                                  directory, "model")
+            proto = build_graph(layers, dense, states, graph_precision)
+            check_pairs(proto)
+            path, sha256 = save_content_addressed(proto, directory, "model")
             vocab = Vocab(chars=corpus.chars, maxlen=maxlen, lowercase=lowercase,
                           states=states, onnx_file=path.name, onnx_sha256=sha256, precision=graph_precision,
                           default_seed_text=holdout_text[seed_start : seed_start + maxlen],
@@ -149,6 +150,16 @@ def export_graph(model, corpus, maxlen: int, lowercase: bool, training: dict, mo
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return parity
+
+
+def check_pairs(proto: onnx.ModelProto) -> None:
+    """Every integer product exact on every CPU: no pair of neighbouring weights over PAIR_LIMIT
+    (train/graph.py), which u8 x s8 kernels without VNNI would saturate on. Raises ExportError."""
+    for name, q in product_weights(proto).items():
+        if over := overflowing_pairs(q):
+            raise ExportError(f"int8 matrix {name} has {over} pairs of neighbouring weights over "
+                              f"{PAIR_LIMIT} in magnitude: onnxruntime's integer kernels without VNNI (AVX2) "
+                              "would saturate on them; the export is wrong and was not installed")
 
 
 def save_content_addressed(proto, directory: Path, stem: str) -> tuple[Path, str]:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -27,6 +28,7 @@ import numpy as np
 from charsdk.vocab import write_atomic
 
 from .base import Base, BaseError, choose_base, load_base
+from .budget import PROBE_STEPS, BudgetPlan, epochs_that_fit, plan_budget
 from .config import RECIPES, Recipe, make_recipe
 from .corpus import Corpus, CorpusError, download_book_corpus, load_corpus
 from .data import Lanes, Windows, holdout_starts
@@ -35,6 +37,7 @@ STARTED = time.monotonic()  # about when the process started: make bench-train t
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
 HOLDOUT_BATCH = 256  # held-out windows per replica and call
 HOLDOUT_LANES = 16  # carry_state: the held-out text as this many lanes, each read from a zero state
+BUDGET_CHECK_STEPS = 10  # a budgeted epoch asks every this many steps whether the budget allows more
 
 
 def parse_args(argv):
@@ -111,7 +114,8 @@ def main(argv=None) -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return fit(corpus, recipe_name, recipe, out, fresh=args.fresh, base=base)
+        return fit(corpus, recipe_name, recipe, out, fresh=args.fresh, base=base,
+                   bfloat16_asked=args.bfloat16 is not None)
     except Exception as exc:
         if not lost_worker(exc):
             raise
@@ -175,6 +179,16 @@ def bfloat16_in_hardware(cpuinfo: str) -> bool:
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(cpuinfo.split()))
 
 
+def bfloat16_here() -> bool:
+    """Whether this machine computes bfloat16 in hardware: a GPU, or a CPU that has the instructions.
+    Emulated (an AVX2-only CPU), a bfloat16 step measured about as fast as a float32 one."""
+    import tensorflow as tf
+
+    cpuinfo = Path("/proc/cpuinfo")
+    return bool(tf.config.list_logical_devices("GPU")) or (
+        cpuinfo.exists() and bfloat16_in_hardware(cpuinfo.read_text()))
+
+
 def distribution_strategy():
     from . import import_tensorflow
 
@@ -188,13 +202,24 @@ def distribution_strategy():
 
 
 def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool = False,
-        base: Base | None = None) -> int:
+        base: Base | None = None, bfloat16_asked: bool = False) -> int:
     """Train `recipe` on `corpus` into `out` from `base`'s weights (None: new ones), resuming the run
-    there unless `fresh`; the exit status."""
+    there unless `fresh`; the exit status. A new run's recipe computes in bfloat16 only where the
+    machine has it, unless `bfloat16_asked` (--bfloat16 / --no-bfloat16 said so). A time budget
+    counts from here."""
+    started = time.monotonic()
     strategy = distribution_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
     worker, workers = cluster()
-    if worker == 0:
-        note_emulated_bfloat16(recipe)
+    previous = None if fresh else read_log(out)
+    resuming = previous is not None and (out / "last.keras").exists()
+    if recipe.bfloat16 and not (bfloat16_asked or resuming or bfloat16_here()):
+        recipe = recipe.updated(bfloat16=False)
+        if worker == 0:
+            print("train: training in float32: this machine has no bfloat16 instructions, and emulated "
+                  "they are no faster (--bfloat16 forces them)", flush=True)
+    elif worker == 0 and recipe.bfloat16 and not bfloat16_here():
+        print("train: note: this CPU has no bfloat16 instructions, so --bfloat16 is emulated: "
+              "--no-bfloat16 may train faster", file=sys.stderr)
     try:
         plan = plan_epochs(corpus, recipe, strategy.num_replicas_in_sync)
     except RecipeError as exc:
@@ -202,23 +227,22 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
         return 2
     log = new_log(recipe_name, recipe, corpus, plan, workers)
     log["base"] = base.describe() if base else None
-    previous = None if fresh else read_log(out)
-    resuming = previous is not None and (out / "last.keras").exists()
     if resuming and not same_run(previous, log):
         print(f"train: error: {out} holds a run with another recipe or corpus: "
               "pass --fresh (FRESH=1) to start over, or choose another NAME", file=sys.stderr)
         return 2
     model = initial_model(strategy, out / "last.keras" if resuming else None, corpus, recipe, plan, base)
     if resuming:
-        log["epochs"] = previous["epochs"]
-        forget_epochs_after(log, int(model.optimizer.iterations.numpy()) // plan.steps_per_epoch)
+        log["epochs"], log["budget_plan"] = previous["epochs"], previous.get("budget_plan")
+        steps_per_epoch = (log["budget_plan"] or {}).get("steps_per_epoch", plan.steps_per_epoch)
+        forget_epochs_after(log, int(model.optimizer.iterations.numpy()) // steps_per_epoch)
         print(f"Resuming {out} after epoch {len(log['epochs'])}")
     if worker == 0:
         model.summary()
         print(f"{plan.window_count:,} training windows, {plan.steps_per_epoch:,} steps of "
               f"{recipe.batch_size} per epoch, {strategy.num_replicas_in_sync} replica(s); held-out: "
               f"{log['holdout_windows_scored']} scored per epoch")
-    return TrainingLoop(model, strategy, corpus, recipe, plan, out, log).run()
+    return TrainingLoop(model, strategy, corpus, recipe, plan, out, log, started).run()
 
 
 class RecipeError(Exception):
@@ -255,16 +279,6 @@ def plan_epochs(corpus: Corpus, recipe: Recipe, replicas: int) -> EpochPlan:
         raise RecipeError(f"{corpus.split:,} training characters are too few for {recipe.batch_size} "
                           f"lanes of at least {3 * recipe.maxlen} characters: lower --batch-size or --maxlen")
     return EpochPlan(lanes, lanes.steps, lanes.steps * recipe.batch_size, None)
-
-
-def note_emulated_bfloat16(recipe: Recipe) -> None:
-    import tensorflow as tf
-
-    cpuinfo = Path("/proc/cpuinfo")
-    if (recipe.bfloat16 and cpuinfo.exists() and not tf.config.list_logical_devices("GPU")
-            and not bfloat16_in_hardware(cpuinfo.read_text())):
-        print("train: note: this CPU has no bfloat16 instructions, so --bfloat16 is emulated: "
-              "--no-bfloat16 may train faster", file=sys.stderr)
 
 
 def new_log(recipe_name: str, recipe: Recipe, corpus: Corpus, plan: EpochPlan, workers: int) -> dict:
@@ -305,11 +319,18 @@ class TrainingLoop:
     (worker 0), the samples, and whether to stop (all workers together)."""
 
     def __init__(self, model, strategy, corpus: Corpus, recipe: Recipe, plan: EpochPlan, out: Path,
-                 log: dict):
+                 log: dict, started: float):
         from .model import carried
 
         self.model, self.strategy, self.corpus, self.recipe, self.plan = model, strategy, corpus, recipe, plan
         self.out, self.log = out, log
+        budget = log.get("budget_plan") or {}  # a budgeted run's plan, once made (train/budget.py)
+        self.epochs = budget.get("epochs", recipe.epochs)
+        self.steps_per_epoch = budget.get("steps_per_epoch", plan.steps_per_epoch)
+        self.overhead_s = budget.get("overhead_s", 0.0)  # to score and save an epoch, as last measured
+        self.started = started
+        self.spent_before_s = log["epochs"][-1].get("run_s", 0.0) if log["epochs"] else 0.0
+        self.states = None  # carry_state: the lanes' LSTM states, carried from one epoch to the next
         self.worker = cluster()[0]
         self.chief = self.worker == 0
         self.replicas = strategy.num_replicas_in_sync
@@ -325,15 +346,21 @@ class TrainingLoop:
     def run(self) -> int:
         recipe, log = self.recipe, self.log
         done = len(log["epochs"])
-        if done >= recipe.epochs:
-            print(f"{self.out} already has {done} epochs (EPOCHS={recipe.epochs}): nothing to train")
+        if done >= self.epochs:
+            print(f"{self.out} already has {done} epochs (EPOCHS={self.epochs}): nothing to train")
             return 0
-        if done == 0 and log["base"]:
+        if recipe.time_budget_s and self.spent_s() >= recipe.time_budget_s:
+            print(f"{self.out} has spent its time budget of {recipe.time_budget_s:.0f} s: nothing to train "
+                  "(BUDGET= a larger one trains on)")
+            return 0
+        if done == 0 and (log["base"] or recipe.time_budget_s):
             self.score_start()
-        for epoch in range(done, recipe.epochs):
+        epoch = done
+        while epoch < self.epochs:
             if self.chief:
-                print(f"Epoch {epoch + 1}/{recipe.epochs}")
+                print(f"Epoch {epoch + 1}/{self.epochs}")
             mean_loss, steps, seconds = self.train_epoch(epoch, first=epoch == done)
+            after_steps = time.monotonic()
             val_loss, sampler = self.score_and_checkpoint_best(mean_loss)
             self.log_epoch(epoch, mean_loss, val_loss, seconds)
             if not math.isfinite(mean_loss):
@@ -346,21 +373,57 @@ class TrainingLoop:
             if self.chief:
                 self.write_log_and_last_checkpoint(epoch, val_loss)
                 self.print_samples(epoch, sampler)
+            self.overhead_s = self.agreed(time.monotonic() - after_steps)  # measured: the next plan's
+            if self.log.get("budget_plan") and epoch > done:  # the first one also traced and compiled
+                self.fit_plan_to_speed(epoch + 1, seconds)
             reasons = self.stop_reasons(epoch, seconds)
             if self.everyone_agrees_to_stop(bool(reasons)):
                 print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
                 break
+            epoch += 1
         best = log["epochs"][log["best_epoch"] - 1]
         print(f"best epoch {log['best_epoch']}: {best['val_bits_per_char']:.3f} bits/char -> "
               f"{self.out / 'best.keras'}")
         return 0
 
+    def spent_s(self) -> float:
+        """Seconds of the run so far, its earlier sessions included: what a time budget counts."""
+        return self.spent_before_s + time.monotonic() - self.started
+
+    def agreed(self, seconds: float) -> float:
+        """A measured time as the mean over the cluster's replicas, so that every worker plans alike."""
+        import tensorflow as tf
+
+        return float(self.votes(tf.constant(float(seconds)))) / self.replicas
+
     def score_start(self) -> None:
-        """The held-out figure before any step: the base's on this text (log["start"])."""
+        """The held-out figure before any step (log["start"]): a base's on this text; a budgeted run
+        also takes twice its time as the first estimate of what scoring and saving an epoch costs."""
+        started = time.monotonic()
         val_loss = self.holdout_nats()
+        self.overhead_s = self.agreed(2 * (time.monotonic() - started))
         self.log["start"] = {"val_loss": val_loss, "val_bits_per_char": val_loss / math.log(2)}
         if self.chief:
-            print(f"before training: held-out {val_loss / math.log(2):.3f} bits/char (the base on this text)")
+            print(f"before training: held-out {val_loss / math.log(2):.3f} bits/char"
+                  + (" (the base on this text)" if self.log["base"] else ""), flush=True)
+
+    def plan_budget(self, steps_done: int, step_s: float) -> None:
+        """Size the epochs and the cosine schedule to the time budget from the measured speed."""
+        from .model import set_schedule_steps
+
+        recipe = self.recipe
+        plan = plan_budget(recipe.time_budget_s, self.agreed(self.spent_s()), steps_done, self.agreed(step_s),
+                           self.overhead_s, recipe.epochs, self.plan.steps_per_epoch)
+        if plan is None:
+            if self.chief:
+                print(f"train: budget {recipe.time_budget_s:,.0f} s: the recipe's {recipe.epochs} epochs fit "
+                      f"({step_s:.3f} s a step)", flush=True)
+            return
+        self.epochs, self.steps_per_epoch = plan.epochs, plan.steps_per_epoch
+        set_schedule_steps(self.model, plan.total_steps)
+        self.log["budget_plan"], self.log["steps_per_epoch"] = plan.to_dict(), plan.steps_per_epoch
+        if self.chief:
+            print(f"\ntrain: {plan.describe(recipe.epochs, self.plan.steps_per_epoch)}", flush=True)
 
     def batch(self, k: int):
         import tensorflow as tf
@@ -379,24 +442,55 @@ class TrainingLoop:
         return self.strategy.experimental_distribute_values_from_function(
             lambda context: tuple(tf.zeros((share, u)) for u in sizes))
 
+    def fit_plan_to_speed(self, epochs_done: int, epoch_s: float) -> None:
+        """After an epoch of a planned run: fewer epochs if the rest would not fit at the speed just
+        measured, the learning rate then annealed over those (a small step down, not a stop halfway)."""
+        from .model import set_schedule_steps
+
+        plan = BudgetPlan(**self.log["budget_plan"])
+        epochs = epochs_that_fit(plan, epochs_done, self.agreed(self.spent_s()),
+                                 self.agreed(epoch_s) + self.overhead_s)
+        if epochs < self.epochs:
+            self.epochs = epochs
+            set_schedule_steps(self.model, epochs * self.steps_per_epoch)
+            self.log["budget_plan"]["epochs"] = epochs
+            if self.chief:
+                print(f"train: {epochs} epochs fit the budget at the speed measured: the learning rate "
+                      f"now anneals over {epochs * self.steps_per_epoch:,} steps", flush=True)
+
     def train_epoch(self, epoch: int, first: bool) -> tuple[float, int, float]:
-        """One epoch's steps: (mean loss, or NaN at the first NaN step; steps taken; seconds)."""
+        """One epoch's steps: (mean loss, or NaN at the first NaN step; steps taken; seconds). A new
+        budgeted run times its first PROBE_STEPS and plans; a budgeted epoch ends early rather than
+        leave too little of the budget to score and save it."""
         import keras
 
-        steps_per_epoch = self.plan.steps_per_epoch
-        progress = keras.utils.Progbar(steps_per_epoch, verbose=int(self.chief), stateful_metrics=["loss"])
-        started, total = time.perf_counter(), 0.0
-        states = self.zero_states()  # an epoch starts a pass of carry_state's lanes
-        for step in range(steps_per_epoch):
-            loss, states = self.train_step(*self.batch(epoch * steps_per_epoch + step), *states)
+        progress = keras.utils.Progbar(self.steps_per_epoch, verbose=int(self.chief),
+                                       stateful_metrics=["loss"])
+        started, total, step, probe = time.perf_counter(), 0.0, 0, []
+        budget, planning = self.recipe.time_budget_s, first and epoch == 0 and self.recipe.time_budget_s
+        states = self.zero_states() if self.states is None else self.states
+        while step < self.steps_per_epoch:
+            if step and step % BUDGET_CHECK_STEPS == 0 and budget and self.everyone_agrees_to_stop(
+                    self.spent_s() + self.overhead_s > budget):
+                break
+            step_started, k = time.perf_counter(), epoch * self.steps_per_epoch + step
+            if self.recipe.carry_state and self.plan.windows.starts_pass(k):
+                states = self.zero_states()  # a pass over carry_state's lanes starts again
+            loss, states = self.train_step(*self.batch(k), *states)
             loss = float(loss)
             if not math.isfinite(loss):
                 return math.nan, step + 1, time.perf_counter() - started
-            total += loss
-            if step == 0 and first and self.chief:
+            total, step = total + loss, step + 1
+            if step == 1 and first and self.chief:
                 print(f"first step done {time.monotonic() - STARTED:.1f} s after start", flush=True)
-            progress.update(step + 1, [("loss", total / (step + 1))])  # the epoch's mean so far
-        return total / steps_per_epoch, steps_per_epoch, time.perf_counter() - started
+            progress.update(step, [("loss", total / step)])  # the epoch's mean so far
+            if planning and step > 1:  # a whole step: the batch, the step and the progress bar
+                probe.append(time.perf_counter() - step_started)
+                if len(probe) == PROBE_STEPS:
+                    self.plan_budget(step, statistics.median(probe))
+                    progress.target = self.steps_per_epoch
+        self.states = states
+        return total / max(step, 1), step, time.perf_counter() - started
 
     def score_and_checkpoint_best(self, mean_loss: float):
         """The held-out figure (NaN after a NaN loss); best.keras if it is the best yet (worker 0); a
@@ -421,6 +515,7 @@ class TrainingLoop:
             "val_bits_per_char": val_loss / math.log(2),
             "epoch_s": round(seconds, 2),
             "wall_s": round(seconds + (entries[-1]["wall_s"] if entries else 0.0), 2),
+            "run_s": round(self.spent_s(), 2),  # since the run started, scoring and startup included
         })
         entries[-1]["weights_sha256"] = digest = weights_sha256(self.model)
         if not self.chief:
@@ -451,13 +546,11 @@ class TrainingLoop:
 
     def stop_reasons(self, epoch: int, seconds: float) -> list[str]:
         recipe, reasons = self.recipe, []
-        wall_s = self.log["epochs"][-1]["wall_s"]
-        if next_epoch_overruns(wall_s, seconds, recipe.time_budget_s):
+        if epoch + 1 < self.epochs and next_epoch_overruns(self.spent_s(), seconds + self.overhead_s,
+                                                           recipe.time_budget_s):
             reason = f"another epoch would end past the time budget of {recipe.time_budget_s:.0f} s"
-            if recipe.cosine_decay and epoch + 1 < recipe.epochs:  # the schedule did not anneal
-                fits = max(1, int(recipe.time_budget_s / (wall_s / (epoch + 1))))
-                reason += (f" (its learning rate, scheduled over {recipe.epochs} epochs, had not annealed: "
-                           f"EPOCHS={fits} fits the schedule into this budget)")
+            if recipe.cosine_decay:  # the schedule did not anneal
+                reason += f" (the learning rate, annealed over {self.epochs} epochs, had not come down)"
             reasons.append(reason)
         if recipe.patience and epoch + 1 - self.log.get("best_epoch", 0) >= recipe.patience:
             reasons.append(f"no better held-out figure for {recipe.patience} epochs")
@@ -591,10 +684,10 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def next_epoch_overruns(wall_s: float, last_epoch_s: float, budget_s: float) -> bool:
-    """Whether an epoch as long as the last one would end past the budget (0 = no budget): the run
-    stops inside its budget instead of overrunning it by up to an epoch."""
-    return bool(budget_s) and wall_s + last_epoch_s > budget_s
+def next_epoch_overruns(spent_s: float, epoch_s: float, budget_s: float) -> bool:
+    """Whether an epoch as long as the last one (scoring and saving included) would end past the budget
+    (0 = no budget): the run stops inside its budget instead of overrunning it by up to an epoch."""
+    return bool(budget_s) and spent_s + epoch_s > budget_s
 
 
 def forget_epochs_after(log: dict, finished: int) -> None:

@@ -39,10 +39,67 @@ ACTIVATION_SCALE = 1 / 127.5  # activations in (-1, 1) as uint8 around the zero 
 node = helper.make_node
 
 
-def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weights [in, out] with one float32 scale per output channel."""
-    scale = np.maximum(np.abs(weights).max(axis=0), 1e-30) / 127
-    return np.round(weights / scale).clip(-127, 127).astype(np.int8), scale.astype(np.float32)
+# u8 x s8 integer products without VNNI (onnxruntime's AVX2 and AVX-512BW kernels: vpmaddubsw) add each two
+# neighbouring products along the input axis in int16, which saturates past 32,767. Activations reach 255,
+# so each such pair of weights, rows 2i and 2i+1 of a column, must stay within 128 in magnitude:
+# 255 x 128 = 32,640 fits. VNNI, Arm's dot products and the wasm runtime add in int32: exact anyway.
+PAIR_LIMIT = 128
+
+
+def quantize_per_channel(weights: np.ndarray, pair_limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights [in, out] with one float32 scale per output channel: the largest weight of
+    a column at +-127. With pair_limit (weights an integer product multiplies), each column's largest
+    weight is set at whichever level from pair_limit / 2 to 127 gives the least squared error once its
+    pairs are brought within the limit (`within_pair_limit`): a column of a few large weights keeps 127,
+    one of many large neighbours gives up resolution rather than clipping them."""
+    largest = np.maximum(np.abs(weights).max(axis=0), 1e-30)
+    if pair_limit is None:
+        return np.round(weights / largest * 127).astype(np.int8), (largest / 127).astype(np.float32)
+    best_error, best_q, best_scale = np.full(weights.shape[1], np.inf), None, None
+    for level in range(pair_limit // 2, 128):
+        scale = largest / level
+        q = within_pair_limit(weights / scale, pair_limit)
+        error = ((weights - q * scale) ** 2).sum(axis=0)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        best_q = q if best_q is None else np.where(better, q, best_q)
+        best_scale = scale if best_scale is None else np.where(better, scale, best_scale)
+    return best_q.astype(np.int8), best_scale.astype(np.float32)
+
+
+def within_pair_limit(units: np.ndarray, limit: int = PAIR_LIMIT) -> np.ndarray:
+    """Integers nearest to `units` [in, out] (weights over their scale, within +-127) whose neighbouring
+    rows 2i, 2i+1 satisfy |q[2i]| + |q[2i+1]| <= limit in every column. A pair over the limit is moved to
+    the nearest point within it (both magnitudes lowered by the same amount: the Euclidean projection),
+    then rounded; pairs within it are only rounded. An odd last row has no neighbour (padded with zero)."""
+    q = np.round(units).clip(-127, 127)
+    rows = len(units) - len(units) % 2
+    a, b = np.abs(units[0:rows:2]), np.abs(units[1:rows:2])
+    over = np.abs(q[0:rows:2]) + np.abs(q[1:rows:2]) > limit
+    excess = np.maximum(a + b - limit, 0) / 2
+    first = np.round(a - excess).clip(0, limit)
+    second = np.minimum(np.round(b - excess), limit - first)
+    q[0:rows:2] = np.where(over, np.sign(units[0:rows:2]) * first, q[0:rows:2])
+    q[1:rows:2] = np.where(over, np.sign(units[1:rows:2]) * second, q[1:rows:2])
+    return q
+
+
+def overflowing_pairs(q: np.ndarray, limit: int = PAIR_LIMIT) -> int:
+    """How many pairs of neighbouring rows of int8 weights [in, out] exceed `limit` in magnitude."""
+    rows = len(q) - len(q) % 2
+    pairs = np.abs(q[0:rows:2].astype(np.int32)) + np.abs(q[1:rows:2].astype(np.int32))
+    return int((pairs > limit).sum())
+
+
+def product_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The int8 weight matrices a graph's MatMulInteger nodes multiply by (in loop bodies too)."""
+    names, graphs = set(), [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for n in g.node:
+            names |= {n.input[1]} if n.op_type == "MatMulInteger" else set()
+            graphs += [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
 
 
 def quantize(x: str, out: str) -> onnx.NodeProto:
@@ -88,7 +145,7 @@ def weight_arrays(layers, dense, precision: str) -> dict[str, np.ndarray]:
         if precision == "fp32":
             arrays[name] = value.astype(np.float32)
         else:
-            arrays[f"{name}_q"], scale = quantize_per_channel(value)
+            arrays[f"{name}_q"], scale = quantize_per_channel(value, PAIR_LIMIT)
             arrays[f"{name}_scale"] = scale
             arrays[f"{name}_zero"] = np.zeros(scale.shape, np.int8)
 

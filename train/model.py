@@ -59,6 +59,26 @@ class WeightDropLSTM(keras.layers.LSTM):
         return hs[-1], outputs, [hs[-1], cs[-1]]
 
 
+@keras.saving.register_keras_serializable(package="charsdk")
+class PlannedCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras' cosine decay to 0 whose length a budgeted run sets once it has timed its first steps
+    (train/budget.py): decay_steps is a variable, which the traced train step reads at every step."""
+
+    def __init__(self, initial_learning_rate, decay_steps, **kwargs):
+        super().__init__(initial_learning_rate, decay_steps, **kwargs)
+        self.decay_steps = keras.Variable(float(decay_steps), trainable=False, name="decay_steps")
+
+    def get_config(self):
+        return {**super().get_config(), "decay_steps": float(self.decay_steps.numpy())}
+
+
+def set_schedule_steps(model: keras.Model, steps: int) -> None:
+    """Anneal the learning rate over `steps` steps in all (a model without a cosine schedule: no-op)."""
+    schedule = model.optimizer._learning_rate
+    if isinstance(schedule, PlannedCosineDecay):
+        schedule.decay_steps.assign(float(steps))
+
+
 def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.Model:
     """Stacked LSTMs on one-hot characters, softmax over the next character (the book: one LSTM(128)).
 
@@ -83,7 +103,7 @@ def build_model(vocab_size: int, recipe: Recipe, steps_per_epoch: int) -> keras.
     model = keras.Model(inputs, outputs)
     learning_rate = recipe.learning_rate
     if recipe.cosine_decay:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
+        learning_rate = PlannedCosineDecay(
             recipe.learning_rate, decay_steps=recipe.epochs * steps_per_epoch)
     optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     options = {"clipnorm": recipe.clipnorm} if recipe.clipnorm else {}

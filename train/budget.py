@@ -1,0 +1,68 @@
+"""A time budget spent well on any machine: a budgeted run times its first steps, then sizes its epochs
+and its cosine schedule so that the run ends within the budget with the learning rate annealed.
+
+The same recipe trains ~5x slower on an AVX2-only CPU than on one with AVX-512 BF16, so a schedule
+planned in epochs either anneals long after the budget stops the run (the learning rate never comes
+down: a worse model) or ends early. Planned from the measured speed instead, the run keeps the recipe's
+epochs where they fit; where they do not, it trains fewer and shorter ones (no epoch longer than a pass
+over the text, and each long enough that scoring, checkpoint and samples take a small share of it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+PROBE_STEPS = 10  # steps timed, after the first (which traces and compiles), before a budgeted run plans
+OVERHEAD_SHARE = 0.1  # an epoch's scoring, checkpoint and samples: at most this share of the epoch's time
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a budgeted run trains: `epochs` of `steps_per_epoch` steps, the learning rate annealed over
+    all of them; from the seconds a step took and an epoch's scoring, checkpoint and samples take."""
+
+    epochs: int
+    steps_per_epoch: int
+    step_s: float
+    overhead_s: float
+    budget_s: float
+    spent_s: float  # of the budget, when the plan was made
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def describe(self, recipe_epochs: int, pass_steps: int) -> str:
+        recipe_s = recipe_epochs * (pass_steps * self.step_s + self.overhead_s)
+        return (f"budget {self.budget_s:,.0f} s ({self.spent_s:.0f} s spent): {self.step_s:.3f} s a step, "
+                f"{self.overhead_s:.1f} s to score and save an epoch; the recipe's {recipe_epochs} epochs of "
+                f"{pass_steps:,} steps would take {recipe_s:,.0f} s, so {self.epochs} epoch(s) of "
+                f"{self.steps_per_epoch:,} steps, the learning rate annealed over {self.total_steps:,}")
+
+
+def plan_budget(budget_s: float, spent_s: float, steps_done: int, step_s: float, overhead_s: float,
+                epochs: int, pass_steps: int) -> BudgetPlan | None:
+    """The plan for a run that has spent `spent_s` of `budget_s` and taken `steps_done` steps of its
+    first epoch; None when the recipe's `epochs` of `pass_steps` steps fit as they are."""
+    available = budget_s - spent_s
+    if (epochs * pass_steps - steps_done) * step_s + epochs * overhead_s <= available:
+        return None
+    count = min(epochs, max(1, int(available * OVERHEAD_SHARE / max(overhead_s, 1e-9))))
+
+    def steps_for(n: int) -> int:  # the steps n epochs leave room for, those already done included
+        return steps_done + max(0, int((available - n * overhead_s) / step_s))
+
+    count = max(count, min(epochs, math.ceil(steps_for(count) / pass_steps)))  # no epoch past one pass
+    per_epoch = min(pass_steps, max(steps_done + 1, steps_for(count) // count))
+    return BudgetPlan(count, per_epoch, step_s, overhead_s, budget_s, spent_s)
+
+
+def epochs_that_fit(plan: BudgetPlan, epochs_done: int, spent_s: float, epoch_s: float) -> int:
+    """The plan's epochs, fewer if those left would not fit the budget at the measured `epoch_s`
+    (training, scoring and saving one): after each epoch, the plan meets the machine's real speed."""
+    left = max(0, int((plan.budget_s - spent_s) / max(epoch_s, 1e-9)))
+    return max(epochs_done, min(plan.epochs, epochs_done + left))
