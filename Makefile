@@ -92,9 +92,12 @@ bench-train: $(DEV_VENV)/.installed
 check-js: $(RUNTIME_VENV)/.installed
 	$(RUNTIME_VENV)/bin/python -m bench.check_js
 
-# Classic compressors on the same held-out text (artifacts/baselines.json; make plot draws PPMd).
+# Classic compressors on the same held-out text (artifacts/baselines.json; make plot draws PPMd). The book's
+# text lower-cased, as its models read it; a CORPUS= as it is (LOWERCASE=1: lower-cased), into
+# artifacts/baselines-<its name>.json.
 baselines: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m bench.baselines $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
+	$(DEV_VENV)/bin/python -m bench.baselines $(if $(CORPUS),--corpus $(CORPUS) $(if $(LOWERCASE),,--no-lowercase) \
+		--out $(ARTIFACTS)/baselines-$(basename $(notdir $(CORPUS))).json,$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
 PLOT_RUNS ?= book book60 nietzsche-v1 default-loop nietzsche

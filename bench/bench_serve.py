@@ -28,6 +28,7 @@ import httpx
 
 from charsdk import Generator
 
+from . import machine
 from .generation import SEED_TEXT, TEMPERATURE
 
 LENGTH = 400  # characters per request
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     in_process = (reference + reference_after) / 2
     print(f"\ncharsdk serve, {args.model} model, {os.cpu_count()} cores shared by server and load generator; "
           f"streaming requests of {LENGTH} characters, {args.seconds:g} s of load per row, medians of "
-          f"{args.rounds} rounds\n")
+          f"{args.rounds} rounds\n{machine.line()}\n")
     print("| clients | chars/s | of in-process n=256 | first char p50 | p99 | load generator CPU "
           "| server CPU |")
     print("| ---:| ---:| ---:| ---:| ---:| ---:| ---:|")
@@ -228,7 +229,8 @@ def main(argv=None) -> int:
               f"requests; server RSS {soaked['rss_mb_first']:.0f} MB after warm-up, peak "
               f"{soaked['rss_mb_peak']:.0f} MB, last {soaked['rss_mb_last']:.0f} MB "
               f"({soaked['growth']:+.1%})")
-    result = {"model": args.model, "cpus": os.cpu_count(), "length": LENGTH, "rounds": args.rounds,
+    result = {"model": args.model, "machine": machine.describe(), "cpus": os.cpu_count(), "length": LENGTH,
+              "rounds": args.rounds,
               "in_process_n256_chars_per_s": [reference, reference_after], "rows": rows,
               "overload": refused, "soak": soaked}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

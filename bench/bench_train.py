@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 from train.corpus import download_book_corpus
+
+from . import machine
 
 FIRST_STEP = re.compile(r"first step done ([\d.]+) s after start")
 
@@ -91,14 +92,13 @@ def main(argv=None) -> int:
         rows.append({**taken[0], **median, "peak_rss_mb": max(r["peak_rss_mb"] for r in taken),
                      "rounds_steps_per_s": [r["steps_per_s"] for r in taken]})
     print(f"\n{args.recipe} recipe, {args.steps} steps per epoch, medians of {args.rounds} rounds, "
-          f"{os.cpu_count()} cores "
-          f"({platform.processor() or platform.machine()})")
+          f"{os.cpu_count()} cores\n{machine.line()}")
     print(f"{'corpus':<24}{'MB':>8}{'workers':>9}{'peak RSS MB':>13}{'first step s':>14}{'steps/s':>9}")
     for row in rows:
         print(f"{row['corpus']:<24}{row['corpus_mb']:>8,.1f}{row['workers']:>9}{row['peak_rss_mb']:>13,}"
               f"{row['first_step_s']:>14.1f}{row['steps_per_s']:>9.2f}")
     Path(args.out).write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "rounds": args.rounds,
-                                          "rows": rows}, indent=2) + "\n")
+                                          "machine": machine.describe(), "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from charsdk import Generator
 from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, sample
 
+from . import machine
 from .limits import describe, describe_limit, limit_line, median_rates, multiply_adds_per_step, profile
 
 SEED_TEXT = "the free spirit, who has once attained to freedom of reason, "
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         "recipe": generator.vocab.training.get("recipe_name"),
         "parameters": generator.vocab.training.get("parameters"),
         "multiply_adds_per_step": multiply_adds_per_step(generator),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": machine.describe(),
         "temperature": TEMPERATURE,
         "repeats": r,
         "chars_per_s": dict(rows),
@@ -154,7 +154,8 @@ def main(argv=None) -> int:
         "limit_line": line,
     }
     print(f"\n{result['model']} ({result['recipe']} recipe): {result['parameters']:,} parameters, "
-          f"{result['multiply_adds_per_step']:,} multiply-adds per step; medians of {r} runs\n")
+          f"{result['multiply_adds_per_step']:,} multiply-adds per step; medians of {r} runs\n"
+          f"{machine.line()}\n")
     print(f"| {'generation, temperature 0.5':<52} | {'chars/s':>10} | {'x book loop':>11} |")
     print(f"| {'-' * 52} | {'-' * 9}:| {'-' * 10}:|")
     for name, rate in rows:

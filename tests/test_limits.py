@@ -65,3 +65,13 @@ def test_the_limit_line_measures_large_products(trained_dir):
     assert line["macs_per_char"] == 4 * 32 * (generator.vocab.size + 32) + 32 * generator.vocab.size
     assert all(np.isfinite(v) for v in line["chars_per_s_allowed"].values())
     assert len(describe_limit(line)) == 1 + len(PRECISIONS)
+
+
+def test_benchmarks_name_the_cpu_flags_their_figures_depend_on():
+    from bench.machine import cpu_flags, describe, line
+
+    zen4 = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 vaes\n"
+    assert cpu_flags(zen4) == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
+    assert cpu_flags("flags\t\t: fpu sse2 avx2 fma\n") == ["avx2"]
+    assert cpu_flags("Features\t: fp asimd asimddp bf16\n") == ["asimddp", "bf16"]  # Arm
+    assert describe()["cpu_flags"] == cpu_flags() and "CPU flags: " in line()

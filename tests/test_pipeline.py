@@ -523,14 +523,16 @@ def test_make_ship_checks_the_export_before_touching_the_package(trained_dir, tm
     assert sorted(p.name for p in package.parent.iterdir()) == ["mine"]
 
 
-def test_a_recipes_bfloat16_is_used_only_where_the_machine_has_it(small_corpus, tmp_path, monkeypatch, capsys):
+def test_a_recipes_bfloat16_is_used_only_where_the_machine_has_it(small_corpus, tmp_path, monkeypatch,
+                                                                   capsys):
     import keras
 
     from train import fit
 
     monkeypatch.setattr(fit, "bfloat16_in_hardware", lambda cpuinfo: False)  # an AVX2-only CPU
-    args = ["--recipe", "default", *TINY, "--epochs", "1", "--steps-per-epoch", "3", "--units", "32"]
-    assert fit.main(["--corpus", str(small_corpus), "--name", "run", "--artifacts", str(tmp_path), *args]) == 0
+    args = ["--corpus", str(small_corpus), "--name", "run", "--artifacts", str(tmp_path),
+            "--recipe", "default", *TINY, "--epochs", "1", "--steps-per-epoch", "3", "--units", "32"]
+    assert fit.main(args) == 0
     assert "training in float32: this machine has no bfloat16" in capsys.readouterr().out
     log = json.loads((tmp_path / "run" / "log.json").read_text())
     model = keras.models.load_model(tmp_path / "run" / "best.keras")
