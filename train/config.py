@@ -19,7 +19,9 @@ class Recipe:
     locked_dropout: bool = False  # dropout: one mask per window for all its steps (AWD-LSTM), else per step
     recurrent_dropout: float = 0.0  # on each LSTM's state as it enters the next step, one mask per window
     weight_drop: float = 0.0  # DropConnect on each LSTM's recurrent kernel, one mask per batch (AWD-LSTM)
-    bfloat16: bool = False  # compute the LSTMs in bfloat16 while training (weights and export stay float32)
+    # compute the LSTMs in bfloat16 while training, where the machine has it (weights and export stay
+    # float32); --bfloat16 on the command line forces it anywhere
+    bfloat16: bool = False
     loss_at: str = "last"  # "last": predict the char after each window; "all": after every prefix
     # True: batch_size contiguous lanes of the text, read maxlen characters a step with the LSTM state
     # carried from each window to the next (truncated backpropagation through time), as stateful
@@ -36,7 +38,9 @@ class Recipe:
     batch_size: int = 128  # windows per step, over all workers and GPUs together
     epochs: int = 20
     steps_per_epoch: int = 0  # steps between checkpoints, log entries and samples; 0 = one pass
-    time_budget_s: float = 0.0  # training time not to pass: no epoch starts that would end past it; 0 = none
+    # seconds the run may take: epochs and cosine schedule planned from its first steps' speed to end
+    # within it (train/budget.py); 0 = none
+    time_budget_s: float = 0.0
     patience: int = 0  # stop after this many epochs without a better held-out figure; 0 = never
     holdout: float = 0.1  # the last 10% of the corpus is never trained on
     holdout_stride: int = 1  # score every n-th held-out window after each epoch (1 = all of them)

@@ -351,7 +351,7 @@ class TrainingLoop:
             return 0
         if recipe.time_budget_s and self.spent_s() >= recipe.time_budget_s:
             print(f"{self.out} has spent its time budget of {recipe.time_budget_s:.0f} s: nothing to train "
-                  "(BUDGET= a larger one trains on)")
+                  "(a larger BUDGET= trains on)")
             return 0
         if done == 0 and (log["base"] or recipe.time_budget_s):
             self.score_start()
