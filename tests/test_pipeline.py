@@ -292,6 +292,8 @@ def test_training_killed_with_sigkill_resumes_with_its_optimizer_state(small_cor
 
     import keras
 
+    import train.model  # noqa: F401 - registers WeightDropLSTM and the schedule for load_model
+
     args = [sys.executable, "-m", "train.fit", "--corpus", str(small_corpus), "--name", "k",
             "--artifacts", str(tmp_path), "--recipe", "default", "--epochs", "30", *TINY]
     log_path = tmp_path / "k" / "log.json"

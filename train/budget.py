@@ -10,7 +10,6 @@ over the text, and each long enough that scoring, checkpoint and samples take a 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 PROBE_STEPS = 10  # steps timed, after the first (which traces and compiles), before a budgeted run plans
@@ -56,7 +55,8 @@ def plan_budget(budget_s: float, spent_s: float, steps_done: int, step_s: float,
     def steps_for(n: int) -> int:  # the steps n epochs leave room for, those already done included
         return steps_done + max(0, int((available - n * overhead_s) / step_s))
 
-    count = max(count, min(epochs, math.ceil(steps_for(count) / pass_steps)))  # no epoch past one pass
+    if steps_for(count) > count * pass_steps:  # no epoch past one pass: as many whole passes as fit
+        count = min(epochs, max(count, int(available / (pass_steps * step_s + overhead_s))))
     per_epoch = min(pass_steps, max(steps_done + 1, steps_for(count) // count))
     return BudgetPlan(count, per_epoch, step_s, overhead_s, budget_s, spent_s)
 

@@ -212,12 +212,14 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     worker, workers = cluster()
     previous = None if fresh else read_log(out)
     resuming = previous is not None and (out / "last.keras").exists()
-    if recipe.bfloat16 and not (bfloat16_asked or resuming or bfloat16_here()):
+    if resuming and not bfloat16_asked:  # as the run was started (its checkpoint's layers are so)
+        recipe = recipe.updated(bfloat16=previous["recipe"].get("bfloat16", False))
+    elif recipe.bfloat16 and not bfloat16_asked and not bfloat16_here():
         recipe = recipe.updated(bfloat16=False)
         if worker == 0:
             print("train: training in float32: this machine has no bfloat16 instructions, and emulated "
                   "they are no faster (--bfloat16 forces them)", flush=True)
-    elif worker == 0 and recipe.bfloat16 and not bfloat16_here():
+    if worker == 0 and recipe.bfloat16 and not bfloat16_here():
         print("train: note: this CPU has no bfloat16 instructions, so --bfloat16 is emulated: "
               "--no-bfloat16 may train faster", file=sys.stderr)
     try:
