@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .cpu import int16_pair_products
 from .errors import InputError, ModelError
 from .sampling import SamplingOptions, is_integer, log_softmax
 from .vocab import Vocab
@@ -81,6 +83,15 @@ def _open_session(path: Path, sha256: str, threads: int, providers) -> ort.Infer
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{path} cannot be loaded by onnxruntime: {first_line}") from None
+
+
+def warn_if_saturating(vocab: Vocab, path: Path) -> None:
+    """An int8 export from before the pair limit gives wrong products on x86 without VNNI: say so."""
+    if vocab.precision == "int8" and not vocab.window and not vocab.int8_pair_limit and int16_pair_products():
+        warnings.warn(f"{path}: this int8 export predates the int8 pair limit, and this CPU (AVX2, no VNNI) "
+                      "adds its integer products in int16, where they saturate: its text is not the model's. "
+                      "Export it again, or run python -m train.requantize on it",
+                      RuntimeWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,7 @@ class Generator:
                              "vocab.json and the ONNX file it names")
         vocab = Vocab.load(path / "vocab.json")
         session = _open_session(path / vocab.onnx_file, vocab.onnx_sha256, threads, providers)
+        warn_if_saturating(vocab, path)
         if vocab.window:
             from .window import WindowGenerator
 

@@ -73,6 +73,9 @@ class Vocab:
     default_seed_text: str = ""
     training: dict = field(default_factory=dict)
     window: WindowIO | None = None  # a window model's tensors (None: charsdk's own graph)
+    # int8: the bound the export kept each pair of neighbouring weights within (0: not recorded, an export
+    # from before the bound, whose products saturate on x86 without VNNI: charsdk.cpu)
+    int8_pair_limit: int = 0
 
     def __post_init__(self):
         if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
@@ -131,6 +134,7 @@ class Vocab:
                 "file": self.onnx_file,
                 "sha256": self.onnx_sha256,
                 "precision": self.precision,
+                **({"int8_pair_limit": self.int8_pair_limit} if self.int8_pair_limit else {}),
                 "no_char_id": self.no_char_id,
                 "inputs": {
                     "ids": ["batch", "T"], "logits": ["batch", V], "uniforms": ["batch", "K", V],
@@ -186,6 +190,7 @@ class Vocab:
                 default_seed_text=str(data.get("default_seed_text", "")),
                 training=dict(data.get("training", {})),
                 window=window,
+                int8_pair_limit=int(onnx.get("int8_pair_limit", 0)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"vocab.json is invalid: {exc}") from None

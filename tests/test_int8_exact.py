@@ -37,6 +37,7 @@ def shipped_matrices(name: str) -> dict[str, np.ndarray]:
 def test_no_int8_matrix_of_a_shipped_model_can_overflow_a_pair(name):
     matrices = shipped_matrices(name)
     assert matrices, f"{name} has no integer products to check"
+    assert Generator.load(name).vocab.int8_pair_limit == PAIR_LIMIT  # vocab.json records the bound
     assert {k: overflowing_pairs(q) for k, q in matrices.items()} == dict.fromkeys(matrices, 0)
 
 
@@ -44,6 +45,7 @@ def test_no_int8_matrix_of_a_fresh_export_can_overflow_a_pair(trained_dir):
     generator = Generator.load(trained_dir)
     matrices = product_weights(onnx.load(trained_dir / generator.vocab.onnx_file))
     assert len(matrices) == 2  # the recurrent product and the dense layer's
+    assert generator.vocab.int8_pair_limit == PAIR_LIMIT
     assert {k: overflowing_pairs(q) for k, q in matrices.items()} == dict.fromkeys(matrices, 0)
 
 
@@ -126,3 +128,27 @@ def test_export_refuses_a_matrix_that_could_overflow_a_pair(trained_dir, monkeyp
     assert re.fullmatch(r"export: error: int8 matrix \S+ has \d+ pairs? of neighbouring weights over 128 .*",
                         error), error
     assert sorted(p.name for p in trained_dir.iterdir()) == before
+
+
+def test_an_int8_export_from_before_the_limit_warns_where_its_products_saturate(trained_dir, tmp_path,
+                                                                                 monkeypatch):
+    """An export whose vocab.json records no pair limit (written before it) loads with one warning on an
+    x86 CPU without VNNI, and silently where its products are exact."""
+    import dataclasses
+    import shutil
+    import warnings
+
+    from charsdk import Vocab, generator
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_dir, old)
+    vocab = Vocab.load(old / "vocab.json")
+    dataclasses.replace(vocab, int8_pair_limit=0).save(old / "vocab.json")
+    monkeypatch.setattr(generator, "int16_pair_products", lambda: True)
+    with pytest.warns(RuntimeWarning, match="predates the int8 pair limit.*train.requantize"):
+        Generator.load(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Generator.load(trained_dir)  # records the limit
+        monkeypatch.setattr(generator, "int16_pair_products", lambda: False)
+        Generator.load(old)  # VNNI, Arm: exact anyway

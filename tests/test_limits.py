@@ -68,10 +68,14 @@ def test_the_limit_line_measures_large_products(trained_dir):
 
 
 def test_benchmarks_name_the_cpu_flags_their_figures_depend_on():
-    from bench.machine import cpu_flags, describe, line
+    from bench.machine import describe, line
+    from charsdk.cpu import cpu_flags, int16_pair_products
 
     zen4 = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 vaes\n"
     assert cpu_flags(zen4) == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
     assert cpu_flags("flags\t\t: fpu sse2 avx2 fma\n") == ["avx2"]
     assert cpu_flags("Features\t: fp asimd asimddp bf16\n") == ["asimddp", "bf16"]  # Arm
     assert describe()["cpu_flags"] == cpu_flags() and "CPU flags: " in line()
+    assert int16_pair_products(["avx2"], "x86_64") and not int16_pair_products(["avx2", "avx_vnni"], "x86_64")
+    assert not int16_pair_products(["avx2", "avx512f", "avx512_vnni"], "x86_64")
+    assert not int16_pair_products(["asimddp"], "aarch64")

@@ -112,7 +112,7 @@ def export_graph(model, corpus, maxlen: int, lowercase: bool, training: dict, mo
             vocab = Vocab(chars=corpus.chars, maxlen=maxlen, lowercase=lowercase,
                           states=states, onnx_file=path.name, onnx_sha256=sha256, precision=graph_precision,
                           default_seed_text=holdout_text[seed_start : seed_start + maxlen],
-                          training=training)
+                          training=training, int8_pair_limit=PAIR_LIMIT if graph_precision == "int8" else 0)
             vocab.save(directory / "vocab.json")
             generators[graph_precision] = Generator.load(directory, threads=os.cpu_count())
             # The figures users can reproduce with `charsdk eval` on the start of the held-out text.

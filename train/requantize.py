@@ -52,7 +52,8 @@ def requantize(model_dir: Path, corpus_path: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix=".requantize-", dir=model_dir) as staging:
         path, sha256 = save_content_addressed(model, Path(staging), "model")
         figures, new_training = {}, dict(training)
-        vocab = dataclasses.replace(vocab, onnx_file=path.name, onnx_sha256=sha256)
+        vocab = dataclasses.replace(vocab, onnx_file=path.name, onnx_sha256=sha256,
+                                    int8_pair_limit=PAIR_LIMIT)
         vocab.save(Path(staging) / "vocab.json")
         after = Generator.load(staging, threads=os.cpu_count())
         for mode, limit in HOLDOUT_CHARS.items():
