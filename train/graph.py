@@ -11,7 +11,8 @@ Products: with precision "int8" every weight matrix is int8 with one scale per o
 the activations it multiplies are quantized with a fixed scale (they are LSTM outputs, o·tanh(c), always
 in (-1, 1)): QuantizeLinear + MatMulInteger + Cast + Mul + Add, standard ONNX ops that any runtime has
 and that onnxruntime fuses into one integer kernel (the Add inside it when the addend is a constant
-bias). A fixed scale (not DynamicQuantizeLinear's per-tensor range) keeps each stream's arithmetic
+bias). Each pair of neighbouring weights along the input axis stays within PAIR_LIMIT, so that the
+integer products are exact on every CPU (kernels without VNNI add two products in int16). A fixed scale (not DynamicQuantizeLinear's per-tensor range) keeps each stream's arithmetic
 independent of the others in a batch. Each layer's h is quantized once per step, for the layer above
 and for the next step. The first layer's input weights are a lookup table (the input is one-hot),
 stored int8 and dequantized once per call.
