@@ -12,8 +12,9 @@ the activations it multiplies are quantized with a fixed scale (they are LSTM ou
 in (-1, 1)): QuantizeLinear + MatMulInteger + Cast + Mul + Add, standard ONNX ops that any runtime has
 and that onnxruntime fuses into one integer kernel (the Add inside it when the addend is a constant
 bias). Each pair of neighbouring weights along the input axis stays within PAIR_LIMIT, so that the
-integer products are exact on every CPU (kernels without VNNI add two products in int16). A fixed scale (not DynamicQuantizeLinear's per-tensor range) keeps each stream's arithmetic
-independent of the others in a batch. Each layer's h is quantized once per step, for the layer above
+integer products are exact on every CPU (kernels without VNNI add two products in int16). A fixed
+scale (not DynamicQuantizeLinear's per-tensor range) keeps each stream's arithmetic independent of the
+others in a batch. Each layer's h is quantized once per step, for the layer above
 and for the next step. The first layer's input weights are a lookup table (the input is one-hot),
 stored int8 and dequantized once per call.
 

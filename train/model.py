@@ -74,7 +74,7 @@ class PlannedCosineDecay(keras.optimizers.schedules.CosineDecay):
 
 def set_schedule_steps(model: keras.Model, steps: int) -> None:
     """Anneal the learning rate over `steps` steps in all (a model without a cosine schedule: no-op)."""
-    schedule = model.optimizer._learning_rate
+    schedule = model.optimizer._learning_rate  # Keras keeps the schedule there; no public getter returns it
     if isinstance(schedule, PlannedCosineDecay):
         schedule.decay_steps.assign(float(steps))
 
