@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import typer
@@ -51,7 +52,13 @@ def _write(text: str):
 
 
 def _load(model, threads, providers) -> Generator:
-    return Generator.load(model, threads=threads, providers=providers or None)
+    """The model, with any warning about it (e.g. an int8 export that saturates on this CPU) as one line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generator = Generator.load(model, threads=threads, providers=providers or None)
+    for warning in caught:
+        typer.echo(f"charsdk: warning: {warning.message}", err=True)
+    return generator
 
 
 def _show_version(value: bool):

@@ -146,3 +146,21 @@ def test_python_dash_m_charsdk_is_the_command_line():
     result = run_python("import runpy, sys; sys.argv = ['charsdk', '--version']; runpy.run_module('charsdk', "
                         "run_name='__main__')")
     assert result.returncode == 0 and result.stdout.strip() == f"charsdk {__version__}"
+
+
+def test_a_model_warning_is_one_line_on_stderr(tmp_path, monkeypatch):
+    """An int8 export from before the pair limit, on a CPU whose products saturate: one line, then text."""
+    import dataclasses
+    import shutil
+
+    from charsdk import Vocab, generator
+    from charsdk.generator import shipped_models_dir
+
+    old = tmp_path / "old"
+    shutil.copytree(shipped_models_dir() / "nietzsche-book", old)
+    dataclasses.replace(Vocab.load(old / "vocab.json"), int8_pair_limit=0).save(old / "vocab.json")
+    monkeypatch.setattr(generator, "int16_pair_products", lambda: True)
+    result = runner.invoke(app, ["gen", "--model", str(old), "--length", "20", "--seed", "1"])
+    assert result.exit_code == 0 and len(result.stdout) >= 20
+    warning = [line for line in result.stderr.splitlines() if line]
+    assert len(warning) == 1 and warning[0].startswith(f"charsdk: warning: {old}: this int8 export predates")
