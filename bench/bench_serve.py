@@ -18,56 +18,20 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
-import httpx
 
 from charsdk import Generator
 
 from . import machine
 from .generation import SEED_TEXT, TEMPERATURE
+from .server import Server
 
 LENGTH = 400  # characters per request
 CLIENTS = (1, 16, 64, 256)
-
-
-class Server:
-    """`charsdk serve` on 127.0.0.1, any free port."""
-
-    def __init__(self, model: str, *flags: str):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "charsdk", "serve", "--model", model, "--port", "0", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        line = self.process.stderr.readline()
-        if " on " not in line:
-            raise SystemExit(f"bench-serve: the server did not start: {line}{self.process.stderr.read()}")
-        self.base = line.split(" on ")[1].split()[0]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.base.removesuffix("/v1") + "/health", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise SystemExit("bench-serve: the server did not answer /health within 30 s")
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 async def one_request(session: aiohttp.ClientSession, base: str, seed: int) -> dict:
@@ -160,7 +124,7 @@ def in_process_rate(model: str, rounds: int) -> float:
 
 def overload(model: str) -> dict:
     """64 clients at a server admitting 16 streams, 16 waiting, for at most 0.5 s."""
-    server = Server(model, "--max-streams", "16", "--max-waiting", "16", "--max-wait", "0.5")
+    server = Server("--model", model, "--max-streams", "16", "--max-waiting", "16", "--max-wait-s", "0.5")
     try:
         results = asyncio.run(wave(server.base, 64))
     finally:
@@ -201,7 +165,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     reference = in_process_rate(args.model, args.rounds)
-    server = Server(args.model, "--max-streams", "256", *args.server_flags)
+    server = Server("--model", args.model, "--max-streams", "256", *args.server_flags)
     try:
         asyncio.run(wave(server.base, 16))  # warm-up
         rows = [load_row(server, clients, args.rounds, args.seconds) for clients in CLIENTS]
@@ -223,7 +187,7 @@ def main(argv=None) -> int:
               f"{r['load_generator_cores']:.2f} cores | {r['server_cores']:.2f} cores |")
     print(f"\nin-process Generator.generate(n=256): {reference:,.0f} chars/s before, "
           f"{reference_after:,.0f} after")
-    print(f"overload, 64 clients at --max-streams 16 --max-waiting 16 --max-wait 0.5: {refused}")
+    print(f"overload, 64 clients at --max-streams 16 --max-waiting 16 --max-wait-s 0.5: {refused}")
     if soaked:
         print(f"soak: {soaked['clients']} clients for {soaked['seconds']:.0f} s, {soaked['requests']:,} "
               f"requests; server RSS {soaked['rss_mb_first']:.0f} MB after warm-up, peak "

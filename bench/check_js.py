@@ -37,8 +37,9 @@ def write_case(generator: Generator, name: str, directory: Path) -> None:
     uniforms = np.random.default_rng(0).random((1, 300, vocab.size), dtype=np.float32)
     expected = {}
     for mode, window in (("stateful", 0), ("window", vocab.maxlen)):
-        state = generator._zero_state(vocab.maxlen if window else 1)
-        _, _, drawn, read = generator.run(ids[None], state, None, uniforms, [SamplingOptions(0.5)], window)
+        state = generator.backend.zero_state(vocab.maxlen if window else 1)
+        _, _, drawn, read = generator.backend.run(ids[None], state, None, uniforms, [SamplingOptions(0.5)],
+                                                  window)
         expected[mode] = {"ids_out": drawn[:, 0].tolist(), "read_last": read[-1, 0].tolist()}
     shutil.copy(generator.path / vocab.onnx_file, directory / f"{name}.onnx")
     (directory / f"{name}.json").write_text(json.dumps({

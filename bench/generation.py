@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from charsdk import Generator
-from charsdk.generator import sha256_of
 from charsdk.sampling import SamplingOptions, sample
+from charsdk.session import sha256_of
 
 from . import machine
 from .limits import describe, describe_limit, limit_line, median_rates, multiply_adds_per_step, profile

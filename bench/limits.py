@@ -26,7 +26,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from charsdk import Generator
-from charsdk.generator import session_options
+from charsdk.session import session_options
 from train import graph
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
@@ -41,7 +41,7 @@ def multiply_adds_per_step(generator: Generator) -> int:
     return sum(4 * u * (i + u) for u, i in zip(sizes, inputs, strict=True)) + sizes[-1] * generator.vocab.size
 
 
-def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+def loop_session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])
 
@@ -96,7 +96,7 @@ def _elementwise(count: int, units: int) -> onnx.ModelProto:
 PRECISIONS = ("fp32", "int8 QuantizeLinear+MatMulInteger (model.onnx)", "int8 DynamicQuantizeMatMul")
 
 
-def _product(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
+def product_loop(weights: np.ndarray, precision: str = "fp32") -> onnx.ModelProto:
     """x [B, in] @ W [in, out], and x carried on unchanged: the body is the product alone."""
     n_in, n_out = weights.shape
     node = helper.make_node
@@ -125,7 +125,7 @@ def _per_step_us(run, steps: int, repeats: int) -> float:
 
 
 def _loop_us(model: onnx.ModelProto, batch: int, threads: int, steps: int, repeats: int) -> float:
-    session = _session(model, threads)
+    session = loop_session(model, threads)
     feed = {i.name: np.full((batch, i.shape[1]), 0.1, np.float32) for i in session.get_inputs()
             if i.name != "steps"}
     feed["steps"] = np.array(steps, np.int64)
@@ -173,7 +173,7 @@ def profile(generator: Generator, batch: int, threads: int, repeats: int = 7) ->
     many = _loop_us(_elementwise(1 + SMALL_KERNELS, units), batch, threads, steps, repeats)
     kernel = (many - one) / SMALL_KERNELS
     loop = one - kernel
-    products = {precision: {name: _loop_us(_product(w, precision), batch, threads, steps, repeats) - loop
+    products = {precision: {name: _loop_us(product_loop(w, precision), batch, threads, steps, repeats) - loop
                             for name, w in matrices.items()} for precision in PRECISIONS}
     others = kernels_per_step(generator) - len(matrices)
     counted = Generator.load(generator.path, threads=threads)
@@ -182,8 +182,9 @@ def profile(generator: Generator, batch: int, threads: int, repeats: int = 7) ->
     options = [SamplingOptions(0.5)] * batch
     no_ids = np.zeros((batch, 0), np.int64)
     logits = np.zeros((batch, vocab.size), np.float32)
-    state = counted._zero_state(batch)
-    measured = _per_step_us(lambda: counted.run(no_ids, state, logits, uniforms, options), steps, repeats)
+    state = counted.backend.zero_state(batch)
+    step = counted.backend.run
+    measured = _per_step_us(lambda: step(no_ids, state, logits, uniforms, options), steps, repeats)
     own = products[vocab.precision if vocab.precision == "fp32" else PRECISIONS[1]]
     accounted = loop + sum(own.values()) + others * kernel
     return {"batch": batch, "threads": threads, "precision": vocab.precision, "sampler_us_per_step": measured,
@@ -198,7 +199,7 @@ def limit_line(generator: Generator, threads: int, repeats: int = 5) -> dict:
     weights = np.random.default_rng(0).standard_normal((n_in, n_out)).astype(np.float32)
     loop = _loop_us(_elementwise(1, n_in), batch, threads, 20, repeats)
     per_char = multiply_adds_per_step(generator)
-    seconds = {p: (_loop_us(_product(weights, p), batch, threads, 20, repeats) - loop) * 1e-6
+    seconds = {p: (_loop_us(product_loop(weights, p), batch, threads, 20, repeats) - loop) * 1e-6
                for p in PRECISIONS}
     rates = {p: batch * n_in * n_out / s for p, s in seconds.items()}
     return {"threads": threads, "shape": LARGE, "macs_per_char": per_char, "macs_per_s": rates,

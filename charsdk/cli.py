@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -12,7 +13,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
-from .errors import CharsdkError, InputError, ModelError
+from .errors import CharsdkError, InputError
 from .generator import Generator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,12 +34,25 @@ FLAGS = {"n": "--samples", "length": "--length", "seed": "--seed", "seed_text": 
          "mode": "--mode", "on_unknown": "--on-unknown", "threads": "--threads", "providers": "--provider"}
 
 
-def _fail(exc: Exception):
+REMOVED_IN = "0.3"  # the release that drops the deprecated spellings below
+
+
+def cli_spelling(exc: Exception) -> str:
+    """The library's message in this command line's words: the argument it starts with as its flag, and
+    any `argument='value'` it suggests as `--flag value`."""
     message, argument = str(exc), getattr(exc, "argument", None)
     if argument in FLAGS and message.startswith(argument):
         message = FLAGS[argument] + message[len(argument):]
-    typer.echo(f"charsdk: error: {message}", err=True)
+    return re.sub(r"\b(\w+)='([^']*)'", lambda m: f"{FLAGS[m[1]]} {m[2]}" if m[1] in FLAGS else m[0], message)
+
+
+def _fail(exc: Exception):
+    typer.echo(f"charsdk: error: {cli_spelling(exc)}", err=True)
     raise typer.Exit(2)
+
+
+def _deprecated(old: str, new: str) -> None:
+    typer.echo(f"charsdk: warning: {old} is deprecated and goes in charsdk {REMOVED_IN}: use {new}", err=True)
 
 
 def _write(text: str):
@@ -76,8 +90,9 @@ def main(version: bool = typer.Option(False, "--version", callback=_show_version
 @app.command()
 def gen(
     model: Path | None = MODEL,
-    seed_text: str | None = typer.Option(None, "--seed-text", "-s",
-                                            help="Text to continue. Default: the model's stored seed."),
+    seed_text: str | None = typer.Option(None, "--seed-text",
+                                         help="Text to continue. Default: the model's stored seed."),
+    seed_text_short: str | None = typer.Option(None, "-s", hidden=True),  # deprecated: read as --seed
     length: int = typer.Option(400, "--length", "-l", help="Characters to generate."),
     temperature: list[float] = typer.Option(
         [0.5], "--temperature", "-t", help="0 = greedy, higher = wilder; repeat for one sample each."),
@@ -96,6 +111,9 @@ def gen(
                               help="Print the seed text before each sample (--no-echo: only new text)."),
 ):
     """Generate text to stdout; a single sample is printed as it is produced."""
+    if seed_text_short is not None:
+        _deprecated("-s", "--seed-text (-s reads like --seed, the random seed)")
+        seed_text = seed_text if seed_text is not None else seed_text_short
     try:
         generator = _load(model, threads, provider)
         options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode,
@@ -246,12 +264,14 @@ def serve(
                                     help="Streams generating at once (a request with n=4 takes 4)."),
     max_waiting: int = typer.Option(256, "--max-waiting",
                                     help="Requests waiting for free streams; beyond them: 429."),
-    max_wait: float = typer.Option(5.0, "--max-wait", help="Seconds a request waits; then: 503."),
+    max_wait_s: float = typer.Option(5.0, "--max-wait-s", help="Seconds a request waits; then: 503."),
+    max_wait_old: float | None = typer.Option(None, "--max-wait", hidden=True),  # deprecated
     max_tokens: int = typer.Option(100_000, "--max-tokens", help="Largest max_tokens a request may ask for."),
     max_prompt: int = typer.Option(20_000, "--max-prompt", help="Longest prompt, in characters."),
-    request_timeout: float = typer.Option(10.0, "--request-timeout",
-                                          help="Seconds a request's headers, then its body, may take to "
-                                               "arrive; then 408 and the connection closes."),
+    request_timeout_s: float = typer.Option(10.0, "--request-timeout-s",
+                                            help="Seconds a request's headers, then its body, may take to "
+                                                 "arrive; then 408 and the connection closes."),
+    request_timeout_old: float | None = typer.Option(None, "--request-timeout", hidden=True),  # deprecated
     max_connections: int = typer.Option(4096, "--max-connections",
                                         help="Open connections at most; a request beyond them: 503."),
     drain_s: float = typer.Option(30.0, "--drain-s", help="On SIGTERM or SIGINT, seconds to let requests in "
@@ -260,28 +280,38 @@ def serve(
     chunk_ms: float = typer.Option(50.0, "--chunk-ms",
                                    help="Target time of one batched model call: a new request joins the "
                                         "batch between calls (shorter: sooner; longer: less overhead)."),
-    threads: int = typer.Option(os.cpu_count() or 1, "--threads",
-                                help="Batches run at once, one core each; a new request joins the one "
-                                     "with the fewest streams (default: every core)."),
+    batchers: int = typer.Option(os.cpu_count() or 1, "--batchers",
+                                 help="Batches run at once, one core each; a new request joins the one "
+                                      "with the fewest streams (default: every core)."),
+    threads_old: int | None = typer.Option(None, "--threads", hidden=True),  # deprecated: --batchers
     provider: list[str] = PROVIDERS,
 ):
     """Serve the completions API (POST /v1/completions, GET /v1/models, GET /health, GET /metrics)."""
     import socket
 
     try:
-        from .serve import Limits, create_app, run_server
+        from .server import Limits, create_app, run_server
     except ImportError as exc:
         _fail(CharsdkError(f"charsdk serve needs the serve extra ({exc.name} is missing): "
                            "pip install 'charsdk[serve]'"))
+    for old, new, value in (("--max-wait", "--max-wait-s", max_wait_old),
+                            ("--request-timeout", "--request-timeout-s", request_timeout_old),
+                            ("--threads", "--batchers (serve's --threads counted batches, not threads)",
+                             threads_old)):
+        if value is not None:
+            _deprecated(old, new)
+    max_wait_s = max_wait_s if max_wait_old is None else max_wait_old
+    request_timeout_s = request_timeout_s if request_timeout_old is None else request_timeout_old
+    batchers = batchers if threads_old is None else threads_old
     if not 0 <= port <= 65535:
         _fail(InputError(f"--port must be from 0 to 65535, got {port}"))
     for flag, value, low in (("--max-streams", max_streams, 1), ("--max-waiting", max_waiting, 0),
                              ("--max-tokens", max_tokens, 0), ("--max-prompt", max_prompt, 0),
-                             ("--threads", threads, 1), ("--max-connections", max_connections, 1)):
+                             ("--batchers", batchers, 1), ("--max-connections", max_connections, 1)):
         if value < low:
             _fail(InputError(f"{flag} must be >= {low}, got {value}"))
-    for flag, value in (("--max-wait", max_wait), ("--drain-s", drain_s),
-                        ("--request-timeout", request_timeout)):
+    for flag, value in (("--max-wait-s", max_wait_s), ("--drain-s", drain_s),
+                        ("--request-timeout-s", request_timeout_s)):
         if not value >= 0:
             _fail(InputError(f"{flag} must be a number of seconds >= 0, got {value}"))
     if not 0 < chunk_ms <= 10_000:
@@ -289,16 +319,11 @@ def serve(
     if any(not key.strip() for key in api_key or ()):
         _fail(InputError("--api-key must not be empty"))
     try:
-        generators = [_load(m, 1, provider) for m in model or [None]]  # one core per call; `threads` at once
-        for generator in generators:
-            if generator.vocab.window:
-                raise ModelError(f"{generator.path} is a window model (a Keras model converted by tf2onnx): "
-                                 "charsdk serve batches charsdk's own graph models; run it with charsdk gen "
-                                 "or the Python API")
-        limits = Limits(max_streams=max_streams, max_waiting=max_waiting, max_wait_s=max_wait,
+        generators = [_load(m, 1, provider) for m in model or [None]]  # one core per call; `batchers` at once
+        limits = Limits(max_streams=max_streams, max_waiting=max_waiting, max_wait_s=max_wait_s,
                         max_prompt_chars=max_prompt, max_tokens=max_tokens,
-                        request_timeout_s=request_timeout)
-        app = create_app(generators, limits, chunk_seconds=chunk_ms / 1000, parts=threads,
+                        request_timeout_s=request_timeout_s)
+        app = create_app(generators, limits, chunk_seconds=chunk_ms / 1000, batchers=batchers,
                          api_keys=api_key or (), allow_origins=allow_origin or ())
     except CharsdkError as exc:
         _fail(exc)
@@ -307,8 +332,11 @@ def serve(
     except (OSError, OverflowError) as exc:
         _fail(InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another "
                          "--host or --port"))
-    address = sock.getsockname()
-    names = ", ".join(g.path.name for g in generators)
-    typer.echo(f"charsdk: serving {names} on http://{address[0]}:{address[1]}/v1 "
+    host, port = sock.getsockname()[:2]
+    root = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    names = [g.path.name for g in generators]
+    typer.echo(f"charsdk: serving {', '.join(names)} on {root}/v1 "
                f"(at most {max_streams} streams{', API keys required' if api_key else ''})", err=True)
+    typer.echo(json.dumps({"listening": root, "models": names}))  # for programs (e.g. --port 0)
+    sys.stdout.flush()
     run_server(app, sock, drain_s=drain_s, max_connections=max_connections)

@@ -108,7 +108,7 @@ class Vocab:
                 shown += f" and {len(unknown) - 10} more"
             raise InputError(
                 f"the text has {len(unknown)} character(s) this model does not know: {shown}; "
-                "remove them, or skip them (on_unknown='skip', --on-unknown skip)"
+                "remove them, or skip them (on_unknown='skip')"
             )
         ids = [self._index[c] for c in text if c in self._index]
         return np.array(ids, dtype=np.int64)

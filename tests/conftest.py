@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.server import Server
+
 WORDS = (
     "the of and to a in that it is was he for on are as with his they at be this from have or by "
     "one had not but what all were when we there can an your which their said if do will each "
@@ -64,6 +66,32 @@ def changed_copy(trained_dir: Path, target: Path) -> str:
     model.set_weights([w + 0.01 for w in model.get_weights()])
     model.save(target / "best.keras")
     return old
+
+
+class ApiServer(Server):
+    """`charsdk serve FLAGS` (bench/server.py) with an HTTP client's conveniences."""
+
+    def health(self) -> dict:
+        import httpx
+
+        return httpx.get(self.root + "/health", timeout=5).json()
+
+    def post(self, body, **kwargs):
+        import json
+
+        import httpx
+
+        content = body if isinstance(body, str | bytes) else json.dumps(body)
+        return httpx.post(self.base + "/completions", content=content, timeout=30, **kwargs)
+
+
+@pytest.fixture
+def servers():
+    """Start servers with servers(*flags); each is stopped after the test."""
+    started = []
+    yield lambda *flags, **kwargs: started.append(ApiServer(*flags, **kwargs)) or started[-1]
+    for server in started:
+        server.stop()
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ def generator():
 
 
 def plan(generator, prompt, length, seed, temperature=0.8, n=1, top_k=0, stop=()):
-    return generator._plan(prompt, length, [temperature], n, top_k, 1.0, stop, seed, "stateful", "error")
+    return generator.request(prompt, length, temperature, n=n, top_k=top_k, stop=stop, seed=seed)
 
 
 class Reader:
@@ -83,7 +83,7 @@ def test_requests_joining_and_leaving_mid_stream_get_their_own_texts(generator):
                                         stop=["ce"] if i % 5 == 0 else ()))
             readers.append(reader)
             time.sleep(0.003)
-        assert {r.job.wake for r in readers} == {b._wake for b in batcher.batchers}  # both batches used
+        assert {r.job.wake for r in readers} == {b.wake for b in batcher.batchers}  # both batches used
         for i, reader in enumerate(readers):
             assert reader.done.wait(20)
             expected = generator.generate(f"{i} the ", 150 + 40 * i, [0.3 * (i % 4)], n=1 + i % 3, seed=i,

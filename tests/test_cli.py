@@ -1,8 +1,9 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
-from charsdk import Generator, __version__
+from charsdk import Generator, InputError, __version__
 from charsdk.cli import app
 
 runner = CliRunner()
@@ -56,10 +57,23 @@ def test_eval_reports_bits_per_char(tmp_path):
 
 
 def test_unknown_seed_characters_can_be_skipped():
-    result = runner.invoke(app, ["gen", "-s", "the \u2603will", "-l", "30", "--seed", "1",
+    result = runner.invoke(app, ["gen", "--seed-text", "the \u2603will", "-l", "30", "--seed", "1",
                                  "--on-unknown", "skip", "--no-echo"])
     assert result.exit_code == 0
     assert result.stdout == Generator.load().generate("the will", 30, seed=1) + "\n"
+    refused = runner.invoke(app, ["gen", "--seed-text", "the \u2603will"])  # the flag, in the CLI's words
+    assert refused.exit_code == 2 and "skip them (--on-unknown skip)" in refused.stderr
+    with pytest.raises(InputError, match=r"skip them \(on_unknown='skip'\)$"):  # the library's own words
+        Generator.load().generate("the \u2603will")
+
+
+def test_the_old_short_seed_text_flag_works_for_a_release_with_one_warning_line():
+    """-s read like --seed (the random seed) but was the seed text: --seed-text now, -s still taken."""
+    old = runner.invoke(app, ["gen", "-s", "the ", "-l", "30", "--seed", "1", "--no-echo"])
+    new = runner.invoke(app, ["gen", "--seed-text", "the ", "-l", "30", "--seed", "1", "--no-echo"])
+    assert old.exit_code == 0 and old.stdout == new.stdout
+    assert old.stderr.strip() == ("charsdk: warning: -s is deprecated and goes in charsdk 0.3: use "
+                                  "--seed-text (-s reads like --seed, the random seed)") and not new.stderr
 
 
 def test_version_and_help():
@@ -153,13 +167,13 @@ def test_a_model_warning_is_one_line_on_stderr(tmp_path, monkeypatch):
     import dataclasses
     import shutil
 
-    from charsdk import Vocab, generator
+    from charsdk import Vocab, session
     from charsdk.generator import shipped_models_dir
 
     old = tmp_path / "old"
     shutil.copytree(shipped_models_dir() / "nietzsche-book", old)
     dataclasses.replace(Vocab.load(old / "vocab.json"), int8_pair_limit=0).save(old / "vocab.json")
-    monkeypatch.setattr(generator, "int16_pair_products", lambda: True)
+    monkeypatch.setattr(session, "int16_pair_products", lambda: True)
     result = runner.invoke(app, ["gen", "--model", str(old), "--length", "20", "--seed", "1"])
     assert result.exit_code == 0 and len(result.stdout) >= 20
     warning = [line for line in result.stderr.splitlines() if line]

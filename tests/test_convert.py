@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from charsdk import Generator, InputError
-from tests.conftest import make_text
+from tests.conftest import ApiServer, make_text
 from train import export
 from train.keras_onnx import keras
 
@@ -122,6 +122,15 @@ def test_a_window_model_samples_with_the_shared_rules_for_any_n(book_text, tmp_p
         "the ", length=40, temperature=0)
     result = generator.evaluate(text[-2000:])
     assert result["mode"] == "window" and result["bits_per_char"] < np.log2(generator.vocab.size)
+    server = ApiServer("--model", str(tmp_path / "gru"))  # the same engine: the same text
+    try:
+        answer = server.post({"prompt": ["the ", "we "], "max_tokens": 40, "temperature": 0.8, "n": 2,
+                              "seed": 5}).json()
+        expected = [text for prompt in ("the ", "we ")
+                    for text in generator.generate(prompt, 40, 0.8, n=2, seed=5)]
+        assert [c["text"] for c in answer["choices"]] == expected
+    finally:
+        server.stop()
 
 
 def test_models_and_corpora_that_do_not_fit_each_get_one_line_and_nothing_is_written(book_text, tmp_path,

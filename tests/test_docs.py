@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
+from bench.server import Server
 from tests.conftest import ROOT, make_text
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -95,24 +95,17 @@ def environment() -> dict:
             "PYTHONPATH": str(ROOT)}
 
 
-class DocumentedServer:
+class DocumentedServer(Server):
     """A documented `charsdk serve` command, on a free port instead of 8000."""
 
     def __init__(self, command: str):
-        argv = command.replace("--port 8000", "--port 0").split()
-        self.process = subprocess.Popen([sys.executable, "-m", "charsdk", *argv[1:]], env=environment(),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        line = self.process.stderr.readline()  # "charsdk: serving MODEL on http://HOST:PORT/v1 (...)"
-        assert "serving" in line, line + self.process.stderr.read()
-        self.address = line.split(" on http://")[1].split("/")[0]
-        httpx.get(f"http://{self.address}/health", timeout=30).raise_for_status()
+        argv = command.replace("--port 8000", "").split()
+        assert argv[:2] == ["charsdk", "serve"], command
+        super().__init__(*argv[2:], env=environment())
+        self.address = self.root.removeprefix("http://")
 
     def substitute(self, text: str) -> str:
         return re.sub(r"(localhost|127\.0\.0\.1):8000", self.address, text)
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,10 @@ import onnxruntime as ort
 import pytest
 
 from charsdk import Generator, InputError, ModelError
-from charsdk.generator import default_model_dir, sha256_of
+from charsdk.engine import draws
+from charsdk.generator import default_model_dir
 from charsdk.sampling import log_softmax
+from charsdk.session import sha256_of
 from tests.conftest import SHARED_CORPUS
 
 MODES = ["stateful", "window"]
@@ -68,7 +70,7 @@ def test_longer_texts_extend_shorter_ones_whatever_the_chunking(generator):
 
 
 def test_many_streams_take_smaller_chunks_and_the_same_text(generator):
-    from charsdk.generator import UNIFORMS_PER_CALL, chunk_sizes
+    from charsdk.engine import UNIFORMS_PER_CALL, chunk_sizes
 
     sizes = list(chunk_sizes(1000, streams=4096, vocab_size=57))
     assert sum(sizes) == 1000 and max(sizes) * 4096 * 57 <= UNIFORMS_PER_CALL
@@ -113,7 +115,7 @@ def test_zero_uniform_numbers_give_no_nan_in_the_sampler(generator, mode):
 
     options = [SamplingOptions(0.0), SamplingOptions(1.0), SamplingOptions(0.7, top_k=3, top_p=0.9)]
     uniforms = np.zeros((len(options), 40, generator.vocab.size), np.float32)
-    (drawn,) = generator._draws(generator.vocab.encode("the "), options, [uniforms], mode)
+    drawn = draws(generator.backend, generator.vocab.encode("the "), options, uniforms, mode)
     greedy = generator.generate("the ", length=40, temperature=0, mode=mode)
     assert ["".join(generator.vocab.chars[i] for i in row) for row in drawn.T] == [greedy] * 3
 
@@ -134,7 +136,7 @@ def test_evaluate_scores_text_in_both_modes(generator):
 @pytest.mark.parametrize("seed_text", ["", "the ", "a seed text longer than the model's context: " * 3])
 def test_window_mode_is_the_books_loop(generator, seed_text):
     """Each character drawn from the last maxlen characters run from a zero state, as in the book."""
-    from charsdk.generator import FIRST_CHUNK, chunk_sizes, stream_generators
+    from charsdk.engine import FIRST_CHUNK, chunk_sizes, stream_generators
     from charsdk.sampling import draw, gumbel_noise
 
     length, maxlen, size = 150, generator.vocab.maxlen, generator.vocab.size
@@ -214,7 +216,7 @@ def test_broken_model_directories_are_refused(tmp_path):
 def test_corrupt_onnx_with_matching_hash_is_a_model_error(tmp_path):
     import json
 
-    from charsdk.generator import sha256_of
+    from charsdk.session import sha256_of
 
     model = copy_model(tmp_path)
     data = json.loads((model / "vocab.json").read_text())
@@ -258,7 +260,7 @@ def probs_after(generator, ids) -> np.ndarray:
     """The next-character distribution [1, V] after reading ids from a zero state, in one call
     (no ids: after the "no character" input, as an empty seed primes)."""
     ids = np.asarray(ids if len(ids) else [generator.vocab.no_char_id], np.int64)
-    _, _, _, logits = generator.run(ids[None], generator._zero_state(1))
+    _, _, _, logits = generator.backend.run(ids[None], generator.backend.zero_state(1))
     return np.exp(log_softmax(logits[-1]))
 
 
@@ -322,7 +324,7 @@ def stop_across(text: str, boundary: int) -> tuple[str, int]:
 def test_stop_strings_across_chunk_boundaries_end_the_sample(generator, mode):
     """A stop string split between two calls (chunk_sizes) still ends the sample, for one stream
     (generate and stream) and for each of n streams."""
-    from charsdk.generator import chunk_sizes
+    from charsdk.engine import chunk_sizes
 
     first, second, third = list(chunk_sizes(10**6))[:3]
     boundaries = [first, first + second]
@@ -405,12 +407,12 @@ def test_stateful_evaluation_agrees_with_scoring_every_prefix_from_scratch(gener
 @pytest.mark.parametrize("mode", MODES)
 def test_scoring_in_small_chunks_gives_the_figure_of_one_call(generator, mode, monkeypatch):
     """The state (and, in window mode, the count of characters read) carries from call to call."""
-    import charsdk.generator
+    import charsdk.graph_backend
 
     text = ("it is the business of the very few to be independent; it is a privilege of the strong. "
             "and whoever attempts it, even with the best right, but without being obliged to do so, ")
     whole = generator.evaluate(text, mode=mode)["bits_per_char"]
-    monkeypatch.setattr(charsdk.generator, "SCORE_CHUNK", 7)
+    monkeypatch.setattr(charsdk.graph_backend, "SCORE_CHUNK", 7)
     assert generator.evaluate(text, mode=mode)["bits_per_char"] == pytest.approx(whole, abs=1e-5)
 
 

@@ -138,17 +138,17 @@ def test_an_int8_export_from_before_the_limit_warns_where_its_products_saturate(
     import shutil
     import warnings
 
-    from charsdk import Vocab, generator
+    from charsdk import Vocab, session
 
     old = tmp_path / "old"
     shutil.copytree(trained_dir, old)
     vocab = Vocab.load(old / "vocab.json")
     dataclasses.replace(vocab, int8_pair_limit=0).save(old / "vocab.json")
-    monkeypatch.setattr(generator, "int16_pair_products", lambda: True)
+    monkeypatch.setattr(session, "int16_pair_products", lambda: True)
     with pytest.warns(RuntimeWarning, match="predates the int8 pair limit.*train.requantize"):
         Generator.load(old)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Generator.load(trained_dir)  # records the limit
-        monkeypatch.setattr(generator, "int16_pair_products", lambda: False)
+        monkeypatch.setattr(session, "int16_pair_products", lambda: False)
         Generator.load(old)  # VNNI, Arm: exact anyway

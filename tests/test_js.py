@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from charsdk import Generator
-from charsdk.generator import shipped_models_dir, stream_generators
+from charsdk.engine import stream_generators, uniforms
+from charsdk.generator import shipped_models_dir
 from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, log_softmax, scores
 from tests.conftest import ROOT
 
@@ -73,16 +74,18 @@ def departure_gap(case: dict, stream: int, ours: str, theirs: str) -> float:
     temperatures = np.atleast_1d(options["temperature"]).tolist()
     sampling = [SamplingOptions.check(t, options.get("topK", 0), options.get("topP", 1.0))
                 for t in temperatures for _ in range(options["n"])][stream]
-    uniforms = generator._uniforms(stream_generators(options["seed"], stream + 1)[stream:], k + 1)[:, k]
+    rng = stream_generators(options["seed"], stream + 1)[stream:]
+    drawn_from = uniforms(rng, k + 1, generator.vocab.size)[:, k]
     ids = generator.vocab.encode(case["seedText"] + ours[:k])
     if options.get("mode") == "window":
         ids = ids[-generator.vocab.maxlen :]
-    logits, *_ = generator.run(ids[None], generator._zero_state(1))  # each mode reads from a zero state
+    # each mode reads from a zero state
+    logits, *_ = generator.backend.run(ids[None], generator.backend.zero_state(1))
     probs = np.exp(log_softmax(logits))
     keep = None
     if sampling.filters:
         keep = allowed(probs, sampling.inv_temperature, sampling.top_k, sampling.top_p)
-    score = scores(probs, gumbel_noise(uniforms, [sampling.temperature]), keep)[0]
+    score = scores(probs, gumbel_noise(drawn_from, [sampling.temperature]), keep)[0]
     return float(score.max() - score[generator.vocab.chars.index(theirs[k])])
 
 
@@ -183,9 +186,9 @@ def playground(url: str, where: str, screenshot: Path) -> dict:
 def test_the_playground_streams_text_into_the_page_from_a_typed_seed(where):
     """charsdk serve serves the playground at /; in the browser (a Web Worker) and through the server's API
     it shows the seed and the same seeded text as Python's generate. The screenshot is kept."""
-    from tests.test_serve import Server
+    from tests.conftest import ApiServer
 
-    server = Server()  # the book's model
+    server = ApiServer("--model", "nietzsche-book")
     try:
         shot = ROOT / "test-artifacts" / f"playground-{where}.png"
         shot.parent.mkdir(exist_ok=True)

@@ -24,11 +24,11 @@ def test_the_profile_times_each_weight_matrix_of_the_model(trained_dir):
 
 
 def test_the_timed_product_loop_really_multiplies(trained_dir):
-    from bench.limits import _product, _session
+    from bench.limits import loop_session, product_loop
 
     weights = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
     x = np.ones((3, 4), np.float32)
-    session = _session(_product(weights), threads=1)
+    session = loop_session(product_loop(weights), threads=1)
     x_final, y_final = session.run(None, {"steps": np.array(5, np.int64), "x": x,
                                           "y": np.zeros((3, 6), np.float32)})
     np.testing.assert_allclose(y_final, x @ weights, rtol=1e-6)
@@ -37,18 +37,18 @@ def test_the_timed_product_loop_really_multiplies(trained_dir):
 
 @pytest.mark.parametrize("precision", PRECISIONS[1:])
 def test_the_timed_int8_product_multiplies_with_per_channel_scales(precision):
-    from bench.limits import _product, _session
+    from bench.limits import loop_session, product_loop
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((64, 48)).astype(np.float32) * np.linspace(0.01, 3, 48, dtype=np.float32)
     x = rng.uniform(-1, 1, (3, 64)).astype(np.float32)  # what the model multiplies: LSTM outputs
-    graph = _product(weights, precision)
+    graph = product_loop(weights, precision)
     body = next(n for n in graph.graph.node if n.op_type == "Loop").attribute[0].g.node
     portable = precision.endswith("(model.onnx)")
     assert ("DynamicQuantizeMatMul" in {n.op_type for n in body}) != portable
     if portable:  # only standard ONNX ops: other runtimes (onnxruntime-web, -node) can run it
         assert all(n.domain in ("", "ai.onnx") for n in [*graph.graph.node, *body])
-    _, y = _session(graph, threads=1).run(None, {"steps": np.array(1, np.int64), "x": x,
+    _, y = loop_session(graph, threads=1).run(None, {"steps": np.array(1, np.int64), "x": x,
                                                 "y": np.zeros((3, 48), np.float32)})
     exact = x @ weights
     # one scale per output column: each column's error is small against that column's own size

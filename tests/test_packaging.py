@@ -3,12 +3,12 @@
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import venv
 import zipfile
 
+from bench.server import Server
 from charsdk import Generator
 from tests.conftest import ROOT, run_python
 
@@ -56,19 +56,11 @@ def test_wheel_installs_and_generates_in_a_clean_venv(tmp_path):
     assert result.returncode == 2 and "pip install 'charsdk[serve]'" in result.stderr, result.stderr
     subprocess.run([bin_dir / "pip", "install", "--quiet", f"charsdk[serve] @ {wheel.as_uri()}"], check=True,
                    timeout=600)
-    server = subprocess.Popen([bin_dir / "charsdk", "serve", "--port", "0"], stderr=subprocess.PIPE,
-                              text=True)
+    server = Server(command=[bin_dir / "charsdk"])
     try:
-        base = server.stderr.readline().split(" on ")[1].split()[0]
         body = json.dumps({"prompt": "the ", "max_tokens": 60, "seed": 9, "temperature": 0.5}).encode()
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(base + "/completions", body, timeout=30) as response:
-                    text = json.load(response)["choices"][0]["text"]
-                break
-            except urllib.error.URLError:
-                time.sleep(0.1)
+        with urllib.request.urlopen(server.base + "/completions", body, timeout=30) as response:
+            text = json.load(response)["choices"][0]["text"]
         assert text == Generator.load().generate("the ", length=60, seed=9)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()

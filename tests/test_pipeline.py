@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from charsdk import Generator
-from charsdk.generator import sha256_of
+from charsdk.session import sha256_of
 from tests.conftest import ROOT, TINY
 
 
@@ -64,7 +64,7 @@ def test_onnxruntime_matches_keras(trained_dir, small_corpus):
     import keras
 
     from train.corpus import load_corpus
-    from train.export import check_parity
+    from train.graph_export import check_parity
 
     corpus = load_corpus(small_corpus, maxlen=20, holdout=0.1)
     model = keras.models.load_model(trained_dir / "best.keras")
@@ -82,8 +82,8 @@ def fp32_generator(trained_dir) -> Generator:
     import keras
 
     from charsdk.vocab import Vocab
-    from train.export import save_content_addressed
     from train.graph import build_graph
+    from train.install import save_content_addressed
     from train.model import graph_weights
 
     directory = Path(tempfile.mkdtemp())
@@ -96,7 +96,7 @@ def fp32_generator(trained_dir) -> Generator:
 
 
 def test_the_graph_draws_what_numpy_draws_from_its_own_distributions(trained_dir):
-    from train.export import sampler_mismatches
+    from train.graph_export import sampler_mismatches
 
     generator = Generator.load(trained_dir)
     seed = generator.vocab.encode(generator.vocab.default_seed_text)
@@ -133,11 +133,11 @@ def negate_noise(proto):
 
 
 def test_export_refuses_a_graph_that_disagrees_with_keras(trained_dir, monkeypatch):
-    from train import export
+    from train import export, graph_export
 
     before = model_files(trained_dir)
-    bumped = changed_graph(export.build_graph, lambda proto: bump_dense_bias(proto, 0.05))
-    monkeypatch.setattr(export, "build_graph", bumped)
+    bumped = changed_graph(graph_export.build_graph, lambda proto: bump_dense_bias(proto, 0.05))
+    monkeypatch.setattr(graph_export, "build_graph", bumped)
     with pytest.raises(export.ExportError, match="disagree"):
         export.export(trained_dir)
     assert model_files(trained_dir) == before
@@ -170,9 +170,9 @@ def bump_bias_of(proto, by: float = 1.0):
 
 
 def test_export_refuses_a_graph_that_draws_what_numpy_would_not(trained_dir, monkeypatch):
-    from train import export
+    from train import export, graph_export
 
-    monkeypatch.setattr(export, "build_graph", changed_graph(export.build_graph, negate_noise))
+    monkeypatch.setattr(graph_export, "build_graph", changed_graph(graph_export.build_graph, negate_noise))
     before = model_files(trained_dir)
     with pytest.raises(export.ExportError, match="model.onnx drew"):
         export.export(trained_dir)
@@ -243,7 +243,7 @@ def test_resuming_with_another_recipe_is_refused_and_an_older_log_resumes(small_
 KILLED_EXPORT = """
 import os, signal, sys
 from pathlib import Path
-from train import export
+from train import export, graph_export
 
 kill_at, calls = int(sys.argv[2]), []
 def killing(real):
@@ -256,12 +256,12 @@ def killing(real):
     return call
 installing = False
 os.replace, Path.unlink = killing(os.replace), killing(Path.unlink)
-real_install = export.install
+real_install = graph_export.install
 def install(*args, **kwargs):
     global installing
     installing = True
     real_install(*args, **kwargs)
-export.install = install
+graph_export.install = install
 export.export(Path(sys.argv[1]))
 """
 
@@ -608,7 +608,7 @@ def stateful_holdout_nats(generator, corpus, maxlen: int) -> float:
     lane = len(held_out) // 16
     read = maxlen * ((lane - 1) // maxlen)
     lanes = np.stack([held_out[j * lane : j * lane + read + 1] for j in range(16)])
-    _, _, _, logits = generator.run(lanes[:, :-1], generator._zero_state(16))  # [T, B, V]
+    _, _, _, logits = generator.backend.run(lanes[:, :-1], generator.backend.zero_state(16))  # [T, B, V]
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     return float(-np.take_along_axis(log_p, lanes[:, 1:].T[..., None], -1).mean())
 

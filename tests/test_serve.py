@@ -11,52 +11,14 @@ import httpx
 import pytest
 
 from charsdk import Generator
+from tests.conftest import ApiServer
 
 MODEL = "nietzsche-book"  # the small shipped model: the fastest real one
 
 
-class Server:
-    """`charsdk serve` on a free loopback port: the model (None: the flags name them) and the flags."""
-
-    def __init__(self, *flags: str, model: str | None = MODEL, env: dict | None = None):
-        import os
-
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "charsdk", "serve", *(["--model", model] if model else []), "--port", "0",
-             *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})})
-        line = self.process.stderr.readline()  # "charsdk: serving MODEL on http://HOST:PORT/v1 (...)"
-        assert "serving" in line, line + self.process.stderr.read()
-        self.base = line.split(" on ")[1].split()[0]  # http://127.0.0.1:PORT/v1
-        self.root = self.base.removesuffix("/v1")
-        self.host, self.port = self.root.removeprefix("http://").split(":")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(self.root + "/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and self.process.poll() is None, "server did not start"
-                time.sleep(0.05)
-
-    def health(self) -> dict:
-        return httpx.get(self.root + "/health", timeout=5).json()
-
-    def post(self, body, **kwargs) -> httpx.Response:
-        content = body if isinstance(body, str | bytes) else json.dumps(body)
-        return httpx.post(self.base + "/completions", content=content, timeout=30, **kwargs)
-
-    def stop(self) -> str:
-        """Stop it (if it still runs) and return what it wrote on stderr."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(timeout=10)
-        return self.process.stderr.read()
-
-
 @pytest.fixture(scope="module")
 def server():
-    s = Server("--max-streams", "64", "--threads", "2")  # two batches, whatever the machine's cores
+    s = ApiServer("--model", MODEL, "--max-streams", "64", "--batchers", "2")  # two, whatever the cores
     yield s
     s.stop()
 
@@ -154,13 +116,15 @@ def test_bad_requests_get_400_naming_the_field_and_the_server_keeps_serving(serv
 def test_unknown_characters_can_be_skipped_and_unknown_models_get_404(server, generator):
     response = server.post({"prompt": "the \u2603", "max_tokens": 20, "seed": 1, "on_unknown": "skip"})
     assert response.json()["choices"][0]["text"] == generator.generate("the ", 20, 1.0, seed=1)
+    refused = server.post({"prompt": "the \u2603"}).json()["error"]  # the fix, in the API's words
+    assert refused["param"] == "prompt" and refused["message"].endswith('skip them ("on_unknown": "skip")')
     response = server.post({"model": "gpt-4", "prompt": "the "})
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
     assert httpx.get(server.root + "/v1/nothing").status_code == 404
     assert httpx.get(server.base + "/completions").status_code == 405
 
 
-def _open_stream(server: Server, max_tokens: int = 10_000_000) -> httpx.Client:
+def _open_stream(server: ApiServer, max_tokens: int = 10_000_000) -> httpx.Client:
     """A streaming request that has started producing text, left open."""
     client = httpx.Client(timeout=30)
     request = client.build_request("POST", server.base + "/completions",
@@ -182,7 +146,8 @@ def _wait_for(condition, seconds: float = 5.0) -> bool:
 
 
 def test_a_client_that_disconnects_frees_its_streams():
-    server = Server("--max-streams", "2", "--max-wait", "0.2", "--max-tokens", "10000000")
+    server = ApiServer("--model", MODEL, "--max-streams", "2", "--max-wait-s", "0.2",
+                       "--max-tokens", "10000000")
     try:
         clients = [_open_stream(server) for _ in range(2)]
         assert server.health()["free_streams"] == 0
@@ -202,7 +167,8 @@ def test_a_client_that_disconnects_frees_its_streams():
 
 
 def test_overload_gives_503_after_a_bounded_wait_and_429_beyond_the_waiting_room():
-    server = Server("--max-streams", "1", "--max-waiting", "1", "--max-wait", "1", "--max-tokens", "10000000")
+    server = ApiServer("--model", MODEL, "--max-streams", "1", "--max-waiting", "1", "--max-wait-s", "1",
+                       "--max-tokens", "10000000")
     try:
         busy = _open_stream(server)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -224,7 +190,7 @@ def test_overload_gives_503_after_a_bounded_wait_and_429_beyond_the_waiting_room
 
 def test_serve_options_are_checked_in_one_line():
     for flags, message in ((["--port", "70000"], "--port"), (["--max-streams", "0"], "--max-streams"),
-                           (["--threads", "-3"], "--threads"), (["--max-wait", "-1"], "--max-wait")):
+                           (["--batchers", "-3"], "--batchers"), (["--max-wait-s", "-1"], "--max-wait-s")):
         out = subprocess.run([sys.executable, "-m", "charsdk", "serve", *flags], capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2 and out.stderr.startswith("charsdk: error: " + message), out.stderr
@@ -233,6 +199,31 @@ def test_serve_options_are_checked_in_one_line():
         out = subprocess.run([sys.executable, "-m", "charsdk", "serve", "--port",
                               str(taken.getsockname()[1])], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot listen on" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_old_serve_flags_work_for_a_release_with_a_warning_line_each():
+    server = ApiServer("--model", MODEL, "--threads", "1", "--max-wait", "1", "--request-timeout", "5")
+    try:
+        assert server.post({"prompt": "the ", "max_tokens": 5}).status_code == 200
+    finally:
+        stderr = server.stop()
+    warnings = [line for line in stderr.splitlines() if "is deprecated" in line]
+    assert [w.split(" is deprecated")[0] for w in warnings] == [
+        "charsdk: warning: --max-wait", "charsdk: warning: --request-timeout", "charsdk: warning: --threads"]
+    assert "use --batchers" in warnings[2]
+
+
+def test_the_server_says_where_it_listens_on_one_line_for_programs(server):
+    assert server.started == {"listening": server.root, "models": [MODEL]}
+    assert server.root.startswith("http://127.0.0.1:") and int(server.port) > 0
+
+
+def test_the_openapi_document_describes_the_completions_request(server):
+    document = httpx.get(server.root + "/openapi.json", timeout=10).json()
+    request = document["components"]["schemas"]["CompletionRequest"]
+    assert document["openapi"].startswith("3.") and "/v1/completions" in document["paths"]
+    assert request["required"] == ["prompt"] and {"max_tokens", "temperature", "top_k", "stream"} <= set(
+        request["properties"])
 
 
 def test_import_charsdk_does_not_import_the_server_stack():

@@ -11,21 +11,12 @@ import httpx
 import pytest
 
 from charsdk import Generator
-from tests.test_serve import Server
 
 BOOK, DEFAULT = "nietzsche-book", "nietzsche"
 
 
 def post(server, body: dict, **kwargs) -> httpx.Response:
     return httpx.post(server.base + "/completions", content=json.dumps(body), timeout=60, **kwargs)
-
-
-@pytest.fixture
-def servers():
-    started = []
-    yield lambda *flags, **kwargs: started.append(Server(*flags, model=None, **kwargs)) or started[-1]
-    for server in started:
-        server.stop()
 
 
 REQUEST = {"prompt": "the free spirit ", "max_tokens": 40, "seed": 1}
@@ -181,7 +172,7 @@ def raw(server, data: bytes, wait_s: float) -> bytes:
 
 
 def test_stalled_idle_and_oversized_clients_fail_alone_while_a_good_request_succeeds(servers):
-    server = servers("--model", BOOK, "--request-timeout", "1")
+    server = servers("--model", BOOK, "--request-timeout-s", "1")
     results = {}
     hostile = {
         "stalled headers": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: appl",

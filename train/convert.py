@@ -16,26 +16,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from charsdk import Generator
-from charsdk.generator import sha256_of
+from charsdk.session import sha256_of
 from charsdk.vocab import Vocab, WindowIO
 
 from . import keras_onnx
 from .corpus import load_corpus
-from .export import (
+from .graph_export import export_graph
+from .install import (
     HOLDOUT_CHARS,
     TOLERANCE,
     ExportError,
-    export_graph,
     holdout_windows,
     install,
     save_content_addressed,
     softmax,
+    staging,
 )
 from .keras_onnx import keras
 from .model import last_step_probs, load_checkpoint
@@ -171,28 +171,23 @@ def export_window_model(model, corpus, maxlen: int, lowercase: bool, encoding: s
     proto = keras_onnx.to_onnx(model, maxlen, width, ids=encoding == "ids", dtype=dtype)
     windows = holdout_windows(corpus, maxlen)
     raw = last_step_probs(model, encode(windows, width, encoding, dtype))
-    staging = model_dir / ".export-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staging(model_dir) as folder:
         holdout_text = corpus.decode(corpus.holdout_ids[: HOLDOUT_CHARS["window"]])
         seed_start = holdout_text.find(" ") + 1
-        vocab = save_window_model(proto, staging, corpus.chars, maxlen, lowercase, encoding, dtype,
+        vocab = save_window_model(proto, folder, corpus.chars, maxlen, lowercase, encoding, dtype,
                                   "probs" if is_distribution(raw) else "logits",
                                   holdout_text[seed_start : seed_start + maxlen], training)
-        generator = Generator.load(staging)
-        diff = float(np.abs(generator.distributions(windows) - keras_outputs(model, windows, width, encoding,
-                                                                             dtype)).max())
+        generator = Generator.load(folder)
+        theirs = keras_outputs(model, windows, width, encoding, dtype)
+        diff = float(np.abs(generator.backend.distributions(windows) - theirs).max())
         if diff > TOLERANCE:
             raise ExportError(f"onnxruntime and Keras disagree by {diff:.2e} (> {TOLERANCE}) on held-out "
                               "windows: the conversion is wrong and was not installed")
         bits = generator.evaluate(holdout_text, mode="window")["bits_per_char"]
-        vocab = Vocab.load(staging / "vocab.json")
+        vocab = Vocab.load(folder / "vocab.json")
         training = {**training, "onnx_converter": "tf2onnx", "holdout_bits_per_char_window": round(bits, 4),
                     "holdout_chars_window": len(holdout_text), "keras_vs_onnx_max_abs_diff": diff}
-        dataclasses.replace(vocab, training=training).save(staging / "vocab.json")
-        install(staging, model_dir, keep={vocab.onnx_file})
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        dataclasses.replace(vocab, training=training).save(folder / "vocab.json")
+        install(folder, model_dir, keep={vocab.onnx_file})
     return (f"a window model (tf2onnx, float32): Keras vs onnxruntime {diff:.1e}; held-out bits/char "
             f"(window) {bits:.4f}")

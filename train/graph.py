@@ -22,7 +22,7 @@ Drawing is charsdk.sampling's Gumbel-max rule, argmax(logits + T·g), with optio
 is computed for the whole call at once from uniform numbers that the caller's seeded generator
 supplies. The LSTM cell is written out with 2-D tensors (faster than onnxruntime's LSTM kernel for one
 step of a small batch). Window mode keeps maxlen staggered windows per stream (see
-charsdk.generator), the same arithmetic as rerunning the last maxlen characters from a zero state.
+charsdk.graph_backend), the same arithmetic as rerunning the last maxlen characters from a zero state.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ For an export written before train/graph.py's PAIR_LIMIT whose checkpoint is gon
 products multiply (its integers times their scales) is quantized again as an export now quantizes float
 weights (`quantize_per_channel` with the pair limit). The held-out text the export was scored on (the
 end of TEXT, as the run split it) is scored again in both modes; the result is installed only if it has
-no overflowing pair and scores within export.INT8_MAX_LOSS bits/char of the float32 figures vocab.json
+no overflowing pair and scores within graph_export.INT8_MAX_LOSS bits/char of the float32 figures vocab.json
 recorded. Needs no TensorFlow.
 """
 
@@ -24,8 +24,9 @@ from onnx import numpy_helper
 from charsdk import CharsdkError, Generator, Vocab
 
 from .corpus import CorpusError, load_corpus
-from .export import HOLDOUT_CHARS, INT8_MAX_LOSS, ExportError, install, save_content_addressed
 from .graph import PAIR_LIMIT, overflowing_pairs, product_weights, quantize_per_channel
+from .graph_export import INT8_MAX_LOSS
+from .install import HOLDOUT_CHARS, ExportError, install, save_content_addressed
 
 
 def requantize(model_dir: Path, corpus_path: Path) -> dict:

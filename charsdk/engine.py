@@ -1,0 +1,275 @@
+"""The one generation engine: a batch of streams, started on prompts, stepped a chunk at a time, decoded,
+finished and dropped, over either kind of model (a backend: charsdk.graph_backend for charsdk's own
+graph, charsdk.window_backend for a Keras model converted by tf2onnx).
+
+`Generator.generate`, `stream` and `evaluate` run one engine per call; the server's batchers keep one
+each, and requests join and leave it between chunks. Each stream draws its own seeded uniform numbers
+and a backend computes each row independently, so a stream's text depends on its request only: the same
+alone, beside others, or chunked differently.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .errors import InputError
+from .rows import Rows
+from .sampling import SamplingOptions, is_integer
+from .vocab import Vocab
+
+MODES = ("stateful", "window")
+FIRST_CHUNK = 16  # characters in the first model call: the first ones show quickly
+CHUNK = 1024  # at most per call after that (each call 4x the one before): ~75 µs of overhead per call
+UNIFORMS_PER_CALL = 1 << 21  # 8 MB of float32 per call, whatever n is (n=4096 would need 240 MB)
+PRIMED_CACHE = 1024  # prompts whose rows after reading them an engine keeps (least recently used dropped)
+
+
+class Backend(Protocol):
+    """What the engine needs of a kind of model. Rows hold whatever the backend carries per stream."""
+
+    vocab: Vocab
+    modes: tuple[str, ...]  # the modes it runs; the first is its default
+
+    def start(self, prompts: Sequence[np.ndarray], mode: str) -> Rows:
+        """One row per prompt (character ids), after reading it."""
+
+    def empty(self, mode: str) -> Rows:
+        """No rows: an engine's batch before any stream joins."""
+
+    def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions]) -> tuple[
+            np.ndarray, Rows]:
+        """Draw uniforms.shape[1] characters per row (uniforms [B, k, V]): ids [k, B] and the rows after."""
+
+    def log_probs(self, ids: np.ndarray, mode: str, first: int,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """log p (natural) of ids[first:], each given the characters before it."""
+
+
+def chunk_sizes(length: int, streams: int = 1, vocab_size: int = 1) -> Iterator[int]:
+    """FIRST_CHUNK, then 4x as many per call up to CHUNK, adding up to `length`; fewer per call for
+    many streams, so that one call's uniform numbers (streams x chunk x vocabulary) stay under
+    UNIFORMS_PER_CALL."""
+    limit = max(1, UNIFORMS_PER_CALL // (streams * vocab_size))
+    done, size = 0, FIRST_CHUNK
+    while done < length:
+        step = min(size, limit, length - done)
+        yield step
+        done, size = done + step, min(4 * size, CHUNK)
+
+
+def stream_generators(seed: int | None, count: int) -> list[np.random.Generator]:
+    """One generator per stream: stream i's numbers depend on (seed, i) only. SFC64: making the numbers
+    is the cost here (one per vocabulary character per step), and it makes them twice as fast as PCG64."""
+    return [np.random.Generator(np.random.SFC64(s)) for s in np.random.SeedSequence(seed).spawn(count)]
+
+
+def uniforms(rngs: Sequence[np.random.Generator], k: int, vocab_size: int) -> np.ndarray:
+    """[B, k, V] uniform numbers in [0, 1), row b from stream b's generator: what k draws of B streams use."""
+    out = np.empty((len(rngs), k, vocab_size), np.float32)
+    for rng, row in zip(rngs, out, strict=True):
+        rng.random(out=row, dtype=np.float32)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """A checked request: len(options) streams continuing one prompt (`make_request` builds it)."""
+
+    ids: np.ndarray  # the prompt, encoded
+    options: tuple[SamplingOptions, ...]  # one per stream
+    seed: int | None  # stream i draws from stream_generators(seed, streams)[i]
+    length: int  # characters to draw per stream, at most
+    stop: tuple[str, ...]
+    mode: str
+
+    @property
+    def streams(self) -> int:
+        return len(self.options)
+
+
+def check_mode(mode: str | None, modes: Sequence[str]) -> str:
+    """The mode asked for (None: the model's default, modes[0]), checked."""
+    if mode is None:
+        return modes[0]
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
+    if mode not in modes:
+        raise InputError(f"mode {mode!r}: this is a window model (a Keras model converted by tf2onnx), "
+                         "which runs in window mode only: use mode='window' or leave mode out", "mode")
+    return mode
+
+
+def make_request(backend: Backend, seed_text: str | None = None, length: int = 400,
+                 temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
+                 top_p: float = 1.0, stop: str | Sequence[str] = (), seed: int | None = None,
+                 mode: str | None = None, on_unknown: str = "error") -> Request:
+    """Every argument checked (InputError naming the argument), as `Generator.generate` documents them:
+    n streams per temperature."""
+    if not is_integer(length) or length < 0:
+        raise InputError(f"length must be an integer >= 0, got {length!r}", "length")
+    if not is_integer(n) or n < 1:
+        raise InputError(f"n must be an integer >= 1, got {n!r}", "n")
+    if seed is not None and (not is_integer(seed) or seed < 0):
+        raise InputError(f"seed must be an integer >= 0 (or None for a fresh one), got {seed!r}", "seed")
+    if seed_text is not None and not isinstance(seed_text, str):
+        raise InputError(f"seed_text must be a string (or None for the model's own), got "
+                         f"{type(seed_text).__name__}", "seed_text")
+    temperatures = [temperature] if np.isscalar(temperature) else list(temperature)
+    if not temperatures:
+        raise InputError("temperature must be a number or a non-empty list of numbers", "temperature")
+    mode = check_mode(mode, backend.modes)
+    stop = [stop] if isinstance(stop, str) else list(stop or ())
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise InputError("stop must be a list of non-empty strings", "stop")
+    options = tuple(SamplingOptions.check(t, top_k, top_p) for t in temperatures for _ in range(n))
+    vocab = backend.vocab
+    ids = vocab.encode(vocab.default_seed_text if seed_text is None else seed_text, on_unknown)
+    return Request(ids, options, seed, length, tuple(stop), mode)
+
+
+class TextDecoder:
+    """One stream's text as its drawn ids arrive: `length` characters at most, cut before the first
+    stop string; the last characters are held back while they could be the start of a stop string
+    that the next ids complete. `finish_reason` becomes "stop" or "length" when the stream is done."""
+
+    def __init__(self, codes: np.ndarray, length: int, stop: Sequence[str]):
+        self.codes, self.length, self.stop = codes, length, list(stop)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.text, self.sent, self.drawn = "", 0, 0
+        self.finish_reason: str | None = None if length else "length"
+
+    def feed(self, ids: np.ndarray) -> str:
+        """The text that is now certain, from ids drawn after the previous ones ("" once done)."""
+        if self.finish_reason:
+            return ""
+        ids = ids[: self.length - self.drawn]
+        self.drawn += len(ids)
+        searched = max(len(self.text) - self.hold, 0)
+        self.text += np.ascontiguousarray(self.codes[ids]).tobytes().decode("utf-32-le")
+        cuts = [i for i in (self.text.find(s, searched) for s in self.stop) if i >= 0]
+        if cuts:
+            self.text, self.finish_reason = self.text[: min(cuts)], "stop"
+        elif self.drawn == self.length:
+            self.finish_reason = "length"
+        end = len(self.text) if self.finish_reason else len(self.text) - self.hold
+        piece = self.text[self.sent : max(end, self.sent)]
+        self.sent = max(end, self.sent)
+        return piece
+
+
+@dataclass(eq=False)
+class Stream:
+    """One stream of a request in an engine: `owner` is the caller's (the server's job)."""
+
+    request: Request
+    index: int  # in its request
+    rng: np.random.Generator
+    decoder: TextDecoder
+    owner: object = field(default=None, repr=False)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.decoder.finish_reason
+
+    @property
+    def left(self) -> int:
+        """Characters still to draw, at most (a stop string may end it sooner)."""
+        return self.decoder.length - self.decoder.drawn
+
+
+class Engine:
+    """A batch of streams of one backend, in one mode. Not thread-safe: one owner steps it."""
+
+    def __init__(self, backend: Backend, mode: str | None = None):
+        self.backend, self.mode = backend, check_mode(mode, backend.modes)
+        self.streams: list[Stream] = []  # stream i is row i of self.rows
+        self.rows = backend.empty(self.mode)
+        self.codes = np.array([ord(c) for c in backend.vocab.chars], dtype=np.uint32)
+        self._primed: OrderedDict[bytes, Rows] = OrderedDict()  # prompt -> its row after reading it
+
+    def add(self, requests: Sequence[Request], owners: Sequence[object] | None = None) -> list[list[Stream]]:
+        """Start every request's streams on its prompt and add them to the batch: each request's streams,
+        in order. A prompt read recently is not read again (an LSTM's state after a prompt is all it
+        needs: PRIMED_CACHE of them are kept); the others are read together. A request with length 0 gets
+        streams that are already finished and never join the batch."""
+        owners = list(owners) if owners is not None else [None] * len(requests)
+        for request in requests:
+            if request.mode != self.mode:
+                raise InputError(f"this engine runs {self.mode} streams, not {request.mode}", "mode")
+        unread = list({r.ids.tobytes(): r.ids for r in requests if r.length and r.ids.tobytes()
+                       not in self._primed}.values())
+        if unread:
+            started = self.backend.start(unread, self.mode)
+            for i, ids in enumerate(unread):
+                self._primed[ids.tobytes()] = started.take(slice(i, i + 1))
+        added, parts = [], [self.rows]
+        for request, owner in zip(requests, owners, strict=True):
+            rngs = stream_generators(request.seed, request.streams)
+            streams = [Stream(request, i, rng, TextDecoder(self.codes, request.length, request.stop), owner)
+                       for i, rng in enumerate(rngs)]
+            added.append(streams)
+            if request.length:
+                key = request.ids.tobytes()
+                self._primed.move_to_end(key)
+                parts.append(self._primed[key].repeat(request.streams))
+                self.streams += streams
+        while len(self._primed) > PRIMED_CACHE:
+            self._primed.popitem(last=False)
+        if len(parts) > 1:
+            self.rows = Rows.concat(parts)
+        return added
+
+    def step(self, k: int, streams: Sequence[Stream] | None = None) -> list[tuple[Stream, str]]:
+        """Draw k characters for `streams` (default: every one in the batch) in one model call: (stream,
+        new text) for each stream that has new text or has finished. Finished streams leave the batch.
+        If the model call raises, nothing has changed but the streams' uniform numbers (drop them)."""
+        chosen = self.streams if streams is None else list(streams)
+        every = len(chosen) == len(self.streams) and all(
+            a is b for a, b in zip(chosen, self.streams, strict=True))
+        if every:
+            rows = self.rows
+        else:
+            row_of = {id(s): i for i, s in enumerate(self.streams)}
+            index = np.array([row_of[id(s)] for s in chosen], np.int64)
+            rows = self.rows.take(index)
+        drawn, after = self.backend.step(rows, uniforms([s.rng for s in chosen], k, self.backend.vocab.size),
+                                         [s.request.options[s.index] for s in chosen])
+        if every:
+            self.rows = after
+        else:
+            self.rows.put(index, after)
+        events = []
+        for b, stream in enumerate(chosen):
+            piece = stream.decoder.feed(drawn[:, b])
+            if piece or stream.finish_reason:
+                events.append((stream, piece))
+        if any(s.finish_reason for s, _ in events):
+            self._keep([s.finish_reason is None for s in self.streams])
+        return events
+
+    def drop(self, streams: Sequence[Stream]) -> None:
+        """Take streams out of the batch (a client that went away, a failed model call)."""
+        gone = {id(s) for s in streams}
+        self._keep([id(s) not in gone for s in self.streams])
+
+    def _keep(self, keep: list[bool]) -> None:
+        if not all(keep):
+            self.streams = [s for s, k in zip(self.streams, keep, strict=True) if k]
+            self.rows = self.rows.take(np.array(keep, bool))
+
+    def log_probs(self, ids: np.ndarray, first: int,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """log p of ids[first:], each given the characters before it (in this engine's mode)."""
+        return self.backend.log_probs(ids, self.mode, first, progress)
+
+
+def draws(backend: Backend, prompt: np.ndarray, options: Sequence[SamplingOptions], uniforms: np.ndarray,
+          mode: str) -> np.ndarray:
+    """Ids [k, B] that B streams draw after `prompt` from the given uniform numbers [B, k, V]: what checks
+    of the draw (the graph's against numpy's, JavaScript's against Python's) compare."""
+    return backend.step(backend.start([prompt], mode).repeat(len(options)), uniforms, options)[0]

@@ -1,0 +1,153 @@
+"""The completions API's forms: the request as a pydantic model (validation, and the OpenAPI document at
+/openapi.json), the answers as typed dicts (plain dicts when sent: no cost per streamed chunk).
+
+Field names and defaults are OpenAI's (llama.cpp's server, vLLM and TGI speak the same); `top_k` and
+`on_unknown` are charsdk's. A field sent as null takes its default, as OpenAI's API does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
+
+from .errors import APIError
+
+MAX_STOP = 16  # stop strings per request
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+    include_usage: bool = Field(False, description="true or false")
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions. Each description is also what an error says the field must be."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(None, description="a served model's id (GET /v1/models; default: the first)")
+    prompt: str | list[str] = Field(description="a string or a non-empty list of strings")
+    max_tokens: int = Field(16, ge=0, description="an integer >= 0: characters to generate per choice")
+    n: int = Field(1, ge=1, description="an integer >= 1: choices per prompt")
+    temperature: float = Field(1.0, description="a number >= 0 (0 = greedy)")
+    top_p: float = Field(1.0, description="a number in (0, 1] (1 = no limit)")
+    top_k: int = Field(0, description="an integer >= 0 (0 = no limit)")
+    seed: int | None = Field(None, description="an integer >= 0: the same seed gives the same text")
+    stop: str | list[str] = Field([], description="a string or a list of strings that end a choice")
+    stream: bool = Field(False, description="true or false: server-sent events as the text is produced")
+    echo: bool = Field(False, description="true or false: the prompt before each choice's text")
+    on_unknown: Literal["error", "skip"] = Field("error", description='"error" or "skip": prompt characters '
+                                                                     "the model does not know")
+    stream_options: StreamOptions = Field(StreamOptions(), description="an object")
+    # taken only at their neutral values (not supported yet)
+    logprobs: Literal[None] = Field(None, description="null (not supported by this server)")
+    suffix: Literal[None] = Field(None, description="null (not supported by this server)")
+    best_of: Literal[1] = Field(1, description="1 (not supported by this server)")
+    logit_bias: Literal[None] = Field(None, description="null (not supported by this server)")
+    presence_penalty: Literal[0] = Field(0, description="0 (not supported by this server)")
+    frequency_penalty: Literal[0] = Field(0, description="0 (not supported by this server)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def nulls_are_defaults(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+def parse_request(body: Any) -> CompletionRequest:
+    """The request, or an APIError (400) naming the first field that is wrong and what it must be."""
+    try:
+        request = CompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise field_error(exc.errors()[0]) from None
+    if isinstance(request.prompt, list) and not request.prompt:
+        raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
+    if isinstance(request.stop, list) and len(request.stop) > MAX_STOP:
+        raise APIError(400, f"stop has {len(request.stop)} strings; this server takes at most {MAX_STOP}",
+                       "stop")
+    return request
+
+
+def field_error(error: dict) -> APIError:
+    if not error["loc"]:
+        return APIError(400, "the body must be a JSON object")
+    name = str(error["loc"][0])
+    field = CompletionRequest.model_fields.get(name)
+    if error["type"] == "missing":
+        return APIError(400, f"{name} is required ({field.description})", name)
+    if name == "stream_options" and len(error["loc"]) > 1:  # stream_options.include_usage
+        inner = str(error["loc"][1])
+        return APIError(400, f"{inner} must be {StreamOptions.model_fields[inner].description}, got "
+                             f"{shown(error['input'])}", inner)
+    if name in ("logprobs", "suffix", "best_of", "logit_bias", "presence_penalty", "frequency_penalty"):
+        return APIError(400, f"{name} is not supported by this server", name)
+    return APIError(400, f"{name} must be {field.description}, got {shown(error['input'])}", name)
+
+
+def shown(value: Any) -> str:
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
+
+
+class Usage(TypedDict):
+    prompt_tokens: int  # characters of the prompts, once per choice
+    completion_tokens: int  # characters generated
+    total_tokens: int
+
+
+class Choice(TypedDict):
+    text: str
+    index: int
+    logprobs: None
+    finish_reason: Literal["stop", "length"] | None  # None in a streamed chunk while the choice goes on
+
+
+class Completion(TypedDict, total=False):
+    """An answer, or (stream=true) one server-sent event of it; `usage` ends a non-streamed answer."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ErrorBody(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorAnswer(TypedDict):
+    error: ErrorBody
+
+
+def openapi(version: str) -> dict:
+    """The OpenAPI document of POST /v1/completions, from the forms above."""
+    request = CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    answer = TypeAdapter(Completion).json_schema(ref_template="#/components/schemas/{model}")
+    error = TypeAdapter(ErrorAnswer).json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**request.pop("$defs", {}), **answer.pop("$defs", {}), **error.pop("$defs", {}),
+               "CompletionRequest": request, "Completion": answer, "ErrorAnswer": error}
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Completion"}}}
+    errors = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "charsdk completions API", "version": version},
+        "paths": {"/v1/completions": {"post": {
+            "summary": "Continue a prompt (stream=true: text/event-stream of Completion chunks, then [DONE])",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}}},
+            "responses": {"200": {"description": "the completion", "content": json_body},
+                          **{code: {"description": what, "content": errors} for code, what in (
+                              ("400", "a field that is wrong, named in param"), ("401", "no valid API key"),
+                              ("404", "no such model"), ("429", "too many requests waiting"),
+                              ("503", "busy or shutting down; see Retry-After"))}}}}},
+        "components": {"schemas": schemas},
+    }
