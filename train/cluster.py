@@ -20,6 +20,38 @@ import sys
 import time
 from pathlib import Path
 
+from .arguments import parse_args
+
+
+def lost_worker(exc: Exception) -> bool:
+    """Whether a collective operation of a cluster failed (a worker is gone): TensorFlow's OpError."""
+    if cluster()[1] == 1 or "tensorflow" not in sys.modules:
+        return False
+    import tensorflow as tf
+
+    return isinstance(exc, tf.errors.OpError)
+
+
+def cluster() -> tuple[int, int]:
+    """(this worker's index, number of workers) from TF_CONFIG; (0, 1) without one."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster_spec, task = config.get("cluster", {}), config.get("task", {})
+    workers = len(cluster_spec.get("worker", [])) + len(cluster_spec.get("chief", []))
+    index = task.get("index", 0) + (1 if task.get("type") == "worker" and "chief" in cluster_spec else 0)
+    return index, max(workers, 1)
+
+
+def distribution_strategy():
+    from . import import_tensorflow
+
+    tf = import_tensorflow()
+
+    if cluster()[1] > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
 
 def free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
@@ -57,8 +89,6 @@ def main(argv=None) -> int:
     if args.workers < 1:
         print(f"cluster: error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
-    from .fit import parse_args
-
     fit = parse_args(fit_args)
     out = Path(fit.artifacts) / fit.name
     out.mkdir(parents=True, exist_ok=True)

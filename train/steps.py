@@ -1,0 +1,146 @@
+"""The TensorFlow functions a training run is made of: one optimisation step, the held-out scorers, the
+cluster's vote, and the per-epoch samples. TensorFlow is imported when a function is built, not when
+this module is, so that `python -m train.fit --help` answers at once."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import Recipe
+from .corpus import Corpus
+
+HOLDOUT_BATCH = 256  # held-out windows per replica and call
+HOLDOUT_LANES = 16  # carry_state: the held-out text as this many lanes, each read from a zero state
+
+
+def make_vote(strategy):
+    """A function summing a flag over every replica of the cluster."""
+    import tensorflow as tf
+
+    @tf.function
+    def votes(flag):
+        return strategy.reduce("SUM", strategy.run(tf.identity, args=(flag,)), axis=None)
+    return votes
+
+
+def make_train_step(model, forward, strategy, recipe: Recipe):
+    """One optimisation step on a distributed batch (ids) from the carried states (carry_state; else
+    none); returns the batch's mean loss and the states after it.
+
+    Each replica one-hot encodes its share, averages its loss over the global batch
+    (tf.nn.compute_average_loss), and the Keras optimizer, built under the strategy, sums the replicas'
+    gradients and applies them (clipped per replica, as its clipnorm does)."""
+    import keras
+    import tensorflow as tf
+
+    vocab_size = model.input_shape[-1]
+
+    def replica_step(x, y, *states):
+        with tf.GradientTape() as tape:
+            probs, states = forward(tf.one_hot(x, vocab_size), states, training=True)
+            per_window = keras.losses.sparse_categorical_crossentropy(y, probs)
+            if recipe.loss_at == "all":
+                per_window = tf.reduce_mean(per_window, axis=1)
+            loss = tf.nn.compute_average_loss(per_window, global_batch_size=recipe.batch_size)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return loss, tuple(states)
+
+    @tf.function
+    def train_step(x, y, *states):
+        loss, states = strategy.run(replica_step, args=(x, y, *states))
+        return strategy.reduce("SUM", loss, axis=None), states
+
+    return train_step
+
+
+def make_holdout_scorer(model, strategy, corpus: Corpus, starts: np.ndarray, maxlen: int):
+    """Mean negative log-likelihood (nats) of the character after each of the fixed held-out windows,
+    the windows shared out between the replicas (padded with zero-weight windows to equal calls)."""
+    import tensorflow as tf
+
+    from .data import cut
+
+    replicas, vocab_size = strategy.num_replicas_in_sync, model.input_shape[-1]
+    per_call = HOLDOUT_BATCH * replicas
+    padded = np.resize(starts, math.ceil(len(starts) / per_call) * per_call)
+    weights = (np.arange(len(padded)) < len(starts)).astype(np.float32)
+
+    def replica_nats(x, y, w):
+        probs = model(tf.one_hot(x, vocab_size), training=False)
+        if len(probs.shape) == 3:  # loss_at="all": the distribution after the whole window
+            probs = probs[:, -1]
+        picked = tf.gather(probs, y, batch_dims=1)
+        return tf.reduce_sum(-tf.math.log(tf.maximum(picked, 1e-30)) * w)
+
+    @tf.function
+    def call_nats(x, y, w):
+        return strategy.reduce("SUM", strategy.run(replica_nats, args=(x, y, w)), axis=None)
+
+    def score() -> float:
+        total = 0.0
+        for lo in range(0, len(padded), per_call):
+            def replica_share(context, lo=lo):
+                part = slice(lo + context.replica_id_in_sync_group * HOLDOUT_BATCH,
+                             lo + (context.replica_id_in_sync_group + 1) * HOLDOUT_BATCH)
+                x, y = cut(corpus, padded[part], maxlen, holdout=True)
+                return tf.constant(x), tf.constant(y), tf.constant(weights[part])
+            total += float(call_nats(*strategy.experimental_distribute_values_from_function(replica_share)))
+        return total / len(starts)
+
+    return score
+
+
+def carried_state_sizes(recipe: Recipe) -> list[int]:
+    """The width of each state carry_state carries, in the order h0, c0, h1, c1, ..."""
+    return [units for units in recipe.units for _ in ("h", "c")]
+
+
+def make_stateful_holdout_scorer(forward, corpus: Corpus, recipe: Recipe):
+    """Mean negative log-likelihood (nats) of the held-out text read as stateful generation reads
+    (carry_state): HOLDOUT_LANES contiguous lanes, maxlen characters a call, the states carried."""
+    import tensorflow as tf
+
+    from .data import cut
+
+    lane = len(corpus.holdout_ids) // HOLDOUT_LANES
+    calls = (lane - 1) // recipe.maxlen
+    vocab_size = len(corpus.chars)
+
+    @tf.function
+    def call_nats(x, y, *states):
+        probs, states = forward(tf.one_hot(x, vocab_size), states, training=False)
+        picked = tf.gather(tf.cast(probs, tf.float32), y, batch_dims=2)
+        return tf.reduce_sum(-tf.math.log(tf.maximum(picked, 1e-30))), states
+
+    def score() -> float:
+        states = [tf.zeros((HOLDOUT_LANES, u)) for u in carried_state_sizes(recipe)]
+        total = 0.0
+        for i in range(calls):
+            x, y = cut(corpus, np.arange(HOLDOUT_LANES) * lane + i * recipe.maxlen, recipe.maxlen, "all",
+                       holdout=True)
+            nats, states = call_nats(tf.constant(x), tf.constant(y), *states)
+            total += float(nats)
+        return total / (HOLDOUT_LANES * calls * recipe.maxlen)
+
+    return score
+
+
+def sample_text(step_fn, states, seed_ids, vocab_size, temperature, length, rng) -> list[int]:
+    """The book's per-epoch sample, but one LSTM step per character with the state carried."""
+    from charsdk.sampling import SamplingOptions, sample
+
+    options = SamplingOptions(temperature)
+    state = [np.zeros((1, s.size), np.float32) for s in states]
+    x = np.eye(vocab_size, dtype=np.float32)[np.asarray(seed_ids, dtype=np.int64)][None]
+    out = []
+    for _ in range(length):
+        result = step_fn(x, *state)
+        state = [result[s.output] for s in states]
+        index = sample(result["probs"].numpy()[0], options, rng)
+        out.append(index)
+        x = np.zeros((1, 1, vocab_size), np.float32)
+        x[0, 0, index] = 1.0
+    return out
