@@ -74,15 +74,15 @@ ship: $(RUNTIME_VENV)/.installed
 # default model (tables printed, JSON written beside each run's log).
 bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m bench.generation --model nietzsche-book --run $(ARTIFACTS)/book \
-		--out $(ARTIFACTS)/book/bench.json
-	$(DEV_VENV)/bin/python -m bench.generation --model nietzsche --out $(ARTIFACTS)/nietzsche/bench.json
+		--out $(ARTIFACTS)/bench/nietzsche-book.json
+	$(DEV_VENV)/bin/python -m bench.generation --model nietzsche --out $(ARTIFACTS)/bench/nietzsche.json
 	$(MAKE) bench-serve
 
 # charsdk serve under load on 127.0.0.1: 1-256 streaming clients, overload, a soak of SOAK seconds.
 SOAK ?= 300
 bench-serve: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m bench.bench_serve --model nietzsche --soak $(SOAK) \
-		--out $(ARTIFACTS)/nietzsche/bench-serve.json
+		--out $(ARTIFACTS)/bench/nietzsche-serve.json
 
 # Training cost as the corpus grows (the Nietzsche text, repeated to 100 MB and 1 GB) and on 2 workers.
 bench-train: $(DEV_VENV)/.installed
@@ -100,9 +100,9 @@ baselines: $(DEV_VENV)/.installed
 		--out $(ARTIFACTS)/baselines-$(basename $(notdir $(CORPUS))).json,$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 
 # Held-out bits/char against training time for the runs named in PLOT_RUNS, from their log.json.
-PLOT_RUNS ?= book book60 nietzsche-v1 default-loop nietzsche
+PLOT_RUNS ?= book runs/book60 runs/nietzsche-v1 runs/default-loop runs/nietzsche-default
 plot: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m bench.plot $(PLOT_RUNS) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/holdout.png
+	$(DEV_VENV)/bin/python -m bench.plot $(PLOT_RUNS) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/plots/holdout.png
 
 lint: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check charsdk train bench tests

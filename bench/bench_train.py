@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sizes-mb", default="100,1000", help="sizes the base text is repeated to")
     p.add_argument("--work", default="artifacts/bench-train", help="where texts and runs go")
-    p.add_argument("--out", default="artifacts/bench-train.json")
+    p.add_argument("--out", default="artifacts/bench/train.json")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

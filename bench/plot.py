@@ -1,6 +1,7 @@
 """`make plot`: held-out bits/char against training time, one line per training log.
 
-Reads artifacts/<name>/log.json for each name given and writes a PNG (default artifacts/holdout.png).
+Reads artifacts/<name>/log.json for each name given (e.g. book, runs/book60) and writes a PNG (default
+artifacts/plots/holdout.png).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__)
     p.add_argument("names", nargs="+", help="runs under artifacts/ to plot")
     p.add_argument("--artifacts", default="artifacts")
-    p.add_argument("--out", default="artifacts/holdout.png")
+    p.add_argument("--out", default="artifacts/plots/holdout.png")
     p.add_argument("--ymax", type=float, help="top of the bits/char axis, to look closely at the best "
                                               "figures (e.g. 2.0; default: the whole curves)")
     p.add_argument("--baselines", default="artifacts/baselines.json",
@@ -43,8 +44,9 @@ def main(argv=None) -> int:
         minutes = [m for m, _ in start] + [e["wall_s"] / 60 for e in log["epochs"]]
         bits = [b for _, b in start] + [e["val_bits_per_char"] for e in log["epochs"]]
         best = min(bits)
+        label = f"{Path(name).name} (recipe {log['recipe_name']}): best {best:.3f}"
         lines.append((best, *ax.plot(minutes, bits, marker="o", markersize=3, color=colours[i % len(colours)],
-                                     label=f"{name} (recipe {log['recipe_name']}): best {best:.3f}")))
+                                     label=label)))
     if len(lines) > 1:  # the best run stands out among many
         min(lines, key=lambda line: line[0])[1].set(linewidth=3, zorder=3)
     baselines = json.loads(Path(args.baselines).read_text()) if Path(args.baselines).exists() else None

@@ -50,6 +50,7 @@ def training_summary(log: dict, model, corpus, model_dir: Path) -> dict:
     """vocab.json's `training`: how the exported model was trained, from the run's log."""
     best = log["epochs"][log["best_epoch"] - 1]
     training = {
+        "run": model_dir.name,  # artifacts/<run>/: its log.json tells how the model was trained
         "recipe_name": log["recipe_name"],
         "recipe": log["recipe"],
         "corpus_sha256": corpus.sha256,
