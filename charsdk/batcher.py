@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -157,7 +156,6 @@ class Batcher:
         ending = [left for left in lefts if left < k]
         if ending and min(ending) >= k // 2:  # end the chunk where a stream ends: no steps drawn for naught
             k = min(ending)
-        start = time.perf_counter()
         try:
             stepped = self.engine.step(k, running)
         except Exception as exc:
@@ -166,7 +164,7 @@ class Batcher:
                 job.emit_error(f"the model failed on this request: {exc}")
             self.engine.drop([s for s in self.engine.streams if s.owner in failed])
             return
-        self._row_step_s = (time.perf_counter() - start) / (k * len(running))
+        self._row_step_s = self.engine.call_s / (k * len(running))
         if self.on_chunk:
             self.on_chunk(len(running))
         events: dict[Job, list[Event]] = {}

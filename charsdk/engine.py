@@ -10,6 +10,7 @@ alone, beside others, or chunked differently.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ class Engine:
         self.rows = backend.empty(self.mode)
         self.codes = np.array([ord(c) for c in backend.vocab.chars], dtype=np.uint32)
         self._primed: OrderedDict[bytes, Rows] = OrderedDict()  # prompt -> its row after reading it
+        self.call_s = 0.0  # seconds the last step's model call took (what sizes a batcher's next chunk)
 
     def add(self, requests: Sequence[Request], owners: Sequence[object] | None = None) -> list[list[Stream]]:
         """Start every request's streams on its prompt and add them to the batch: each request's streams,
@@ -237,8 +239,10 @@ class Engine:
             row_of = {id(s): i for i, s in enumerate(self.streams)}
             index = np.array([row_of[id(s)] for s in chosen], np.int64)
             rows = self.rows.take(index)
-        drawn, after = self.backend.step(rows, uniforms([s.rng for s in chosen], k, self.backend.vocab.size),
-                                         [s.request.options[s.index] for s in chosen])
+        numbers = uniforms([s.rng for s in chosen], k, self.backend.vocab.size)
+        started = time.perf_counter()
+        drawn, after = self.backend.step(rows, numbers, [s.request.options[s.index] for s in chosen])
+        self.call_s = time.perf_counter() - started
         if every:
             self.rows = after
         else:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from charsdk import Generator, InputError
-from tests.conftest import ApiServer, make_text
+from tests.conftest import ROOT, ApiServer, make_text
 from train import export
 from train.keras_onnx import keras
 
@@ -163,6 +163,15 @@ def test_models_and_corpora_that_do_not_fit_each_get_one_line_and_nothing_is_wri
         assert code == 2 and len(lines) == 1 and lines[0].startswith("export: error:"), (model_file, out.err)
         assert message in lines[0], lines[0]
         assert not (tmp_path / "artifacts" / "mine").exists()
+    # as users run it (python -m train.export, as make export KERAS= does): one line, no traceback
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "train.export", "--keras", str(tmp_path / "book.keras"),
+                          "--corpus", str(other), "--name", "mine", "--artifacts", str(tmp_path / "a")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "no better than guessing" in lines[0], run.stderr
 
 
 def test_one_keras_model_as_window_model_and_as_charsdk_s_graph_draws_the_same_seeded_text(
