@@ -19,12 +19,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engine import Engine, Request, Stream
+from .engine import CharScore, Engine, Request, Stream
 from .generator import Generator
 
 MAX_CHUNK = 256  # characters per call at most, whatever the speed
 MAX_UNREAD = 4  # chunks emitted to a request and not yet taken by it: beyond, its streams pause
-Event = tuple[int, str, str | None]  # (stream index in its request, new text, finish reason or None)
+# (stream index in its request, new text, finish reason or None, the new text's scores: logprobs asked)
+Event = tuple[int, str, str | None, list[CharScore]]
 
 
 @dataclass(eq=False)
@@ -147,7 +148,7 @@ class Batcher:
                     job.emit_error(f"the model failed on this request: {exc}")
         for streams in added:
             if streams and streams[0].finish_reason:  # nothing to draw (max_tokens 0)
-                streams[0].owner.send([(s.index, "", s.finish_reason) for s in streams])
+                streams[0].owner.send([(s.index, "", s.finish_reason, []) for s in streams])
 
     def _chunk(self, running: list[Stream]) -> None:
         """One model call for the streams that are not paused, then each request's new text."""
@@ -168,8 +169,8 @@ class Batcher:
         if self.on_chunk:
             self.on_chunk(len(running))
         events: dict[Job, list[Event]] = {}
-        for stream, piece in stepped:
-            events.setdefault(stream.owner, []).append((stream.index, piece, stream.finish_reason))
+        for stream, piece, scores in stepped:
+            events.setdefault(stream.owner, []).append((stream.index, piece, stream.finish_reason, scores))
         for job, job_events in events.items():
             job.send(job_events)
 

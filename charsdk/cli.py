@@ -14,7 +14,7 @@ import typer
 
 from . import __version__
 from .errors import CharsdkError, InputError
-from .generator import Generator
+from .generator import Generator, Sample
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Generate text with a character-level LSTM exported to ONNX.")
@@ -31,7 +31,8 @@ PROVIDERS = typer.Option(None, "--provider",
 # The Python API's argument names, as this command line spells them.
 FLAGS = {"n": "--samples", "length": "--length", "seed": "--seed", "seed_text": "--seed-text",
          "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "stop": "--stop",
-         "mode": "--mode", "on_unknown": "--on-unknown", "threads": "--threads", "providers": "--provider"}
+         "mode": "--mode", "on_unknown": "--on-unknown", "threads": "--threads", "providers": "--provider",
+         "logprobs": "--logprobs"}
 
 
 REMOVED_IN = "0.3"  # the release that drops the deprecated spellings below
@@ -109,6 +110,9 @@ def gen(
     provider: list[str] = PROVIDERS,
     echo: bool = typer.Option(True, "--echo/--no-echo",
                               help="Print the seed text before each sample (--no-echo: only new text)."),
+    logprobs: int | None = typer.Option(None, "--logprobs",
+                                        help="After each sample, a line per character: its log-probability "
+                                             "and the N likeliest characters at its place (0 to 20)."),
 ):
     """Generate text to stdout; a single sample is printed as it is produced."""
     if seed_text_short is not None:
@@ -119,18 +123,35 @@ def gen(
         options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode,
                        on_unknown=on_unknown)
         shown = (generator.vocab.default_seed_text if seed_text is None else seed_text) if echo else ""
-        if len(temperature) == 1 and samples == 1:
+        if logprobs is not None:
+            samples_out = generator.generate(seed_text, length, temperature, n=samples, logprobs=logprobs,
+                                             **options)
+            texts = [samples_out] if isinstance(samples_out, Sample) else samples_out
+        elif len(temperature) == 1 and samples == 1:
             chars = generator.stream(seed_text, length, temperature[0], **options)
             _write(shown)
             for char in chars:
                 _write(char)
             _write("\n")
             return
-        texts = generator.generate(seed_text, length, temperature, n=samples, **options)
+        else:
+            texts = generator.generate(seed_text, length, temperature, n=samples, **options)
     except CharsdkError as exc:
         _fail(exc)
     for i, text in enumerate(texts):
-        _write(f"--- temperature {temperature[i // samples]}, sample {i % samples + 1}\n{shown}{text}\n")
+        header = f"--- temperature {temperature[i // samples]}, sample {i % samples + 1}\n"
+        _write(f"{header}{shown}{text.text if isinstance(text, Sample) else text}\n")
+        if isinstance(text, Sample):
+            _write(score_table(text))
+
+
+def score_table(sample: Sample) -> str:
+    """A line per character: the character, its log-probability, and its likeliest alternatives."""
+    def shown(char: str) -> str:
+        return json.dumps(char, ensure_ascii=False)
+    lines = [f"{shown(s.char):>6} {s.logprob:8.4f}  " + "  ".join(f"{shown(c)} {p:.4f}" for c, p in s.top)
+             for s in sample.scores]
+    return "".join(line.rstrip() + "\n" for line in lines)
 
 
 @app.command("eval")

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -28,6 +28,7 @@ FIRST_CHUNK = 16  # characters in the first model call: the first ones show quic
 CHUNK = 1024  # at most per call after that (each call 4x the one before): ~75 µs of overhead per call
 UNIFORMS_PER_CALL = 1 << 21  # 8 MB of float32 per call, whatever n is (n=4096 would need 240 MB)
 PRIMED_CACHE = 1024  # prompts whose rows after reading them an engine keeps (least recently used dropped)
+MAX_LOGPROBS = 20  # alternatives per character at most (OpenAI's completions API allows 0 to 5; vLLM 20)
 
 
 class Backend(Protocol):
@@ -42,13 +43,21 @@ class Backend(Protocol):
     def empty(self, mode: str) -> Rows:
         """No rows: an engine's batch before any stream joins."""
 
-    def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions]) -> tuple[
-            np.ndarray, Rows]:
-        """Draw uniforms.shape[1] characters per row (uniforms [B, k, V]): ids [k, B] and the rows after."""
+    def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
+             scored: bool = False) -> tuple[np.ndarray, Rows, np.ndarray | None]:
+        """Draw uniforms.shape[1] characters per row (uniforms [B, k, V]): ids [k, B], the rows after, and
+        (`scored`) the log-probabilities [k, B, V] each drawn character was drawn from (else None)."""
 
     def log_probs(self, ids: np.ndarray, mode: str, first: int,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """log p (natural) of ids[first:], each given the characters before it."""
+
+    def next_log_probs(self, rows: Rows) -> np.ndarray:
+        """log p [B, V] of each row's next character."""
+
+    def log_distributions(self, ids: np.ndarray, mode: str, first: int) -> np.ndarray:
+        """The log-probabilities [len(ids) - first, V] of the character at each position from `first` on,
+        given the ones before it (a prompt's: its size is bounded)."""
 
 
 def chunk_sizes(length: int, streams: int = 1, vocab_size: int = 1) -> Iterator[int]:
@@ -87,6 +96,7 @@ class Request:
     length: int  # characters to draw per stream, at most
     stop: tuple[str, ...]
     mode: str
+    logprobs: int | None = None  # None: no scores; N: each drawn character's score and the N likeliest
 
     @property
     def streams(self) -> int:
@@ -108,7 +118,7 @@ def check_mode(mode: str | None, modes: Sequence[str]) -> str:
 def make_request(backend: Backend, seed_text: str | None = None, length: int = 400,
                  temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
                  top_p: float = 1.0, stop: str | Sequence[str] = (), seed: int | None = None,
-                 mode: str | None = None, on_unknown: str = "error") -> Request:
+                 mode: str | None = None, on_unknown: str = "error", logprobs: int | None = None) -> Request:
     """Every argument checked (InputError naming the argument), as `Generator.generate` documents them:
     n streams per temperature."""
     if not is_integer(length) or length < 0:
@@ -127,10 +137,13 @@ def make_request(backend: Backend, seed_text: str | None = None, length: int = 4
     stop = [stop] if isinstance(stop, str) else list(stop or ())
     if any(not isinstance(s, str) or not s for s in stop):
         raise InputError("stop must be a list of non-empty strings", "stop")
+    if logprobs is not None and (not is_integer(logprobs) or not 0 <= logprobs <= MAX_LOGPROBS):
+        raise InputError(f"logprobs must be an integer from 0 to {MAX_LOGPROBS} (or None for no scores), got "
+                         f"{logprobs!r}", "logprobs")
     options = tuple(SamplingOptions.check(t, top_k, top_p) for t in temperatures for _ in range(n))
     vocab = backend.vocab
     ids = vocab.encode(vocab.default_seed_text if seed_text is None else seed_text, on_unknown)
-    return Request(ids, options, seed, length, tuple(stop), mode)
+    return Request(ids, options, seed, length, tuple(stop), mode, logprobs)
 
 
 class TextDecoder:
@@ -163,6 +176,32 @@ class TextDecoder:
         return piece
 
 
+class CharScore(NamedTuple):
+    """A character with its log-probability (natural log, under the model's own distribution: before
+    temperature, top-k and top-p) and the likeliest characters at its place, most likely first."""
+
+    char: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+def char_scores(vocab: Vocab, ids: np.ndarray, log_p: np.ndarray, top: int) -> list[CharScore]:
+    """CharScore of each id [T] under its log-probabilities [T, V], with the `top` likeliest characters."""
+    chosen = log_p[np.arange(len(ids)), ids]
+    ranked = np.argsort(-log_p, axis=1, kind="stable")[:, :top]
+    chars = vocab.chars
+    return [CharScore(chars[i], float(p), tuple((chars[j], float(row[j])) for j in best))
+            for i, p, best, row in zip(ids, chosen, ranked, log_p, strict=True)]
+
+
+class Piece(NamedTuple):
+    """A stream's new text from one step, and (logprobs asked) each of its characters' scores."""
+
+    stream: Stream
+    text: str
+    scores: list[CharScore]
+
+
 @dataclass(eq=False)
 class Stream:
     """One stream of a request in an engine: `owner` is the caller's (the server's job)."""
@@ -172,6 +211,7 @@ class Stream:
     rng: np.random.Generator
     decoder: TextDecoder
     owner: object = field(default=None, repr=False)
+    scores: list[CharScore] = field(default_factory=list, repr=False)  # one per character drawn (logprobs)
 
     @property
     def finish_reason(self) -> str | None:
@@ -226,10 +266,10 @@ class Engine:
             self.rows = Rows.concat(parts)
         return added
 
-    def step(self, k: int, streams: Sequence[Stream] | None = None) -> list[tuple[Stream, str]]:
-        """Draw k characters for `streams` (default: every one in the batch) in one model call: (stream,
-        new text) for each stream that has new text or has finished. Finished streams leave the batch.
-        If the model call raises, nothing has changed but the streams' uniform numbers (drop them)."""
+    def step(self, k: int, streams: Sequence[Stream] | None = None) -> list[Piece]:
+        """Draw k characters for `streams` (default: every one in the batch) in one model call: a Piece for
+        each stream that has new text or has finished. Finished streams leave the batch. If the model call
+        raises, nothing has changed but the streams' uniform numbers (drop them)."""
         chosen = self.streams if streams is None else list(streams)
         every = len(chosen) == len(self.streams) and all(
             a is b for a, b in zip(chosen, self.streams, strict=True))
@@ -241,7 +281,9 @@ class Engine:
             rows = self.rows.take(index)
         numbers = uniforms([s.rng for s in chosen], k, self.backend.vocab.size)
         started = time.perf_counter()
-        drawn, after = self.backend.step(rows, numbers, [s.request.options[s.index] for s in chosen])
+        scored = any(s.request.logprobs is not None for s in chosen)
+        drawn, after, log_p = self.backend.step(rows, numbers, [s.request.options[s.index] for s in chosen],
+                                                scored)
         self.call_s = time.perf_counter() - started
         if every:
             self.rows = after
@@ -249,10 +291,15 @@ class Engine:
             self.rows.put(index, after)
         events = []
         for b, stream in enumerate(chosen):
+            sent = stream.decoder.sent
+            if stream.request.logprobs is not None:
+                kept = drawn[: stream.left, b]
+                stream.scores += char_scores(self.backend.vocab, kept, log_p[: len(kept), b],
+                                             stream.request.logprobs)
             piece = stream.decoder.feed(drawn[:, b])
             if piece or stream.finish_reason:
-                events.append((stream, piece))
-        if any(s.finish_reason for s, _ in events):
+                events.append(Piece(stream, piece, stream.scores[sent : sent + len(piece)]))
+        if any(e.stream.finish_reason for e in events):
             self._keep([s.finish_reason is None for s in self.streams])
         return events
 
@@ -270,6 +317,17 @@ class Engine:
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """log p of ids[first:], each given the characters before it (in this engine's mode)."""
         return self.backend.log_probs(ids, self.mode, first, progress)
+
+    def prompt_scores(self, ids: np.ndarray, top: int) -> list[CharScore]:
+        """The CharScore of each character of a prompt after its first (which nothing predicts)."""
+        if len(ids) < 2:
+            return []
+        log_p = self.backend.log_distributions(ids, self.mode, 1)
+        return char_scores(self.backend.vocab, ids[1:], log_p, top)
+
+    def next_log_probs(self, ids: np.ndarray) -> np.ndarray:
+        """log p [V] of the next character after `ids` (read from the start, in this engine's mode)."""
+        return self.backend.next_log_probs(self.backend.start([ids], self.mode))[0]
 
 
 def draws(backend: Backend, prompt: np.ndarray, options: Sequence[SamplingOptions], uniforms: np.ndarray,

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .engine import Backend, Engine, Request, chunk_sizes, make_request
+from .engine import Backend, CharScore, Engine, Piece, Request, chunk_sizes, make_request
 from .errors import InputError, ModelError
 from .graph_backend import GraphBackend
+from .sampling import is_integer
 from .session import check_session_arguments, open_session
 from .vocab import Vocab
 from .window_backend import WindowBackend
@@ -43,6 +45,15 @@ def model_dir(path: str | os.PathLike | None) -> Path:
         raise ModelError(f"model directory {path} does not exist: pass a directory that holds "
                          "vocab.json and the ONNX file it names")
     return path
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A generated text with its characters' scores: what `generate(..., logprobs=N)` returns."""
+
+    text: str
+    scores: list[CharScore]  # one per character of text
+    finish_reason: str  # "length" or "stop"
 
 
 class Generator:
@@ -73,31 +84,36 @@ class Generator:
         """A checked request (the arguments of `generate`): what the engine and the server's batchers run."""
         return make_request(self.backend, seed_text, length, temperature, **options)
 
-    def texts(self, request: Request) -> Iterator[list[str]]:
-        """Every stream's new text, chunk by chunk (one model call per chunk), until all have finished."""
+    def pieces(self, request: Request) -> Iterator[list[Piece]]:
+        """Every stream's new text (and scores), chunk by chunk (one model call per chunk), until all have
+        finished: what generate and stream return, from one engine."""
         engine = Engine(self.backend, request.mode)
         (streams,) = engine.add([request])
         for k in chunk_sizes(request.length, request.streams, self.vocab.size):
-            pieces = dict(engine.step(k))
-            yield [pieces.get(s, "") for s in streams]
+            stepped = {piece.stream: piece for piece in engine.step(k)}
+            yield [stepped.get(s) or Piece(s, "", []) for s in streams]
             if not engine.streams:
                 return
 
     def stream(self, seed_text: str | None = None, length: int = 400, temperature: float = 0.5,
                *, top_k: int = 0, top_p: float = 1.0, stop: str | Sequence[str] = (),
-               seed: int | None = None, mode: str | None = None,
-               on_unknown: str = "error") -> Iterator[str]:
-        """The generated characters, one by one as they are produced (see `generate`)."""
+               seed: int | None = None, mode: str | None = None, on_unknown: str = "error",
+               logprobs: int | None = None) -> Iterator[str] | Iterator[CharScore]:
+        """The generated characters, one by one as they are produced (see `generate`); with `logprobs`,
+        each as a CharScore (the character, its log-probability, the `logprobs` likeliest)."""
         if not np.isscalar(temperature):
             raise InputError("temperature must be a number (stream gives one sample)", "temperature")
         request = self.request(seed_text, length, temperature, top_k=top_k, top_p=top_p, stop=stop,
-                               seed=seed, mode=mode, on_unknown=on_unknown)
-        return (char for (piece,) in self.texts(request) for char in piece)
+                               seed=seed, mode=mode, on_unknown=on_unknown, logprobs=logprobs)
+        if logprobs is None:
+            return (char for (piece,) in self.pieces(request) for char in piece.text)
+        return (score for (piece,) in self.pieces(request) for score in piece.scores)
 
     def generate(self, seed_text: str | None = None, length: int = 400,
                  temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
                  top_p: float = 1.0, stop: str | Sequence[str] = (), seed: int | None = None,
-                 mode: str | None = None, on_unknown: str = "error") -> str | list[str]:
+                 mode: str | None = None, on_unknown: str = "error",
+                 logprobs: int | None = None) -> str | list[str] | Sample | list[Sample]:
         """The `length` characters that follow `seed_text` (None: the model's stored seed).
 
         temperature: 0 is greedy; a list gives `n` samples per temperature. n > 1 or a list of
@@ -108,13 +124,39 @@ class Generator:
         mode: "stateful" carries the LSTM state (one step per character); "window" predicts each
         character from the last `maxlen` characters and a zero state, as the model was trained. None:
         the model's default (stateful; a window model runs in window mode only).
+        logprobs: None (default) returns text; 0 to 20 returns Sample objects: the text, each character's
+        log-probability under the model and the `logprobs` likeliest characters at its place, and why it
+        ended ("length" or "stop").
         """
         request = self.request(seed_text, length, temperature, n=n, top_k=top_k, top_p=top_p, stop=stop,
-                               seed=seed, mode=mode, on_unknown=on_unknown)
-        texts = [""] * request.streams
-        for pieces in self.texts(request):
-            texts = [t + p for t, p in zip(texts, pieces, strict=True)]
+                               seed=seed, mode=mode, on_unknown=on_unknown, logprobs=logprobs)
+        texts, scores = [""] * request.streams, [[] for _ in range(request.streams)]
+        streams = []
+        for pieces in self.pieces(request):
+            texts = [t + p.text for t, p in zip(texts, pieces, strict=True)]
+            for kept, piece in zip(scores, pieces, strict=True):
+                kept += piece.scores
+            streams = [p.stream for p in pieces]
+        if logprobs is not None:
+            finishes = [s.finish_reason for s in streams] or ["length"] * request.streams
+            texts = [Sample(t, s, f) for t, s, f in zip(texts, scores, finishes, strict=True)]
         return texts[0] if np.isscalar(temperature) and n == 1 else texts
+
+    def prompt_scores(self, request: Request) -> list[CharScore]:
+        """The score of each character of a request's prompt after the first, with its `logprobs`
+        likeliest: what evaluate scores, per character (an echoed prompt's log-probabilities)."""
+        return Engine(self.backend, request.mode).prompt_scores(request.ids, request.logprobs or 0)
+
+    def predict(self, text: str = "", top_k: int = 0, mode: str | None = None,
+                on_unknown: str = "error") -> dict[str, float]:
+        """The distribution of the character after `text`: {character: probability}, most likely first;
+        `top_k` > 0 keeps the k likeliest (ml5.js charRNN's predict)."""
+        if not is_integer(top_k) or top_k < 0:
+            raise InputError(f"top_k must be an integer >= 0 (0 = every character), got {top_k!r}", "top_k")
+        engine = Engine(self.backend, mode)
+        probs = np.exp(engine.next_log_probs(self.vocab.encode(text, on_unknown)))
+        ranked = np.argsort(-probs, kind="stable")[: top_k or None]
+        return {self.vocab.chars[i]: float(probs[i]) for i in ranked}
 
     def evaluate(self, text: str, mode: str | None = None, on_unknown: str = "error",
                  progress: Callable[[int, int], None] | None = None) -> dict:

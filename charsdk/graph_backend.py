@@ -124,47 +124,70 @@ class GraphBackend:
         logits, state, _, _ = self.run(seeds, self.zero_state(count * maxlen), window=maxlen)
         return self._rows(logits, state, mode, seeds.shape[1])
 
-    def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions]) -> tuple[
-            np.ndarray, Rows]:
+    def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
+             scored: bool = False) -> tuple[np.ndarray, Rows, np.ndarray | None]:
         if "read" not in rows.arrays:
-            logits, state, drawn, _ = self.run(np.zeros((len(rows), 0), np.int64),
-                                               {k: rows[k] for k in self.state_names}, rows["logits"],
+            state = {k: rows[k] for k in self.state_names}
+            logits, after, drawn, _ = self.run(np.zeros((len(rows), 0), np.int64), state, rows["logits"],
                                                uniforms, options)
-            return drawn, Rows({"logits": logits, **state})
+            return drawn, Rows({"logits": logits, **after}), self._drawn_from(rows, state, drawn, 0, 0) \
+                if scored else None
         reads = rows["read"]
         if (reads == reads[0]).all():
-            return self._step_window(rows, uniforms, options)
-        drawn, after = np.empty((uniforms.shape[1], len(rows)), np.int64), rows.take(slice(None))
+            return self._step_window(rows, uniforms, options, scored)
+        k = uniforms.shape[1]
+        drawn, after = np.empty((k, len(rows)), np.int64), rows.take(slice(None))
+        log_p = np.empty((k, len(rows), self.vocab.size)) if scored else None
         for read in np.unique(reads):
             index = np.flatnonzero(reads == read)
-            part_drawn, part = self._step_window(rows.take(index), uniforms[index],
-                                                 [options[i] for i in index])
+            part_drawn, part, part_log_p = self._step_window(rows.take(index), uniforms[index],
+                                                             [options[i] for i in index], scored)
             drawn[:, index] = part_drawn
             after.put(index, part)
-        return drawn, after
+            if scored:
+                log_p[:, index] = part_log_p
+        return drawn, after, log_p
 
-    def _step_window(self, rows: Rows, uniforms: np.ndarray, options) -> tuple[np.ndarray, Rows]:
+    def _step_window(self, rows: Rows, uniforms: np.ndarray, options, scored: bool):
         """Window streams that have all read the same count of characters: one call."""
         maxlen, read = self.vocab.maxlen, int(rows["read"][0])
         state = {k: rows[k].reshape(len(rows) * maxlen, -1) for k in self.state_names}
-        logits, state, drawn, _ = self.run(np.zeros((len(rows), 0), np.int64), state, rows["logits"],
+        logits, after, drawn, _ = self.run(np.zeros((len(rows), 0), np.int64), state, rows["logits"],
                                            uniforms, options, maxlen, read)
-        return drawn, self._rows(logits, state, "window", read + uniforms.shape[1])
+        log_p = self._drawn_from(rows, state, drawn, maxlen, read) if scored else None
+        return drawn, self._rows(logits, after, "window", read + uniforms.shape[1]), log_p
 
-    def log_probs(self, ids: np.ndarray, mode: str, first: int,
-                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Read SCORE_CHUNK characters per call, keeping the logits after each."""
+    def _drawn_from(self, rows: Rows, state, drawn: np.ndarray, window: int, read: int) -> np.ndarray:
+        """The log-probabilities [k, B, V] each drawn character was drawn from: the rows' own logits for the
+        first, then those after reading the drawn ones again from the same state (one more call, made only
+        when a request asks for scores)."""
+        _, _, _, after = self.run(drawn[:-1].T, state, rows["logits"], window=window, start=read)
+        return log_softmax(np.concatenate([rows["logits"][None], after]))
+
+    def next_log_probs(self, rows: Rows) -> np.ndarray:
+        return log_softmax(rows["logits"])
+
+    def _read(self, ids: np.ndarray, mode: str, progress: Callable[[int, int], None] | None):
+        """(positions, log-probabilities [n, V]) of the characters at those positions given the ones before,
+        SCORE_CHUNK characters read per call (the logits after character t score character t + 1)."""
         window = self.vocab.maxlen if mode == "window" else 0
-        state = self.zero_state(window or 1)
-        out, read = np.empty(max(len(ids) - first, 0)), 0
-        while read < len(ids) - 1:  # the logits after character t score character t + 1
+        state, read = self.zero_state(window or 1), 0
+        while read < len(ids) - 1:
             chunk = ids[read : min(read + SCORE_CHUNK, len(ids) - 1)]
             _, state, _, logits = self.run(chunk[None], state, window=window, start=read)
-            targets = np.arange(read + 1, read + 1 + len(chunk))
-            scored = targets >= first
-            out[targets[scored] - first] = log_softmax(logits[scored, 0])[
-                np.arange(scored.sum()), ids[targets[scored]]]
+            yield np.arange(read + 1, read + 1 + len(chunk)), log_softmax(logits[:, 0])
             read += len(chunk)
             if progress:
                 progress(read + 1, len(ids))
+
+    def log_probs(self, ids: np.ndarray, mode: str, first: int,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        out = np.empty(max(len(ids) - first, 0))
+        for targets, log_p in self._read(ids, mode, progress):
+            scored = targets >= first
+            out[targets[scored] - first] = log_p[scored, ids[targets[scored]]]
         return out
+
+    def log_distributions(self, ids: np.ndarray, mode: str, first: int) -> np.ndarray:
+        parts = [log_p[targets >= first] for targets, log_p in self._read(ids, mode, None)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.vocab.size))

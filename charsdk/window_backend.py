@@ -81,28 +81,48 @@ class WindowBackend:
             row[maxlen - len(seed):] = seed
         return Rows({"window": windows})
 
-    def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions]) -> tuple[
-            np.ndarray, Rows]:
+    def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
+             scored: bool = False) -> tuple[np.ndarray, Rows, np.ndarray | None]:
         """Per character, one call for every stream's window, then the draw."""
-        windows = rows["window"]
-        drawn = np.empty((uniforms.shape[1], len(rows)), np.int64)
-        for step in range(uniforms.shape[1]):
-            drawn[step] = draw_rows(self.distributions(windows), uniforms[:, step], options)
+        windows, k = rows["window"], uniforms.shape[1]
+        drawn = np.empty((k, len(rows)), np.int64)
+        log_p = np.empty((k, len(rows), self.vocab.size)) if scored else None
+        for step in range(k):
+            probs = self.distributions(windows)
+            drawn[step] = draw_rows(probs, uniforms[:, step], options)
+            if scored:
+                log_p[step] = log(probs)
             windows = np.concatenate([windows[:, 1:], drawn[step][:, None]], axis=1)
-        return drawn, Rows({"window": windows})
+        return drawn, Rows({"window": windows}), log_p
 
-    def log_probs(self, ids: np.ndarray, mode: str, first: int,
-                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Each character from the `maxlen` before it (fewer near the start), SCORE_WINDOWS per call."""
+    def next_log_probs(self, rows: Rows) -> np.ndarray:
+        return log(self.distributions(rows["window"]))
+
+    def _read(self, ids: np.ndarray, first: int, progress: Callable[[int, int], None] | None):
+        """(positions, log-probabilities [n, V]) from `first` on: each character from the `maxlen` before it
+        (fewer near the start), SCORE_WINDOWS per call."""
         maxlen = self.vocab.maxlen
         padded = np.concatenate([np.full(maxlen, NO_CHAR, np.int64), ids])
-        out = np.empty(max(len(ids) - first, 0))
         for start in range(first, len(ids), SCORE_WINDOWS):
             targets = np.arange(start, min(start + SCORE_WINDOWS, len(ids)))
             windows = padded[targets[:, None] + np.arange(maxlen)]  # padded[t + j] is ids[t + j - maxlen]
-            with np.errstate(divide="ignore"):
-                out[targets - first] = np.log(self.distributions(windows)[np.arange(len(targets)),
-                                                                           ids[targets]])
+            yield targets, log(self.distributions(windows))
             if progress:
                 progress(int(targets[-1]) + 1, len(ids))
+
+    def log_probs(self, ids: np.ndarray, mode: str, first: int,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        out = np.empty(max(len(ids) - first, 0))
+        for targets, log_p in self._read(ids, first, progress):
+            out[targets - first] = log_p[np.arange(len(targets)), ids[targets]]
         return out
+
+    def log_distributions(self, ids: np.ndarray, mode: str, first: int) -> np.ndarray:
+        parts = [log_p for _, log_p in self._read(ids, first, None)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.vocab.size))
+
+
+def log(probs: np.ndarray) -> np.ndarray:
+    """Natural log of probabilities, -inf for 0 without a warning."""
+    with np.errstate(divide="ignore"):
+        return np.log(probs)

@@ -27,7 +27,7 @@ class Reader:
         self.job: Job | None = None
 
     def emit(self, events):
-        for index, text, finish in events:
+        for index, text, finish, _ in events:
             self.texts[index] += text
             self.finished[index] = finish
         if all(self.finished):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -178,3 +179,17 @@ def test_a_model_warning_is_one_line_on_stderr(tmp_path, monkeypatch):
     assert result.exit_code == 0 and len(result.stdout) >= 20
     warning = [line for line in result.stderr.splitlines() if line]
     assert len(warning) == 1 and warning[0].startswith(f"charsdk: warning: {old}: this int8 export predates")
+
+
+def test_gen_shows_each_character_s_log_probability_and_its_alternatives():
+    result = runner.invoke(app, ["gen", "--seed-text", "the ", "-l", "30", "--seed", "1", "--logprobs", "2"])
+    sample = Generator.load().generate("the ", 30, seed=1, logprobs=2)
+    header, body = result.stdout.split("\n", 1)
+    assert result.exit_code == 0 and header.startswith("--- ") and body.startswith(f"the {sample.text}\n")
+    table = body[len(f"the {sample.text}\n"):].splitlines()
+    for line, score in zip(table, sample.scores, strict=True):
+        char, logprob, top = re.fullmatch(r'\s*("(?:[^"\\]|\\.)*") +(\S+)  (.*)', line).groups()
+        assert json.loads(char) == score.char and float(logprob) == pytest.approx(score.logprob, abs=1e-4)
+        assert len(re.findall(r'"(?:[^"\\]|\\.)*" -?\d', top)) == 2
+    refused = runner.invoke(app, ["gen", "--logprobs", "30"])
+    assert refused.exit_code == 2 and "--logprobs must be an integer from 0 to 20" in refused.stderr

@@ -122,6 +122,11 @@ def test_a_window_model_samples_with_the_shared_rules_for_any_n(book_text, tmp_p
         "the ", length=40, temperature=0)
     result = generator.evaluate(text[-2000:])
     assert result["mode"] == "window" and result["bits_per_char"] < np.log2(generator.vocab.size)
+    scored = generator.generate("the ", length=40, temperature=0.7, seed=9, logprobs=2)  # window backend's
+    assert scored.text == generator.generate("the ", length=40, temperature=0.7, seed=9)
+    read = generator.prompt_scores(generator.request("the " + scored.text, logprobs=0))[len("the ") - 1 :]
+    assert [s.logprob for s in scored.scores] == pytest.approx([s.logprob for s in read], abs=1e-5)
+    assert sum(generator.predict("the ").values()) == pytest.approx(1)
     server = ApiServer("--model", str(tmp_path / "gru"))  # the same engine: the same text
     try:
         answer = server.post({"prompt": ["the ", "we "], "max_tokens": 40, "temperature": 0.8, "n": 2,

@@ -15,7 +15,7 @@ def generator():
 
 def run_to_end(engine, texts, k=7):
     while engine.streams:
-        for stream, piece in engine.step(k):
+        for stream, piece, _ in engine.step(k):
             texts[id(stream)] = texts.get(id(stream), "") + piece
 
 
@@ -27,12 +27,12 @@ def test_streams_that_join_a_running_batch_get_generate_s_text(generator, mode):
     (early,) = engine.add([first])
     texts = {}
     for _ in range(3):  # the first streams are 3 chunks ahead when the next ones join
-        for stream, piece in engine.step(13):
+        for stream, piece, _ in engine.step(13):
             texts[id(stream)] = texts.get(id(stream), "") + piece
     late = generator.request("what is noble? ", 120, 0.6, seed=2, top_k=5, mode=mode)
     (joined,) = engine.add([late])
     for _ in range(10):  # past maxlen characters read: window mode's windows have wrapped
-        for stream, piece in engine.step(7):
+        for stream, piece, _ in engine.step(7):
             texts[id(stream)] = texts.get(id(stream), "") + piece
     alone = Engine(generator.backend, mode)
     alone.add([late])
@@ -50,7 +50,7 @@ def test_stepping_some_streams_leaves_the_others_where_they_were(generator):
     a, b = engine.add([generator.request("the ", 60, 1.0, seed=3), generator.request("we ", 60, 1.0, seed=4)])
     texts = {}
     for _ in range(4):
-        for stream, piece in engine.step(5, a):  # b waits (a paused reader, in the server)
+        for stream, piece, _ in engine.step(5, a):  # b waits (a paused reader, in the server)
             texts[id(stream)] = texts.get(id(stream), "") + piece
     assert id(b[0]) not in texts and b[0].left == 60
     run_to_end(engine, texts)
@@ -62,7 +62,7 @@ def test_a_dropped_stream_leaves_and_the_others_go_on(generator):
     engine = Engine(generator.backend)
     (streams,) = engine.add([generator.request("the ", 80, 0.9, n=3, seed=5)])
     texts = {}
-    for stream, piece in engine.step(10):
+    for stream, piece, _ in engine.step(10):
         texts[id(stream)] = piece
     engine.drop([streams[1]])
     assert engine.streams == [streams[0], streams[2]] and len(engine.rows) == 2

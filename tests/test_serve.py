@@ -101,7 +101,10 @@ def test_32_concurrent_seeded_requests_equal_their_sequential_results(server, ge
     ({"max_tokens": 3}, "prompt"),
     ({"prompt": "x" * 20_001}, "prompt"),
     ({"prompt": "the ", "on_unknown": "ignore"}, "on_unknown"),
-    ({"prompt": "the ", "logprobs": 2}, "logprobs"),
+    ({"prompt": "the ", "logprobs": 21}, "logprobs"),
+    ({"prompt": [1, 9999]}, "prompt"),
+    ({"prompt": [[1, 2], ["a"]]}, "prompt"),
+    ({"prompt": "the ", "best_of": 2}, "best_of"),
     ("{not json", None),
     ("[1, 2]", None),
 ])

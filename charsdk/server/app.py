@@ -25,14 +25,14 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..batcher import Batchers
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..generator import Generator
 from .admission import Limits, Slots
 from .bridge import EventStream, Run
-from .completion import check_completion, read_json
+from .completion import api_spelling, check_completion, read_json, served_model, text_of
 from .errors import APIError
 from .metrics import Metrics
-from .schema import openapi
+from .schema import DetokenizeRequest, TokenizeRequest, openapi, parse
 
 
 class Service:
@@ -77,6 +77,34 @@ class Service:
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi(__version__))
 
+    async def body(self, request: Request):
+        return await read_json(request, self.body_limit, self.limits.request_timeout_s)
+
+    async def tokenizer_info(self, request: Request) -> Response:
+        """vLLM's GET /tokenizer_info, which lm-evaluation-harness reads: a character is a token. A character
+        model has no end-of-text token; the newline stands for it (what a harness puts before a rolling
+        window's first character and stops generation at), or null where the model has no newline."""
+        name = served_model(self.models, request.query_params.get("model"))
+        vocab = self.models[name].vocab
+        newline = "\n" if "\n" in vocab.chars else None
+        return JSONResponse({"model": name, "tokenizer_class": "charsdk.Vocab", "vocab_size": vocab.size,
+                             "tokens": list(vocab.chars), "eos_token": newline, "bos_token": None,
+                             "pad_token": None, "lowercase": vocab.lowercase, "max_model_len": None})
+
+    async def tokenize(self, request: Request) -> Response:
+        form = parse(TokenizeRequest, await self.body(request))
+        name = served_model(self.models, form.model)
+        try:
+            ids = self.models[name].vocab.encode(form.prompt, form.on_unknown)
+        except InputError as exc:
+            raise APIError(400, api_spelling(exc), "prompt") from None
+        return JSONResponse({"tokens": ids.tolist(), "count": len(ids), "max_model_len": None})
+
+    async def detokenize(self, request: Request) -> Response:
+        form = parse(DetokenizeRequest, await self.body(request))
+        generator = self.models[served_model(self.models, form.model)]
+        return JSONResponse({"prompt": text_of(generator, form.tokens, "tokens")})
+
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
             {"id": name, "object": "model", "created": self.created, "owned_by": "charsdk",
@@ -89,8 +117,7 @@ class Service:
             self.metrics.refused.labels("503").inc()
             raise APIError(503, "the server is shutting down: retry on another replica",
                            kind="server_shutting_down", retry_after=self.limits.retry_after_s)
-        body = await read_json(request, self.body_limit, self.limits.request_timeout_s)
-        completion = check_completion(body, self.models, self.limits)
+        completion = check_completion(await self.body(request), self.models, self.limits)
         try:
             await self.slots.acquire(completion.streams)
         except APIError as exc:
@@ -99,8 +126,8 @@ class Service:
             raise
         head = {"id": f"cmpl-{next(self.ids)}", "object": "text_completion", "created": int(time.time()),
                 "model": completion.model}
-        run = Run(completion, self.batchers[completion.model], request, head, self.metrics,
-                  lambda: self.slots.release(completion.streams), started)
+        run = Run(completion, self.models[completion.model], self.batchers[completion.model], request, head,
+                  self.metrics, lambda: self.slots.release(completion.streams), started)
         if completion.stream:
             return EventStream(run.sse(), run.end)
         return await run.whole()
@@ -139,6 +166,9 @@ def create_app(generators: Generator | Sequence[Generator], limits: Limits = Lim
         routes=[Route("/health", service.health), Route("/metrics", service.metrics.endpoint),
                 Route("/v1/models", service.list_models), Route("/openapi.json", service.openapi),
                 Route("/v1/completions", service.completions, methods=["POST"]),
+                Route("/tokenizer_info", service.tokenizer_info), Route("/tokenize", service.tokenize,
+                                                                        methods=["POST"]),
+                Route("/detokenize", service.detokenize, methods=["POST"]),
                 *playground_routes(service)],
         middleware=middleware,
         exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},

@@ -14,10 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..batcher import Batchers, Job
+from ..engine import CharScore
+from ..generator import Generator
 from .completion import Completion
 from .errors import APIError
 from .metrics import Metrics
-from .schema import Choice
+from .schema import Choice, Logprobs
 from .schema import Completion as CompletionAnswer
 
 _GONE = object()  # put in a request's event queue when its client disconnects
@@ -34,17 +36,36 @@ def event(data: dict) -> bytes:
 DONE = ServerSentEvent("[DONE]", sep="\n").encode()
 
 
-def choice(index: int, text: str, finish: str | None) -> Choice:
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+LOGPROB_FLOOR = -9999.0  # what -inf is sent as (JSON has no infinity), as vLLM sends it
+
+
+def choice(index: int, text: str, finish: str | None, logprobs: Logprobs | None = None) -> Choice:
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
+
+
+def logprobs_of(scores: list[CharScore], offset: int, first_unscored: str | None = None) -> Logprobs:
+    """OpenAI's logprobs of characters that start at `offset` in the choice's text; an echoed prompt's
+    first character (`first_unscored`), which nothing predicts, with nulls."""
+    head = [] if first_unscored is None else [first_unscored]
+    nulls = [None] * len(head)
+    return {"tokens": head + [s.char for s in scores],
+            "token_logprobs": nulls + [max(s.logprob, LOGPROB_FLOOR) for s in scores],
+            "top_logprobs": nulls + [{c: max(p, LOGPROB_FLOOR) for c, p in s.top} for s in scores],
+            "text_offset": list(range(offset, offset + len(head) + len(scores)))}
+
+
+def joined(a: Logprobs, b: Logprobs) -> Logprobs:
+    return {key: a[key] + b[key] for key in a}
 
 
 class Run:
     """One completion's streams in the batches: their text as it arrives, and one end however the request
     ends (its streams leave the batch; `on_end` frees its slots)."""
 
-    def __init__(self, completion: Completion, batchers: Batchers, request: Request, head: dict,
-                 metrics: Metrics, on_end: Callable[[], None], started: float):
+    def __init__(self, completion: Completion, generator: Generator, batchers: Batchers, request: Request,
+                 head: dict, metrics: Metrics, on_end: Callable[[], None], started: float):
         self.completion, self.streams, self.metrics = completion, completion.streams, metrics
+        self.generator, self.echoed = generator, None
         self.head, self.on_end, self.started, self.first_sent = head, on_end, started, False
         self.per_prompt = self.streams // len(completion.prompts)
         self.prompt_chars = sum(len(p) for p in completion.prompts) * self.per_prompt
@@ -62,7 +83,7 @@ class Run:
         def emit(batch):
             with contextlib.suppress(RuntimeError):  # the event loop has gone (shutdown)
                 loop.call_soon_threadsafe(self.events.put_nowait,
-                                          (job_index, [(base + i, t, f) for i, t, f in batch]))
+                                          (job_index, [(base + i, t, f, s) for i, t, f, s in batch]))
         return emit
 
     def _error_emitter(self, loop):
@@ -76,13 +97,13 @@ class Run:
             pass
         self.events.put_nowait(_GONE)
 
-    async def next_events(self) -> list[tuple[int, str, str | None]]:
-        """Every (choice index, new text, finish reason) that has arrived, merged per choice: a
+    async def next_events(self) -> list[tuple[int, str, str | None, list[CharScore]]]:
+        """Every (choice index, new text, finish reason, its scores) that has arrived, merged per choice: a
         reader that fell behind sends one event for several chunks. The batcher may go on."""
         items = [await self.events.get()]
         while not self.events.empty():
             items.append(self.events.get_nowait())
-        merged: dict[int, tuple[int, str, str | None]] = {}
+        merged: dict[int, tuple[int, str, str | None, list[CharScore]]] = {}
         for item in items:
             if item is _GONE:
                 raise ClientGone
@@ -90,10 +111,10 @@ class Run:
                 raise APIError(500, item, kind="server_error")
             job_index, batch = item
             self.jobs[job_index].taken()
-            for index, text, finish in batch:
-                _, before, _ = merged.get(index, (index, "", None))
-                merged[index] = (index, before + text, finish)
-        self.count(sum(len(text) for _, text, _ in merged.values()))
+            for index, text, finish, scores in batch:
+                _, before, _, scored = merged.get(index, (index, "", None, []))
+                merged[index] = (index, before + text, finish, scored + scores)
+        self.count(sum(len(text) for _, text, _, _ in merged.values()))
         return list(merged.values())
 
     def count(self, chars: int) -> None:
@@ -118,22 +139,47 @@ class Run:
     def prompt_of(self, index: int) -> str:
         return self.completion.prompts[index // self.per_prompt]
 
+    async def echoes(self) -> list[tuple[str, Logprobs | None]]:
+        """Each choice's echoed prompt and (logprobs asked) its scores: the prompt as the model reads it,
+        each character after the first scored as `Generator.evaluate` scores it (read in a worker thread,
+        once per prompt)."""
+        if self.completion.logprobs is None:
+            return [(self.prompt_of(i), None) for i in range(self.streams)]
+        if self.echoed is None:
+            self.echoed = await asyncio.gather(*(asyncio.to_thread(self.generator.prompt_scores, r)
+                                                 for r in self.completion.requests))
+        out = []
+        for i in range(self.streams):
+            prompt = i // self.per_prompt
+            request, scores = self.completion.requests[prompt], self.echoed[prompt]
+            text = self.generator.vocab.decode(request.ids)
+            out.append((text, logprobs_of(scores, 0, text[:1]) if text else logprobs_of([], 0)))
+        return out
+
+    def scored(self, scores: list[CharScore], offset: int) -> Logprobs | None:
+        return None if self.completion.logprobs is None else logprobs_of(scores, offset)
+
     async def sse(self) -> AsyncGenerator[bytes, None]:
         """The stream=true answer: a chunk event per batch of new text, then [DONE]."""
         try:
-            produced, left = 0, self.streams
+            produced, left, offsets = 0, self.streams, [0] * self.streams
             if self.completion.echo:
-                yield event({**self.head, "choices": [choice(i, self.prompt_of(i), None)
-                                                      for i in range(self.streams)]})
+                echoes = await self.echoes()
+                offsets = [len(text) for text, _ in echoes]
+                yield event({**self.head, "choices": [choice(i, text, None, scores)
+                                                      for i, (text, scores) in enumerate(echoes)]})
             while left:
                 try:
                     batch = await self.next_events()
                 except APIError as exc:
                     yield event({"error": {**exc.body()["error"], "param": None}})
                     return
-                left -= sum(1 for _, _, f in batch if f)
-                produced += sum(len(t) for _, t, _ in batch)
-                yield event({**self.head, "choices": [choice(*e) for e in batch]})
+                left -= sum(1 for _, _, f, _ in batch if f)
+                produced += sum(len(t) for _, t, _, _ in batch)
+                choices = [choice(i, t, f, self.scored(s, offsets[i])) for i, t, f, s in batch]
+                for i, t, _, _ in batch:
+                    offsets[i] += len(t)
+                yield event({**self.head, "choices": choices})
             if self.completion.include_usage:
                 yield event({**self.head, "choices": [], "usage": self.usage(produced)})
             yield DONE
@@ -143,18 +189,24 @@ class Run:
     async def whole(self) -> Response:
         """The stream=false answer: every choice's whole text in one JSON body."""
         texts, finishes, left = [""] * self.streams, [None] * self.streams, self.streams
+        scores = [[] for _ in range(self.streams)]
         try:
+            echoes = await self.echoes() if self.completion.echo else [("", None)] * self.streams
             while left:
-                for index, text, finish in await self.next_events():
+                for index, text, finish, scored in await self.next_events():
                     texts[index] += text
+                    scores[index] += scored
                     finishes[index] = finish or finishes[index]
                     left -= finish is not None
         except ClientGone:
             return Response(status_code=499)  # no one reads this
         finally:
             self.end()
-        prefix = [self.prompt_of(i) if self.completion.echo else "" for i in range(self.streams)]
-        choices = [choice(i, prefix[i] + t, f) for i, (t, f) in enumerate(zip(texts, finishes, strict=True))]
+        choices = []
+        for i, ((prefix, echoed), text, finish) in enumerate(zip(echoes, texts, finishes, strict=True)):
+            drawn = self.scored(scores[i], len(prefix))
+            logprobs = joined(echoed, drawn) if echoed and drawn else drawn
+            choices.append(choice(i, prefix + text, finish, logprobs))
         usage = self.usage(sum(map(len, texts)))
         answer: CompletionAnswer = {**self.head, "choices": choices, "usage": usage}
         return JSONResponse(answer)

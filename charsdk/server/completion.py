@@ -26,6 +26,7 @@ class Completion:
     stream: bool
     echo: bool
     include_usage: bool
+    logprobs: int | None
 
     @property
     def streams(self) -> int:
@@ -38,16 +39,42 @@ def api_spelling(exc: InputError) -> str:
             .replace("(or None for a fresh one)", "(or null for a fresh one)"))
 
 
-def check_completion(body, models: dict[str, Generator], limits: Limits) -> Completion:
-    """The request's fields, checked as the API checks them (APIError naming the field); `model` picks
-    one of `models` (default: the first)."""
-    form = parse_request(body)
-    model_id = next(iter(models)) if form.model is None else form.model
+def served_model(models: dict[str, Generator], model_id: str | None) -> str:
+    """The model a request names (None: the first served), or a 404 naming those there are."""
+    model_id = next(iter(models)) if model_id is None else model_id
     if model_id not in models:
         served = ", ".join(json.dumps(m) for m in models)
         raise APIError(404, f"model {json.dumps(model_id)[:80]} does not exist; this server serves "
                             f"{served} (GET /v1/models)", "model", code="model_not_found")
-    prompts = [form.prompt] if isinstance(form.prompt, str) else form.prompt
+    return model_id
+
+
+def text_of(generator: Generator, ids: list[int], param: str) -> str:
+    """The text of token ids (the model's character ids), or a 400 naming an id it does not have."""
+    size = generator.vocab.size
+    wrong = next((i for i in ids if not 0 <= i < size), None)
+    if wrong is not None:
+        raise APIError(400, f"{param} has the token id {wrong}; this model's ids are 0 to {size - 1}, one "
+                            "per character (POST /tokenize)", param)
+    return generator.vocab.decode(ids)
+
+
+def prompt_texts(form, generator: Generator) -> list[str]:
+    """The prompts as text: a string, strings, token ids, or lists of token ids."""
+    prompt = form.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [text_of(generator, prompt, "prompt")]
+    return [p if isinstance(p, str) else text_of(generator, p, "prompt") for p in prompt]
+
+
+def check_completion(body, models: dict[str, Generator], limits: Limits) -> Completion:
+    """The request's fields, checked as the API checks them (APIError naming the field); `model` picks
+    one of `models` (default: the first)."""
+    form = parse_request(body)
+    model_id = served_model(models, form.model)
+    prompts = prompt_texts(form, models[model_id])
     for p in prompts:
         if len(p) > limits.max_prompt_chars:
             raise APIError(400, f"prompt has {len(p):,} characters; this server takes at most "
@@ -63,11 +90,12 @@ def check_completion(body, models: dict[str, Generator], limits: Limits) -> Comp
         try:
             requests.append(models[model_id].request(
                 p, form.max_tokens, form.temperature, n=form.n, top_k=form.top_k, top_p=form.top_p,
-                stop=form.stop, seed=form.seed, on_unknown=form.on_unknown))
+                stop=form.stop, seed=form.seed, on_unknown=form.on_unknown, logprobs=form.logprobs))
         except InputError as exc:
             param = "prompt" if exc.argument in (None, "seed_text") else exc.argument
             raise APIError(400, api_spelling(exc), param) from None
-    return Completion(model_id, prompts, requests, form.stream, form.echo, form.stream_options.include_usage)
+    return Completion(model_id, prompts, requests, form.stream, form.echo, form.stream_options.include_usage,
+                      form.logprobs)
 
 
 async def read_json(request: Request, limit: int, timeout_s: float):

@@ -29,7 +29,9 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     model: str | None = Field(None, description="a served model's id (GET /v1/models; default: the first)")
-    prompt: str | list[str] = Field(description="a string or a non-empty list of strings")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a string, a non-empty list of strings, or token ids (the model's character ids: "
+                    "POST /tokenize): a list of them or a list of such lists")
     max_tokens: int = Field(16, ge=0, description="an integer >= 0: characters to generate per choice")
     n: int = Field(1, ge=1, description="an integer >= 1: choices per prompt")
     temperature: float = Field(1.0, description="a number >= 0 (0 = greedy)")
@@ -42,10 +44,13 @@ class CompletionRequest(BaseModel):
     on_unknown: Literal["error", "skip"] = Field("error", description='"error" or "skip": prompt characters '
                                                                      "the model does not know")
     stream_options: StreamOptions = Field(StreamOptions(), description="an object")
-    # taken only at their neutral values (not supported yet)
-    logprobs: Literal[None] = Field(None, description="null (not supported by this server)")
-    suffix: Literal[None] = Field(None, description="null (not supported by this server)")
-    best_of: Literal[1] = Field(1, description="1 (not supported by this server)")
+    logprobs: int | None = Field(None, ge=0, le=20, description="an integer from 0 to 20: each character's "
+                                 "log-probability and that many likeliest characters at its place")
+    user: str | None = Field(None, description="a string: accepted, not used (nothing is kept per user)")
+    # taken only at their neutral values
+    suffix: Literal[None] = Field(None, description="null: a character model continues a text, it does not "
+                                                    "fill one in")
+    best_of: Literal[1] = Field(1, description="1: draw n choices and pick with logprobs instead")
     logit_bias: Literal[None] = Field(None, description="null (not supported by this server)")
     presence_penalty: Literal[0] = Field(0, description="0 (not supported by this server)")
     frequency_penalty: Literal[0] = Field(0, description="0 (not supported by this server)")
@@ -53,15 +58,45 @@ class CompletionRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def nulls_are_defaults(cls, data: Any) -> Any:
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+        return without_nulls(data)
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's form): a character is a token, its id the model's character id."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(None, description="a served model's id (default: the first)")
+    prompt: str = Field(description="a string")
+    add_special_tokens: bool = Field(False, description="true or false (a character model has none to add)")
+    on_unknown: Literal["error", "skip"] = Field("error", description='"error" or "skip"')
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize (vLLM's form)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(None, description="a served model's id (default: the first)")
+    tokens: list[int] = Field(description="a list of the model's character ids")
+
+
+def without_nulls(data: Any) -> Any:
+    """A field sent as null takes its default, as in OpenAI's API."""
+    return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+def parse(form: type[BaseModel], body: Any) -> BaseModel:
+    """`form` from the body, or an APIError (400) naming the first field that is wrong and what it must be."""
+    try:
+        return form.model_validate(body)
+    except ValidationError as exc:
+        raise field_error(form, exc.errors()[0]) from None
 
 
 def parse_request(body: Any) -> CompletionRequest:
-    """The request, or an APIError (400) naming the first field that is wrong and what it must be."""
-    try:
-        request = CompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise field_error(exc.errors()[0]) from None
+    """The completions request, checked (APIError 400 naming the field)."""
+    request = parse(CompletionRequest, body)
     if isinstance(request.prompt, list) and not request.prompt:
         raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
     if isinstance(request.stop, list) and len(request.stop) > MAX_STOP:
@@ -70,18 +105,20 @@ def parse_request(body: Any) -> CompletionRequest:
     return request
 
 
-def field_error(error: dict) -> APIError:
+def field_error(form: type[BaseModel], error: dict) -> APIError:
     if not error["loc"]:
         return APIError(400, "the body must be a JSON object")
     name = str(error["loc"][0])
-    field = CompletionRequest.model_fields.get(name)
+    field = form.model_fields.get(name)
     if error["type"] == "missing":
         return APIError(400, f"{name} is required ({field.description})", name)
     if name == "stream_options" and len(error["loc"]) > 1:  # stream_options.include_usage
         inner = str(error["loc"][1])
         return APIError(400, f"{inner} must be {StreamOptions.model_fields[inner].description}, got "
                              f"{shown(error['input'])}", inner)
-    if name in ("logprobs", "suffix", "best_of", "logit_bias", "presence_penalty", "frequency_penalty"):
+    if name in ("suffix", "best_of"):
+        return APIError(400, f"{name} must be {field.description}", name)
+    if name in ("logit_bias", "presence_penalty", "frequency_penalty"):
         return APIError(400, f"{name} is not supported by this server", name)
     return APIError(400, f"{name} must be {field.description}, got {shown(error['input'])}", name)
 
@@ -99,10 +136,20 @@ class Usage(TypedDict):
     total_tokens: int
 
 
+class Logprobs(TypedDict):
+    """OpenAI's completions form; a character is a token. An echoed prompt's first character has null
+    scores (nothing predicts it); a log-probability of -inf (a window model's zero) is sent as -9999."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]  # where each token starts in the choice's text (an echoed prompt included)
+
+
 class Choice(TypedDict):
     text: str
     index: int
-    logprobs: None
+    logprobs: Logprobs | None  # null unless the request asked for logprobs
     finish_reason: Literal["stop", "length"] | None  # None in a streamed chunk while the choice goes on
 
 

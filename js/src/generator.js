@@ -240,6 +240,22 @@ export class Generator {
     for await (const [piece] of this.texts(this.plan(seedText, options))) yield* piece;
   }
 
+  /**
+   * The distribution of the character after `text`: [[character, probability], ...], most likely first
+   * (ml5.js charRNN's predict; Python's Generator.predict). topK > 0 keeps the k likeliest.
+   */
+  async predict(text = "", { topK = 0, mode = "stateful", onUnknown = "error" } = {}) {
+    if (!MODES.includes(mode)) throw new CharsdkError(`mode must be one of ${MODES.join(", ")}, got ${JSON.stringify(mode)}`, "mode");
+    if (!Number.isInteger(topK) || topK < 0) throw new CharsdkError(`topK must be an integer >= 0 (0 = every character), got ${topK}`, "topK");
+    const { logits } = await this.prime(this.vocab.encode(text, onUnknown), 1, mode);
+    let top = -Infinity;
+    for (const v of logits) top = Math.max(top, v);
+    const weights = Array.from(logits, v => Math.exp(v - top));
+    const total = weights.reduce((a, b) => a + b, 0);
+    const ranked = weights.map((w, i) => [i, w / total]).sort((a, b) => b[1] - a[1] || a[0] - b[0]);
+    return ranked.slice(0, topK || undefined).map(([i, p]) => [this.vocab.chars[i], p]);
+  }
+
   /** Bits per character on `text`, scoring every position with maxlen characters before it. */
   async evaluate(text, { mode = "stateful", onUnknown = "error" } = {}) {
     if (!MODES.includes(mode)) throw new CharsdkError(`mode must be one of ${MODES.join(", ")}, got ${JSON.stringify(mode)}`, "mode");

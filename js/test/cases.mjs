@@ -1,5 +1,6 @@
 // Runs generation cases and prints their texts as JSON, in Node or (imported by page.html) in a browser.
-// A case: {model, seedText, options}; errors are reported as {error, option} instead of a text.
+// A case: {model, seedText, options} (with predict: true, the next character's distribution instead of a
+// text); errors are reported as {error, option} instead of a text.
 import { Generator } from "../src/index.js";
 
 export async function runCases(cases, modelUrl) {
@@ -8,7 +9,9 @@ export async function runCases(cases, modelUrl) {
   for (const c of cases) {
     try {
       generators[c.model] ??= await Generator.load(modelUrl(c.model));
-      out.push({ text: await generators[c.model].generate(c.seedText, c.options) });
+      const generator = generators[c.model];
+      out.push(c.predict ? { predict: await generator.predict(c.seedText, c.options) }
+                         : { text: await generator.generate(c.seedText, c.options) });
     } catch (error) {
       out.push({ error: error.message, option: error.option ?? null, name: error.name });
     }
