@@ -32,7 +32,9 @@ PROVIDERS = typer.Option(None, "--provider",
 FLAGS = {"n": "--samples", "length": "--length", "seed": "--seed", "seed_text": "--seed-text",
          "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "stop": "--stop",
          "mode": "--mode", "on_unknown": "--on-unknown", "threads": "--threads", "providers": "--provider",
-         "logprobs": "--logprobs"}
+         "logprobs": "--logprobs", "logit_bias": "--logit-bias", "presence_penalty": "--presence-penalty",
+         "frequency_penalty": "--frequency-penalty", "repetition_penalty": "--repetition-penalty",
+         "repetition_window": "--repetition-window"}
 
 
 REMOVED_IN = "0.3"  # the release that drops the deprecated spellings below
@@ -110,6 +112,17 @@ def gen(
     provider: list[str] = PROVIDERS,
     echo: bool = typer.Option(True, "--echo/--no-echo",
                               help="Print the seed text before each sample (--no-echo: only new text)."),
+    logit_bias: list[str] = typer.Option([], "--logit-bias", help="CHARACTER=BIAS (or ID=BIAS): add BIAS to "
+                                         "the character's logit before each draw; -100 bans it. Repeatable."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty",
+                                           help="Lower characters already generated (OpenAI's; -2 to 2)."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty",
+                                            help="Lower characters by how often they were generated "
+                                                 "(-2 to 2)."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty",
+                                             help="Divide the logits of the recent characters (1 = off)."),
+    repetition_window: int = typer.Option(64, "--repetition-window",
+                                          help="Characters the repetition penalty looks back over."),
     logprobs: int | None = typer.Option(None, "--logprobs",
                                         help="After each sample, a line per character: its log-probability "
                                              "and the N likeliest characters at its place (0 to 20)."),
@@ -120,8 +133,10 @@ def gen(
         seed_text = seed_text if seed_text is not None else seed_text_short
     try:
         generator = _load(model, threads, provider)
-        options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode,
-                       on_unknown=on_unknown)
+        options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode, on_unknown=on_unknown,
+                       logit_bias=parse_biases(logit_bias), presence_penalty=presence_penalty,
+                       frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
+                       repetition_window=repetition_window)
         shown = (generator.vocab.default_seed_text if seed_text is None else seed_text) if echo else ""
         if logprobs is not None:
             samples_out = generator.generate(seed_text, length, temperature, n=samples, logprobs=logprobs,
@@ -143,6 +158,20 @@ def gen(
         _write(f"{header}{shown}{text.text if isinstance(text, Sample) else text}\n")
         if isinstance(text, Sample):
             _write(score_table(text))
+
+
+def parse_biases(pairs: list[str]) -> dict:
+    """--logit-bias CHARACTER=BIAS ... as {character or id: bias} (the last "=" separates: "==5" is "=")."""
+    biases = {}
+    for pair in pairs:
+        key, sep, value = pair.rpartition("=")
+        try:
+            biases[int(key) if key.isdigit() and len(key) > 1 else key] = float(value)
+        except ValueError:
+            raise InputError(f"--logit-bias takes CHARACTER=BIAS, e.g. 'e=-100', got {pair!r}") from None
+        if not sep:
+            raise InputError(f"--logit-bias takes CHARACTER=BIAS, e.g. 'e=-100', got {pair!r}")
+    return biases
 
 
 def score_table(sample: Sample) -> str:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from .controls import REPETITION_WINDOW, Controls
 from .errors import InputError
 from .rows import Rows
-from .sampling import SamplingOptions, is_integer
+from .sampling import SamplingOptions, draw_rows, is_integer, log_softmax
 from .vocab import Vocab
 
 MODES = ("stateful", "window")
@@ -54,6 +55,12 @@ class Backend(Protocol):
 
     def next_log_probs(self, rows: Rows) -> np.ndarray:
         """log p [B, V] of each row's next character."""
+
+    def next_logits(self, rows: Rows) -> np.ndarray:
+        """The logits [B, V] of each row's next character, as the model gives them (what controls change)."""
+
+    def advance(self, rows: Rows, ids: np.ndarray) -> Rows:
+        """The rows after reading one more character each (ids [B]): a controlled stream's step."""
 
     def log_distributions(self, ids: np.ndarray, mode: str, first: int) -> np.ndarray:
         """The log-probabilities [len(ids) - first, V] of the character at each position from `first` on,
@@ -97,6 +104,7 @@ class Request:
     stop: tuple[str, ...]
     mode: str
     logprobs: int | None = None  # None: no scores; N: each drawn character's score and the N likeliest
+    controls: Controls | None = None  # penalties and biases (charsdk.controls); None: none
 
     @property
     def streams(self) -> int:
@@ -118,7 +126,10 @@ def check_mode(mode: str | None, modes: Sequence[str]) -> str:
 def make_request(backend: Backend, seed_text: str | None = None, length: int = 400,
                  temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
                  top_p: float = 1.0, stop: str | Sequence[str] = (), seed: int | None = None,
-                 mode: str | None = None, on_unknown: str = "error", logprobs: int | None = None) -> Request:
+                 mode: str | None = None, on_unknown: str = "error", logprobs: int | None = None,
+                 logit_bias: Mapping | None = None, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0, repetition_penalty: float = 1.0,
+                 repetition_window: int = REPETITION_WINDOW) -> Request:
     """Every argument checked (InputError naming the argument), as `Generator.generate` documents them:
     n streams per temperature."""
     if not is_integer(length) or length < 0:
@@ -143,7 +154,11 @@ def make_request(backend: Backend, seed_text: str | None = None, length: int = 4
     options = tuple(SamplingOptions.check(t, top_k, top_p) for t in temperatures for _ in range(n))
     vocab = backend.vocab
     ids = vocab.encode(vocab.default_seed_text if seed_text is None else seed_text, on_unknown)
-    return Request(ids, options, seed, length, tuple(stop), mode, logprobs)
+    controls = Controls.check(vocab, logit_bias, presence_penalty, frequency_penalty, repetition_penalty,
+                              repetition_window)
+    if controls is not None and controls.banned is not None and controls.banned.all():
+        raise InputError("logit_bias bans every character: leave at least one above -100", "logit_bias")
+    return Request(ids, options, seed, length, tuple(stop), mode, logprobs, controls)
 
 
 class TextDecoder:
@@ -212,6 +227,14 @@ class Stream:
     decoder: TextDecoder
     owner: object = field(default=None, repr=False)
     scores: list[CharScore] = field(default_factory=list, repr=False)  # one per character drawn (logprobs)
+    counts: np.ndarray | None = field(default=None, repr=False)  # controls: each character's count, generated
+    recent: list[int] = field(default_factory=list, repr=False)  # controls: the last ids read (its window)
+
+    def drew(self, char: int) -> None:
+        """A controlled stream's bookkeeping after each character it draws."""
+        self.counts[char] += 1
+        self.recent.append(int(char))
+        del self.recent[: -self.request.controls.window]
 
     @property
     def finish_reason(self) -> str | None:
@@ -254,6 +277,10 @@ class Engine:
             rngs = stream_generators(request.seed, request.streams)
             streams = [Stream(request, i, rng, TextDecoder(self.codes, request.length, request.stop), owner)
                        for i, rng in enumerate(rngs)]
+            if request.controls:
+                for stream in streams:
+                    stream.counts = np.zeros(self.backend.vocab.size)
+                    stream.recent = request.ids[-request.controls.window:].tolist()
             added.append(streams)
             if request.length:
                 key = request.ids.tobytes()
@@ -281,9 +308,7 @@ class Engine:
             rows = self.rows.take(index)
         numbers = uniforms([s.rng for s in chosen], k, self.backend.vocab.size)
         started = time.perf_counter()
-        scored = any(s.request.logprobs is not None for s in chosen)
-        drawn, after, log_p = self.backend.step(rows, numbers, [s.request.options[s.index] for s in chosen],
-                                                scored)
+        drawn, after, log_p = self._draw(rows, numbers, chosen)
         self.call_s = time.perf_counter() - started
         if every:
             self.rows = after
@@ -302,6 +327,54 @@ class Engine:
         if any(e.stream.finish_reason for e in events):
             self._keep([s.finish_reason is None for s in self.streams])
         return events
+
+    def _draw(self, rows: Rows, numbers: np.ndarray, chosen: list[Stream]):
+        """(drawn [k, B], rows after, log-probabilities [k, B, V] or None): streams without controls drawn
+        inside the backend's call, controlled ones one character per call (`_draw_controlled`)."""
+        options = [s.request.options[s.index] for s in chosen]
+        scored = any(s.request.logprobs is not None for s in chosen)
+        controlled = [b for b, s in enumerate(chosen) if s.request.controls]
+        if not controlled:
+            return self.backend.step(rows, numbers, options, scored)
+        if len(controlled) == len(chosen):
+            return self._draw_controlled(rows, numbers, options, chosen, scored)
+        k, size = numbers.shape[1], self.backend.vocab.size
+        drawn, after = np.empty((k, len(chosen)), np.int64), rows.take(slice(None))
+        log_p = np.empty((k, len(chosen), size)) if scored else None
+        plain = [b for b, s in enumerate(chosen) if not s.request.controls]
+        for part in (plain, controlled):
+            index = np.array(part)
+            part_rows, part_numbers = rows.take(index), numbers[index]
+            part_options = [options[b] for b in part]
+            if part is plain:
+                part_drawn, part_after, part_log_p = self.backend.step(part_rows, part_numbers, part_options,
+                                                                       scored)
+            else:
+                part_drawn, part_after, part_log_p = self._draw_controlled(
+                    part_rows, part_numbers, part_options, [chosen[b] for b in part], scored)
+            drawn[:, index] = part_drawn
+            after.put(index, part_after)
+            if scored:
+                log_p[:, index] = part_log_p
+        return drawn, after, log_p
+
+    def _draw_controlled(self, rows: Rows, numbers: np.ndarray, options, streams: list[Stream], scored: bool):
+        """One character per model call: the logits, each stream's controls, the draw in numpy (the same
+        rules and uniform numbers as the graph's), then the drawn characters read."""
+        k = numbers.shape[1]
+        drawn = np.empty((k, len(streams)), np.int64)
+        log_p = np.empty((k, len(streams), self.backend.vocab.size)) if scored else None
+        for step in range(k):
+            logits = self.backend.next_logits(rows)
+            if scored:
+                log_p[step] = log_softmax(logits)
+            adjusted = np.stack([s.request.controls.apply(z, s.counts, s.recent)
+                                 for z, s in zip(logits, streams, strict=True)])
+            drawn[step] = draw_rows(np.exp(log_softmax(adjusted)), numbers[:, step], options)
+            for stream, char in zip(streams, drawn[step], strict=True):
+                stream.drew(char)
+            rows = self.backend.advance(rows, drawn[step])
+        return drawn, rows, log_p
 
     def drop(self, streams: Sequence[Stream]) -> None:
         """Take streams out of the batch (a client that went away, a failed model call)."""

@@ -8,7 +8,7 @@ Each call runs its own engine (charsdk.engine), so one Generator is safe to shar
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .controls import REPETITION_WINDOW
 from .engine import Backend, CharScore, Engine, Piece, Request, chunk_sizes, make_request
 from .errors import InputError, ModelError
 from .graph_backend import GraphBackend
@@ -98,13 +99,14 @@ class Generator:
     def stream(self, seed_text: str | None = None, length: int = 400, temperature: float = 0.5,
                *, top_k: int = 0, top_p: float = 1.0, stop: str | Sequence[str] = (),
                seed: int | None = None, mode: str | None = None, on_unknown: str = "error",
-               logprobs: int | None = None) -> Iterator[str] | Iterator[CharScore]:
+               logprobs: int | None = None, **controls) -> Iterator[str] | Iterator[CharScore]:
         """The generated characters, one by one as they are produced (see `generate`); with `logprobs`,
-        each as a CharScore (the character, its log-probability, the `logprobs` likeliest)."""
+        each as a CharScore (the character, its log-probability, the `logprobs` likeliest). `controls`: the
+        penalties and biases of `generate`."""
         if not np.isscalar(temperature):
             raise InputError("temperature must be a number (stream gives one sample)", "temperature")
         request = self.request(seed_text, length, temperature, top_k=top_k, top_p=top_p, stop=stop,
-                               seed=seed, mode=mode, on_unknown=on_unknown, logprobs=logprobs)
+                               seed=seed, mode=mode, on_unknown=on_unknown, logprobs=logprobs, **controls)
         if logprobs is None:
             return (char for (piece,) in self.pieces(request) for char in piece.text)
         return (score for (piece,) in self.pieces(request) for score in piece.scores)
@@ -112,8 +114,10 @@ class Generator:
     def generate(self, seed_text: str | None = None, length: int = 400,
                  temperature: float | Sequence[float] = 0.5, *, n: int = 1, top_k: int = 0,
                  top_p: float = 1.0, stop: str | Sequence[str] = (), seed: int | None = None,
-                 mode: str | None = None, on_unknown: str = "error",
-                 logprobs: int | None = None) -> str | list[str] | Sample | list[Sample]:
+                 mode: str | None = None, on_unknown: str = "error", logprobs: int | None = None,
+                 logit_bias: Mapping | None = None, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0, repetition_penalty: float = 1.0,
+                 repetition_window: int = REPETITION_WINDOW) -> str | list[str] | Sample | list[Sample]:
         """The `length` characters that follow `seed_text` (None: the model's stored seed).
 
         temperature: 0 is greedy; a list gives `n` samples per temperature. n > 1 or a list of
@@ -127,9 +131,16 @@ class Generator:
         logprobs: None (default) returns text; 0 to 20 returns Sample objects: the text, each character's
         log-probability under the model and the `logprobs` likeliest characters at its place, and why it
         ended ("length" or "stop").
+        logit_bias ({character or id: bias}, -100 bans), presence_penalty and frequency_penalty (OpenAI's,
+        over the generated characters), repetition_penalty over the last repetition_window characters
+        (Hugging Face's, llama.cpp's): the rules in charsdk.controls; a stream that uses any is drawn one
+        character per model call.
         """
         request = self.request(seed_text, length, temperature, n=n, top_k=top_k, top_p=top_p, stop=stop,
-                               seed=seed, mode=mode, on_unknown=on_unknown, logprobs=logprobs)
+                               seed=seed, mode=mode, on_unknown=on_unknown, logprobs=logprobs,
+                               logit_bias=logit_bias, presence_penalty=presence_penalty,
+                               frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
+                               repetition_window=repetition_window)
         texts, scores = [""] * request.streams, [[] for _ in range(request.streams)]
         streams = []
         for pieces in self.pieces(request):

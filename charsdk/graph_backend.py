@@ -167,6 +167,21 @@ class GraphBackend:
     def next_log_probs(self, rows: Rows) -> np.ndarray:
         return log_softmax(rows["logits"])
 
+    def next_logits(self, rows: Rows) -> np.ndarray:
+        return rows["logits"]
+
+    def advance(self, rows: Rows, ids: np.ndarray) -> Rows:
+        if "read" not in rows.arrays:
+            logits, state, _, _ = self.run(ids[:, None], {k: rows[k] for k in self.state_names})
+            return Rows({"logits": logits, **state})
+        maxlen, after = self.vocab.maxlen, rows.take(slice(None))
+        for read in np.unique(rows["read"]):  # one call per count of characters read (see step)
+            index = np.flatnonzero(rows["read"] == read)
+            state = {k: rows[k][index].reshape(len(index) * maxlen, -1) for k in self.state_names}
+            logits, state, _, _ = self.run(ids[index, None], state, window=maxlen, start=int(read))
+            after.put(index, self._rows(logits, state, "window", read + 1))
+        return after
+
     def _read(self, ids: np.ndarray, mode: str, progress: Callable[[int, int], None] | None):
         """(positions, log-probabilities [n, V]) of the characters at those positions given the ones before,
         SCORE_CHUNK characters read per call (the logits after character t score character t + 1)."""

@@ -98,6 +98,13 @@ class WindowBackend:
     def next_log_probs(self, rows: Rows) -> np.ndarray:
         return log(self.distributions(rows["window"]))
 
+    def next_logits(self, rows: Rows) -> np.ndarray:
+        """Log-probabilities as logits: the same distribution, whether the model outputs logits or not."""
+        return self.next_log_probs(rows)
+
+    def advance(self, rows: Rows, ids: np.ndarray) -> Rows:
+        return Rows({"window": np.concatenate([rows["window"][:, 1:], ids[:, None]], axis=1)})
+
     def _read(self, ids: np.ndarray, first: int, progress: Callable[[int, int], None] | None):
         """(positions, log-probabilities [n, V]) from `first` on: each character from the `maxlen` before it
         (fewer near the start), SCORE_WINDOWS per call."""

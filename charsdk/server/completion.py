@@ -90,7 +90,10 @@ def check_completion(body, models: dict[str, Generator], limits: Limits) -> Comp
         try:
             requests.append(models[model_id].request(
                 p, form.max_tokens, form.temperature, n=form.n, top_k=form.top_k, top_p=form.top_p,
-                stop=form.stop, seed=form.seed, on_unknown=form.on_unknown, logprobs=form.logprobs))
+                stop=form.stop, seed=form.seed, on_unknown=form.on_unknown, logprobs=form.logprobs,
+                logit_bias=form.logit_bias, presence_penalty=form.presence_penalty,
+                frequency_penalty=form.frequency_penalty, repetition_penalty=form.repetition_penalty,
+                repetition_window=form.repetition_window))
         except InputError as exc:
             param = "prompt" if exc.argument in (None, "seed_text") else exc.argument
             raise APIError(400, api_spelling(exc), param) from None

@@ -47,13 +47,17 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(None, ge=0, le=20, description="an integer from 0 to 20: each character's "
                                  "log-probability and that many likeliest characters at its place")
     user: str | None = Field(None, description="a string: accepted, not used (nothing is kept per user)")
+    logit_bias: dict[str, float] | None = Field(None, description="an object of characters (or ids, as "
+                                                "strings of two or more digits) to biases from -100 to 100")
+    presence_penalty: float = Field(0.0, description="a number from -2 to 2 (OpenAI's)")
+    frequency_penalty: float = Field(0.0, description="a number from -2 to 2 (OpenAI's)")
+    repetition_penalty: float = Field(1.0, description="a number > 0 (1 = off; Hugging Face's, llama.cpp's)")
+    repetition_window: int = Field(64, description="an integer >= 1: the characters repetition_penalty "
+                                                   "looks back over (llama.cpp's repeat_last_n)")
     # taken only at their neutral values
     suffix: Literal[None] = Field(None, description="null: a character model continues a text, it does not "
                                                     "fill one in")
     best_of: Literal[1] = Field(1, description="1: draw n choices and pick with logprobs instead")
-    logit_bias: Literal[None] = Field(None, description="null (not supported by this server)")
-    presence_penalty: Literal[0] = Field(0, description="0 (not supported by this server)")
-    frequency_penalty: Literal[0] = Field(0, description="0 (not supported by this server)")
 
     @model_validator(mode="before")
     @classmethod
@@ -118,8 +122,6 @@ def field_error(form: type[BaseModel], error: dict) -> APIError:
                              f"{shown(error['input'])}", inner)
     if name in ("suffix", "best_of"):
         return APIError(400, f"{name} must be {field.description}", name)
-    if name in ("logit_bias", "presence_penalty", "frequency_penalty"):
-        return APIError(400, f"{name} is not supported by this server", name)
     return APIError(400, f"{name} must be {field.description}, got {shown(error['input'])}", name)
 
 
