@@ -123,6 +123,16 @@ def main(argv=None) -> int:
         (f"charsdk stateful, n=256, {os.cpu_count()} threads (aggregate)",
          lambda: batched.generate(SEED_TEXT, 1000, TEMPERATURE, n=256, seed=1), 1000 * 256),
         ("charsdk eval, stateful (scoring a text)", lambda: generator.evaluate(SCORED), len(SCORED) - 60),
+        # what the scores and the controls cost, beside the rows above without them (same rounds)
+        ("charsdk stateful, logprobs=5",
+         lambda: gen(SEED_TEXT, 10000, TEMPERATURE, seed=1, logprobs=5), 10000),
+        ("charsdk stateful, frequency_penalty=0.5 (one character a call)",
+         lambda: gen(SEED_TEXT, 2000, TEMPERATURE, seed=1, frequency_penalty=0.5), 2000),
+        (f"charsdk stateful, n=256, logprobs=5, {os.cpu_count()} threads",
+         lambda: batched.generate(SEED_TEXT, 300, TEMPERATURE, n=256, seed=1, logprobs=5), 300 * 256),
+        (f"charsdk stateful, n=256, frequency_penalty=0.5, {os.cpu_count()} threads",
+         lambda: batched.generate(SEED_TEXT, 300, TEMPERATURE, n=256, seed=1, frequency_penalty=0.5),
+         300 * 256),
     ]
     rows = median_rates(jobs, r)
     book = rows[0][1] if args.run else None

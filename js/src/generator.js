@@ -3,8 +3,10 @@
 // characters, the sampling rules inside the graph), fed the same seeded uniform numbers (random.js), so a
 // seed gives the same text as Python's `Generator.generate`.
 
+import { applyControls, checkControls, REPETITION_WINDOW } from "./controls.js";
 import { webcrypto } from "./crypto.js";
 import { streamGenerators } from "./random.js";
+import { drawRow, logSoftmax } from "./sampling.js";
 import { CharsdkError, Vocab } from "./vocab.js";
 
 export const MODES = ["stateful", "window"];
@@ -179,7 +181,8 @@ export class Generator {
   // -- the public API -----------------------------------------------------------------------------
 
   plan(seedText, { length = 400, temperature = 0.5, n = 1, topK = 0, topP = 1.0, stop = [], seed = null,
-                   mode = "stateful", onUnknown = "error" } = {}) {
+                   mode = "stateful", onUnknown = "error", logprobs = null, logitBias = null, presencePenalty = 0,
+                   frequencyPenalty = 0, repetitionPenalty = 1, repetitionWindow = REPETITION_WINDOW } = {}) {
     if (!Number.isInteger(length) || length < 0) throw new CharsdkError(`length must be an integer >= 0, got ${length}`, "length");
     if (!Number.isInteger(n) || n < 1) throw new CharsdkError(`n must be an integer >= 1, got ${n}`, "n");
     if (seed !== null && (!isInteger(seed) || seed < 0)) {
@@ -194,29 +197,83 @@ export class Generator {
     const temperatures = Array.isArray(temperature) ? temperature : [temperature];
     if (!temperatures.length) throw new CharsdkError("temperature must be a number or a non-empty list of numbers", "temperature");
     const options = temperatures.flatMap(t => Array(n).fill(null).map(() => samplingOptions(t, topK, topP)));
+    if (logprobs !== null && (!Number.isInteger(logprobs) || logprobs < 0 || logprobs > 20)) {
+      throw new CharsdkError(`logprobs must be an integer from 0 to 20 (or null for no scores), got ${logprobs}`, "logprobs");
+    }
+    const controls = checkControls(this.vocab, { logitBias, presencePenalty, frequencyPenalty, repetitionPenalty,
+                                                 repetitionWindow });
     const ids = this.vocab.encode(seedText ?? this.vocab.defaultSeedText, onUnknown);
-    return { ids, options, rngs: streamGenerators(seed, options.length), length, stop, mode,
+    return { ids, options, rngs: streamGenerators(seed, options.length), length, stop, mode, logprobs, controls,
              many: Array.isArray(temperature) || n > 1 };
   }
 
-  /** The new text of every stream of a plan, chunk by chunk (one model call per chunk). */
+  /**
+   * The new text of every stream of a plan, chunk by chunk (one model call per chunk; a plan with
+   * penalties or biases, one per character, drawn here as charsdk/engine.py draws it), each piece with its
+   * characters' scores when the plan asks for logprobs: [{text, scores, finishReason}] per chunk.
+   */
   async *texts(plan) {
     if (plan.length === 0) return;
     const streams = plan.options.length, size = this.vocab.size;
     const decoders = plan.options.map(() => new TextDecoder(this.vocab.chars, plan.length, plan.stop));
+    const scores = plan.options.map(() => []);
+    const counts = plan.options.map(() => new Float64Array(size));
+    const recent = plan.options.map(() => plan.ids.slice(-(plan.controls?.window ?? 0)));
     let { logits, state, read } = await this.prime(plan.ids, streams, plan.mode);
     const window = plan.mode === "window" ? this.vocab.maxlen : 0;
     const noIds = Array.from({ length: streams }, () => []);
     for (const k of chunkSizes(plan.length, streams, size)) {
       const uniforms = new Float32Array(streams * k * size);
       plan.rngs.forEach((rng, b) => rng.fillFloat32(uniforms.subarray(b * k * size, (b + 1) * k * size)));
-      const out = await this.run(noIds, state, { logits, uniforms, draws: k, options: plan.options, window, start: read });
-      ({ logits, state } = out);
-      read += k;
-      const drawn = Array.from(out.drawn.data, Number); // [k, B]
-      yield decoders.map((d, b) => d.feed(Array.from({ length: k }, (_, j) => drawn[j * streams + b])));
+      const drawn = Array.from({ length: streams }, () => []); // [B][k]
+      const before = [];  // the logits each character was drawn from: [k][B * V]
+      if (plan.controls) {
+        for (let j = 0; j < k; j++) {
+          before.push(logits);
+          const ids = plan.options.map((option, b) => {
+            const z = applyControls(plan.controls, logits.subarray(b * size, (b + 1) * size), counts[b], recent[b]);
+            const probs = logSoftmax(z).map(Math.exp);
+            const id = drawRow(probs, uniforms.subarray((b * k + j) * size, (b * k + j + 1) * size), option);
+            counts[b][id] += 1;
+            recent[b].push(id);
+            recent[b].splice(0, recent[b].length - plan.controls.window);
+            drawn[b].push(id);
+            return id;
+          });
+          ({ logits, state } = await this.run(ids.map(id => [id]), state, { window, start: read }));
+          read += 1;
+        }
+      } else {
+        const out = await this.run(noIds, state, { logits, uniforms, draws: k, options: plan.options, window, start: read });
+        const ids = Array.from(out.drawn.data, Number); // [k, B]
+        ids.forEach((id, i) => drawn[i % streams].push(id));
+        if (plan.logprobs !== null) {
+          before.push(logits);
+          const again = await this.run(drawn.map(d => d.slice(0, -1)), state, { window, start: read });
+          for (let j = 0; j < k - 1; j++) before.push(again.read.data.subarray(j * streams * size, (j + 1) * streams * size));
+        }
+        ({ logits, state } = out);
+        read += k;
+      }
+      yield decoders.map((d, b) => {
+        const sent = d.sent;
+        if (plan.logprobs !== null) {
+          const kept = drawn[b].slice(0, d.length - d.drawn);
+          kept.forEach((id, j) => scores[b].push(this.charScore(id, before[j].subarray(b * size, (b + 1) * size), plan.logprobs)));
+        }
+        const text = d.feed(drawn[b]);
+        return { text, scores: scores[b].slice(sent, sent + [...text].length), finishReason: d.finishReason };
+      });
       if (decoders.every(d => d.finishReason)) return;
     }
+  }
+
+  /** A character's score (Python's CharScore): its log-probability under the model's logits and the `top`
+   * likeliest characters, most likely first. */
+  charScore(id, logits, top) {
+    const logP = logSoftmax(logits);
+    const ranked = Array.from(logP.keys()).sort((a, b) => logP[b] - logP[a] || a - b).slice(0, top);
+    return { char: this.vocab.chars[id], logprob: logP[id], top: ranked.map(i => [this.vocab.chars[i], logP[i]]) };
   }
 
   /**
@@ -227,9 +284,16 @@ export class Generator {
    */
   async generate(seedText = null, options = {}) {
     const plan = this.plan(seedText, options);
-    const texts = plan.options.map(() => "");
-    for await (const pieces of this.texts(plan)) pieces.forEach((p, b) => { texts[b] += p; });
-    return plan.many ? texts : texts[0];
+    const samples = plan.options.map(() => ({ text: "", scores: [], finishReason: "length" }));
+    for await (const pieces of this.texts(plan)) {
+      pieces.forEach((p, b) => {
+        samples[b].text += p.text;
+        samples[b].scores.push(...p.scores);
+        samples[b].finishReason = p.finishReason ?? samples[b].finishReason;
+      });
+    }
+    const out = plan.logprobs === null ? samples.map(s => s.text) : samples;
+    return plan.many ? out : out[0];
   }
 
   /** The generated characters of one sample, as they are produced (options as generate, n = 1). */
@@ -237,7 +301,8 @@ export class Generator {
     if (Array.isArray(options.temperature) || (options.n ?? 1) !== 1) {
       throw new CharsdkError("stream gives one sample: one temperature, n = 1", "n");
     }
-    for await (const [piece] of this.texts(this.plan(seedText, options))) yield* piece;
+    const plan = this.plan(seedText, options);
+    for await (const [piece] of this.texts(plan)) yield* (plan.logprobs === null ? piece.text : piece.scores);
   }
 
   /**

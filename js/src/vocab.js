@@ -40,6 +40,9 @@ export class Vocab {
 
   get size() { return this.chars.length; }
 
+  /** The casing the model was trained with. */
+  normalize(text) { return this.lowercase ? text.toLowerCase() : text; }
+
   /** The id read as "no character yet": what an empty seed primes with. */
   get noCharId() { return this.chars.length; }
 
