@@ -193,7 +193,8 @@ class TextDecoder:
 
 class CharScore(NamedTuple):
     """A character with its log-probability (natural log, under the model's own distribution: before
-    temperature, top-k and top-p) and the likeliest characters at its place, most likely first."""
+    temperature, top-k, top-p, penalties and biases) and the likeliest characters at its place, most likely
+    first, the character itself among them (last, if it is not one of the likeliest)."""
 
     char: str
     logprob: float
@@ -201,11 +202,13 @@ class CharScore(NamedTuple):
 
 
 def char_scores(vocab: Vocab, ids: np.ndarray, log_p: np.ndarray, top: int) -> list[CharScore]:
-    """CharScore of each id [T] under its log-probabilities [T, V], with the `top` likeliest characters."""
+    """CharScore of each id [T] under its log-probabilities [T, V], with the `top` likeliest characters and,
+    where it is not among them, the character itself last (vLLM's rule: the alternatives hold it)."""
     chosen = log_p[np.arange(len(ids)), ids]
     ranked = np.argsort(-log_p, axis=1, kind="stable")[:, :top]
     chars = vocab.chars
-    return [CharScore(chars[i], float(p), tuple((chars[j], float(row[j])) for j in best))
+    return [CharScore(chars[i], float(p), tuple((chars[j], float(row[j])) for j in best)
+                      + (() if i in best else ((chars[i], float(p)),)))
             for i, p, best, row in zip(ids, chosen, ranked, log_p, strict=True)]
 
 

@@ -190,6 +190,6 @@ def test_gen_shows_each_character_s_log_probability_and_its_alternatives():
     for line, score in zip(table, sample.scores, strict=True):
         char, logprob, top = re.fullmatch(r'\s*("(?:[^"\\]|\\.)*") +(\S+)  (.*)', line).groups()
         assert json.loads(char) == score.char and float(logprob) == pytest.approx(score.logprob, abs=1e-4)
-        assert len(re.findall(r'"(?:[^"\\]|\\.)*" -?\d', top)) == 2
+        assert len(re.findall(r'"(?:[^"\\]|\\.)*" -?\d', top)) == len(score.top)
     refused = runner.invoke(app, ["gen", "--logprobs", "30"])
     assert refused.exit_code == 2 and "--logprobs must be an integer from 0 to 20" in refused.stderr

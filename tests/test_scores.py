@@ -28,8 +28,10 @@ def test_a_sample_s_scores_are_what_reading_its_text_gives(generator, mode):
     for sample in samples:
         assert "".join(s.char for s in sample.scores) == sample.text and sample.finish_reason == "length"
         for score in sample.scores:
-            ranked = [p for _, p in score.top]
-            assert len(score.top) == 3 and ranked == sorted(ranked, reverse=True) and score.logprob <= 0
+            ranked = [p for _, p in score.top[:3]]
+            assert ranked == sorted(ranked, reverse=True) and score.logprob <= 0
+            assert (score.char, score.logprob) in score.top  # the drawn character is among them, always
+            assert len(score.top) == (3 if (score.char, score.logprob) in score.top[:3] else 4)
         ids = generator.vocab.encode("the will " + sample.text)
         read = Engine(generator.backend, mode).prompt_scores(ids, 0)
         expected = [s.logprob for s in read[len("the will ") - 1 :]]
@@ -50,7 +52,7 @@ def test_scores_stop_where_the_text_stops(generator):
     stop = full[100:103]
     cut = generator.generate("the ", 300, 1.0, seed=8, stop=stop, logprobs=0)
     assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
-    assert len(cut.scores) == len(cut.text) and all(s.top == () for s in cut.scores)
+    assert len(cut.scores) == len(cut.text) and all(s.top == ((s.char, s.logprob),) for s in cut.scores)
 
 
 def test_predict_is_the_next_character_s_distribution(generator):

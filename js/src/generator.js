@@ -273,6 +273,7 @@ export class Generator {
   charScore(id, logits, top) {
     const logP = logSoftmax(logits);
     const ranked = Array.from(logP.keys()).sort((a, b) => logP[b] - logP[a] || a - b).slice(0, top);
+    if (!ranked.includes(id)) ranked.push(id); // the alternatives hold the character itself (vLLM's rule)
     return { char: this.vocab.chars[id], logprob: logP[id], top: ranked.map(i => [this.vocab.chars[i], logP[i]]) };
   }
 
