@@ -147,8 +147,9 @@ class Batcher:
                 except Exception as exc:  # onnxruntime failing on this request must not stop the others
                     job.emit_error(f"the model failed on this request: {exc}")
         for streams in added:
-            if streams and streams[0].finish_reason:  # nothing to draw (max_tokens 0)
-                streams[0].owner.send([(s.index, "", s.finish_reason, []) for s in streams])
+            if streams and streams[0].finish_reason:  # finished when added: max_tokens 0, a choice made
+                streams[0].owner.send([(s.index, s.pending.text if s.pending else "", s.finish_reason,
+                                        s.pending.scores if s.pending else []) for s in streams])
 
     def _chunk(self, running: list[Stream]) -> None:
         """One model call for the streams that are not paused, then each request's new text."""

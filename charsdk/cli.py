@@ -34,7 +34,7 @@ FLAGS = {"n": "--samples", "length": "--length", "seed": "--seed", "seed_text": 
          "mode": "--mode", "on_unknown": "--on-unknown", "threads": "--threads", "providers": "--provider",
          "logprobs": "--logprobs", "logit_bias": "--logit-bias", "presence_penalty": "--presence-penalty",
          "frequency_penalty": "--frequency-penalty", "repetition_penalty": "--repetition-penalty",
-         "repetition_window": "--repetition-window"}
+         "repetition_window": "--repetition-window", "regex": "--regex", "choice": "--choice"}
 
 
 REMOVED_IN = "0.3"  # the release that drops the deprecated spellings below
@@ -123,6 +123,11 @@ def gen(
                                              help="Divide the logits of the recent characters (1 = off)."),
     repetition_window: int = typer.Option(64, "--repetition-window",
                                           help="Characters the repetition penalty looks back over."),
+    regex: str | None = typer.Option(None, "--regex", help="Every sample obeys this regular expression "
+                                     "(over the model's characters; it ends where the pattern may end and "
+                                     "the model's draw leaves it)."),
+    choice: list[str] = typer.Option([], "--choice", help="Every sample is one of these strings, drawn from "
+                                     "their probabilities after the seed text; repeat for each."),
     logprobs: int | None = typer.Option(None, "--logprobs",
                                         help="After each sample, a line per character: its log-probability "
                                              "and the N likeliest characters at its place (0 to 20)."),
@@ -136,7 +141,7 @@ def gen(
         options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode, on_unknown=on_unknown,
                        logit_bias=parse_biases(logit_bias), presence_penalty=presence_penalty,
                        frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
-                       repetition_window=repetition_window)
+                       repetition_window=repetition_window, regex=regex, choice=choice or None)
         shown = (generator.vocab.default_seed_text if seed_text is None else seed_text) if echo else ""
         if logprobs is not None:
             samples_out = generator.generate(seed_text, length, temperature, n=samples, logprobs=logprobs,

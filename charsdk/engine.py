@@ -18,10 +18,11 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from .constraints import Pattern, choice_ids
 from .controls import REPETITION_WINDOW, Controls
 from .errors import InputError
 from .rows import Rows
-from .sampling import SamplingOptions, draw_rows, is_integer, log_softmax
+from .sampling import SamplingOptions, draw_rows, gumbel_noise, is_integer, log_softmax
 from .vocab import Vocab
 
 MODES = ("stateful", "window")
@@ -105,6 +106,8 @@ class Request:
     mode: str
     logprobs: int | None = None  # None: no scores; N: each drawn character's score and the N likeliest
     controls: Controls | None = None  # penalties and biases (charsdk.controls); None: none
+    pattern: Pattern | None = None  # a regular expression every sample obeys (charsdk.constraints)
+    choices: tuple[np.ndarray, ...] | None = None  # or the strings, as ids, one of which each sample is
 
     @property
     def streams(self) -> int:
@@ -129,7 +132,8 @@ def make_request(backend: Backend, seed_text: str | None = None, length: int = 4
                  mode: str | None = None, on_unknown: str = "error", logprobs: int | None = None,
                  logit_bias: Mapping | None = None, presence_penalty: float = 0.0,
                  frequency_penalty: float = 0.0, repetition_penalty: float = 1.0,
-                 repetition_window: int = REPETITION_WINDOW) -> Request:
+                 repetition_window: int = REPETITION_WINDOW, regex: str | None = None,
+                 choice: Sequence[str] | None = None) -> Request:
     """Every argument checked (InputError naming the argument), as `Generator.generate` documents them:
     n streams per temperature."""
     if not is_integer(length) or length < 0:
@@ -158,7 +162,14 @@ def make_request(backend: Backend, seed_text: str | None = None, length: int = 4
                               repetition_window)
     if controls is not None and controls.banned is not None and controls.banned.all():
         raise InputError("logit_bias bans every character: leave at least one above -100", "logit_bias")
-    return Request(ids, options, seed, length, tuple(stop), mode, logprobs, controls)
+    if regex is not None and choice is not None:
+        raise InputError("regex and choice cannot be combined: give one of them", "regex")
+    pattern = Pattern.compile(regex, vocab) if regex is not None else None
+    if pattern is not None and pattern.distance[pattern.start] > length:
+        raise InputError(f"regex {regex!r} needs at least {pattern.distance[pattern.start]} characters, more "
+                         f"than length={length}", "length")
+    choices = tuple(choice_ids(choice, vocab)) if choice is not None else None
+    return Request(ids, options, seed, length, tuple(stop), mode, logprobs, controls, pattern, choices)
 
 
 class TextDecoder:
@@ -172,10 +183,14 @@ class TextDecoder:
         self.text, self.sent, self.drawn = "", 0, 0
         self.finish_reason: str | None = None if length else "length"
 
-    def feed(self, ids: np.ndarray) -> str:
-        """The text that is now certain, from ids drawn after the previous ones ("" once done)."""
+    def feed(self, ids: np.ndarray, end: bool = False) -> str:
+        """The text that is now certain, from ids drawn after the previous ones ("" once done); `end`: the
+        stream ends after them ("stop": a pattern's end, a choice made), its held characters sent."""
         if self.finish_reason:
             return ""
+        end = end and len(ids) <= self.length - self.drawn  # else `length` cuts it first
+        if end:
+            self.length = self.drawn + len(ids)  # it ends here: at "length", named "stop" below
         ids = ids[: self.length - self.drawn]
         self.drawn += len(ids)
         searched = max(len(self.text) - self.hold, 0)
@@ -184,7 +199,7 @@ class TextDecoder:
         if cuts:
             self.text, self.finish_reason = self.text[: min(cuts)], "stop"
         elif self.drawn == self.length:
-            self.finish_reason = "length"
+            self.finish_reason = "stop" if end else "length"
         end = len(self.text) if self.finish_reason else len(self.text) - self.hold
         piece = self.text[self.sent : max(end, self.sent)]
         self.sent = max(end, self.sent)
@@ -232,6 +247,9 @@ class Stream:
     scores: list[CharScore] = field(default_factory=list, repr=False)  # one per character drawn (logprobs)
     counts: np.ndarray | None = field(default=None, repr=False)  # controls: each character's count, generated
     recent: list[int] = field(default_factory=list, repr=False)  # controls: the last ids read (its window)
+    state: int = 0  # pattern: the automaton's state
+    ends_at: int | None = None  # pattern: where in the chunk being drawn the sample ended
+    pending: Piece | None = None  # a stream finished when added (a choice made): its one piece
 
     def drew(self, char: int) -> None:
         """A controlled stream's bookkeeping after each character it draws."""
@@ -270,7 +288,7 @@ class Engine:
             if request.mode != self.mode:
                 raise InputError(f"this engine runs {self.mode} streams, not {request.mode}", "mode")
         unread = list({r.ids.tobytes(): r.ids for r in requests if r.length and r.ids.tobytes()
-                       not in self._primed}.values())
+                       not in self._primed}.values())  # a choice's prompt too: it is read to score them
         if unread:
             started = self.backend.start(unread, self.mode)
             for i, ids in enumerate(unread):
@@ -284,8 +302,15 @@ class Engine:
                 for stream in streams:
                     stream.counts = np.zeros(self.backend.vocab.size)
                     stream.recent = request.ids[-request.controls.window:].tolist()
+            if request.pattern:
+                for stream in streams:
+                    stream.state = request.pattern.start
+            if request.choices and request.length:
+                self._choose(request, streams)
+                added.append(streams)
+                continue
             added.append(streams)
-            if request.length:
+            if request.length and not request.choices:
                 key = request.ids.tobytes()
                 self._primed.move_to_end(key)
                 parts.append(self._primed[key].repeat(request.streams))
@@ -319,12 +344,13 @@ class Engine:
             self.rows.put(index, after)
         events = []
         for b, stream in enumerate(chosen):
-            sent = stream.decoder.sent
+            sent, ends = stream.decoder.sent, stream.ends_at is not None
+            ids = drawn[: stream.ends_at, b]
             if stream.request.logprobs is not None:
-                kept = drawn[: stream.left, b]
+                kept = ids[: stream.left]
                 stream.scores += char_scores(self.backend.vocab, kept, log_p[: len(kept), b],
                                              stream.request.logprobs)
-            piece = stream.decoder.feed(drawn[:, b])
+            piece = stream.decoder.feed(ids, end=ends)
             if piece or stream.finish_reason:
                 events.append(Piece(stream, piece, stream.scores[sent : sent + len(piece)]))
         if any(e.stream.finish_reason for e in events):
@@ -336,7 +362,7 @@ class Engine:
         inside the backend's call, controlled ones one character per call (`_draw_controlled`)."""
         options = [s.request.options[s.index] for s in chosen]
         scored = any(s.request.logprobs is not None for s in chosen)
-        controlled = [b for b, s in enumerate(chosen) if s.request.controls]
+        controlled = [b for b, s in enumerate(chosen) if s.request.controls or s.request.pattern]
         if not controlled:
             return self.backend.step(rows, numbers, options, scored)
         if len(controlled) == len(chosen):
@@ -344,7 +370,7 @@ class Engine:
         k, size = numbers.shape[1], self.backend.vocab.size
         drawn, after = np.empty((k, len(chosen)), np.int64), rows.take(slice(None))
         log_p = np.empty((k, len(chosen), size)) if scored else None
-        plain = [b for b, s in enumerate(chosen) if not s.request.controls]
+        plain = [b for b, s in enumerate(chosen) if not (s.request.controls or s.request.pattern)]
         for part in (plain, controlled):
             index = np.array(part)
             part_rows, part_numbers = rows.take(index), numbers[index]
@@ -371,13 +397,51 @@ class Engine:
             logits = self.backend.next_logits(rows)
             if scored:
                 log_p[step] = log_softmax(logits)
-            adjusted = np.stack([s.request.controls.apply(z, s.counts, s.recent)
-                                 for z, s in zip(logits, streams, strict=True)])
+            adjusted = np.stack([self._adjusted(z, s, step) for z, s in zip(logits, streams, strict=True)])
             drawn[step] = draw_rows(np.exp(log_softmax(adjusted)), numbers[:, step], options)
             for stream, char in zip(streams, drawn[step], strict=True):
-                stream.drew(char)
+                pattern = stream.request.pattern
+                if pattern is not None and stream.ends_at is None:
+                    if not pattern.allowed(stream.state, stream.left - step)[char]:
+                        stream.ends_at = step  # drawn where the pattern accepts, not one it allows: it ends
+                    stream.state = pattern.table[stream.state, char]
+                if stream.request.controls and stream.ends_at is None:
+                    stream.drew(char)
             rows = self.backend.advance(rows, drawn[step])
         return drawn, rows, log_p
+
+    @staticmethod
+    def _adjusted(logits: np.ndarray, stream: Stream, step: int) -> np.ndarray:
+        """A controlled stream's logits for its next draw: its controls, then its pattern's mask where the
+        pattern has not accepted yet (where it has, the model's draw decides whether it goes on)."""
+        request = stream.request
+        z = request.controls.apply(logits, stream.counts, stream.recent) if request.controls else \
+            np.array(logits, np.float64)
+        pattern = request.pattern
+        if pattern is not None and stream.ends_at is None and not pattern.accepting[stream.state]:
+            z[~pattern.allowed(stream.state, stream.left - step)] = -np.inf
+        return z
+
+    def _choose(self, request: Request, streams: list[Stream]) -> None:
+        """Each stream's choice, drawn exactly from the choices' probabilities after the prompt (each read
+        character by character), to the power 1/temperature: the stream ends with it (its `pending` piece)."""
+        rows, totals, steps = self._primed[request.ids.tobytes()], [], []
+        for ids in request.choices:
+            at, log_ps = rows, []
+            for char in ids:
+                log_ps.append(self.backend.next_log_probs(at)[0])
+                at = self.backend.advance(at, np.array([char]))
+            totals.append(sum(lp[c] for lp, c in zip(log_ps, ids, strict=True)))
+            steps.append(np.stack(log_ps))
+        for stream in streams:
+            option = request.options[stream.index]
+            noise = gumbel_noise(stream.rng.random((1, len(totals)), np.float32), [option.temperature])[0]
+            pick = int(np.argmax(np.array(totals) + noise))  # Gumbel-max: the T-reweighted choice
+            ids = request.choices[pick]
+            if request.logprobs is not None:
+                stream.scores = char_scores(self.backend.vocab, ids, steps[pick], request.logprobs)
+            text = stream.decoder.feed(ids, end=True)
+            stream.pending = Piece(stream, text, stream.scores[: len(text)])
 
     def drop(self, streams: Sequence[Stream]) -> None:
         """Take streams out of the batch (a client that went away, a failed model call)."""

@@ -90,6 +90,10 @@ class Generator:
         finished: what generate and stream return, from one engine."""
         engine = Engine(self.backend, request.mode)
         (streams,) = engine.add([request])
+        if any(s.pending for s in streams):  # finished when added: a choice made
+            yield [s.pending or Piece(s, "", []) for s in streams]
+        if not engine.streams:
+            return
         for k in chunk_sizes(request.length, request.streams, self.vocab.size):
             stepped = {piece.stream: piece for piece in engine.step(k)}
             yield [stepped.get(s) or Piece(s, "", []) for s in streams]
@@ -102,7 +106,7 @@ class Generator:
                logprobs: int | None = None, **controls) -> Iterator[str] | Iterator[CharScore]:
         """The generated characters, one by one as they are produced (see `generate`); with `logprobs`,
         each as a CharScore (the character, its log-probability, the `logprobs` likeliest). `controls`: the
-        penalties and biases of `generate`."""
+        penalties, biases, regex and choice of `generate`."""
         if not np.isscalar(temperature):
             raise InputError("temperature must be a number (stream gives one sample)", "temperature")
         request = self.request(seed_text, length, temperature, top_k=top_k, top_p=top_p, stop=stop,
@@ -117,7 +121,8 @@ class Generator:
                  mode: str | None = None, on_unknown: str = "error", logprobs: int | None = None,
                  logit_bias: Mapping | None = None, presence_penalty: float = 0.0,
                  frequency_penalty: float = 0.0, repetition_penalty: float = 1.0,
-                 repetition_window: int = REPETITION_WINDOW) -> str | list[str] | Sample | list[Sample]:
+                 repetition_window: int = REPETITION_WINDOW, regex: str | None = None,
+                 choice: Sequence[str] | None = None) -> str | list[str] | Sample | list[Sample]:
         """The `length` characters that follow `seed_text` (None: the model's stored seed).
 
         temperature: 0 is greedy; a list gives `n` samples per temperature. n > 1 or a list of
@@ -135,12 +140,15 @@ class Generator:
         over the generated characters), repetition_penalty over the last repetition_window characters
         (Hugging Face's, llama.cpp's): the rules in charsdk.controls; a stream that uses any is drawn one
         character per model call.
+        regex: every sample obeys this regular expression (over the model's characters; it ends, "stop",
+        where the pattern accepts and the model's draw leaves it); choice: every sample is one of these
+        strings, drawn from their probabilities after the seed text (charsdk.constraints).
         """
         request = self.request(seed_text, length, temperature, n=n, top_k=top_k, top_p=top_p, stop=stop,
                                seed=seed, mode=mode, on_unknown=on_unknown, logprobs=logprobs,
                                logit_bias=logit_bias, presence_penalty=presence_penalty,
                                frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
-                               repetition_window=repetition_window)
+                               repetition_window=repetition_window, regex=regex, choice=choice)
         texts, scores = [""] * request.streams, [[] for _ in range(request.streams)]
         streams = []
         for pieces in self.pieces(request):

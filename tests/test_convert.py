@@ -2,6 +2,7 @@
 trained a little in plain Keras, saved, exported, and run by charsdk as the book's loop runs them."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -127,6 +128,8 @@ def test_a_window_model_samples_with_the_shared_rules_for_any_n(book_text, tmp_p
     read = generator.prompt_scores(generator.request("the " + scored.text, logprobs=0))[len("the ") - 1 :]
     assert [s.logprob for s in scored.scores] == pytest.approx([s.logprob for s in read], abs=1e-5)
     assert sum(generator.predict("the ").values()) == pytest.approx(1)
+    constrained = generator.generate("the ", 40, 1.0, n=30, seed=1, regex="[a-z]+ [a-z]+\\.")
+    assert all(re.fullmatch(r"[a-z]+ [a-z]+\.", t) for t in constrained)  # the window backend, masked
     server = ApiServer("--model", str(tmp_path / "gru"))  # the same engine: the same text
     try:
         answer = server.post({"prompt": ["the ", "we "], "max_tokens": 40, "temperature": 0.8, "n": 2,

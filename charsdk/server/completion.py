@@ -85,6 +85,9 @@ def check_completion(body, models: dict[str, Generator], limits: Limits) -> Comp
     if form.n * len(prompts) > limits.max_streams:
         raise APIError(400, f"this request asks for {form.n * len(prompts)} streams (n times the prompts); "
                             f"this server runs at most {limits.max_streams} at once", "n")
+    outputs = form.structured_outputs
+    regex = outputs.regex if outputs and outputs.regex is not None else form.guided_regex
+    choice = outputs.choice if outputs and outputs.choice is not None else form.guided_choice
     requests = []
     for p in prompts:
         try:
@@ -93,9 +96,10 @@ def check_completion(body, models: dict[str, Generator], limits: Limits) -> Comp
                 stop=form.stop, seed=form.seed, on_unknown=form.on_unknown, logprobs=form.logprobs,
                 logit_bias=form.logit_bias, presence_penalty=form.presence_penalty,
                 frequency_penalty=form.frequency_penalty, repetition_penalty=form.repetition_penalty,
-                repetition_window=form.repetition_window))
+                repetition_window=form.repetition_window, regex=regex, choice=choice))
         except InputError as exc:
-            param = "prompt" if exc.argument in (None, "seed_text") else exc.argument
+            param = {None: "prompt", "seed_text": "prompt", "regex": "structured_outputs",
+                     "choice": "structured_outputs"}.get(exc.argument, exc.argument)
             raise APIError(400, api_spelling(exc), param) from None
     return Completion(model_id, prompts, requests, form.stream, form.echo, form.stream_options.include_usage,
                       form.logprobs)

@@ -23,6 +23,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(False, description="true or false")
 
 
+class StructuredOutputs(BaseModel):
+    """vLLM's structured_outputs: one of a regular expression or a list of choices."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    regex: str | None = Field(None, description="a regular expression every choice's text obeys")
+    choice: list[str] | None = Field(None, description="a list of strings, one of which each choice is")
+
+
 class CompletionRequest(BaseModel):
     """POST /v1/completions. Each description is also what an error says the field must be."""
 
@@ -47,6 +56,13 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(None, ge=0, le=20, description="an integer from 0 to 20: each character's "
                                  "log-probability and that many likeliest characters at its place")
     user: str | None = Field(None, description="a string: accepted, not used (nothing is kept per user)")
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description='an object: {"regex": ...} or {"choice": [...]} (vLLM\'s; json and grammar are not '
+                          "supported)")
+    guided_regex: str | None = Field(None, description="a string (vLLM's older spelling of "
+                                                       "structured_outputs.regex)")
+    guided_choice: list[str] | None = Field(None, description="a list of strings (vLLM's older spelling of "
+                                                              "structured_outputs.choice)")
     logit_bias: dict[str, float] | None = Field(None, description="an object of characters (or ids, as "
                                                 "strings of two or more digits) to biases from -100 to 100")
     presence_penalty: float = Field(0.0, description="a number from -2 to 2 (OpenAI's)")
@@ -120,6 +136,13 @@ def field_error(form: type[BaseModel], error: dict) -> APIError:
         inner = str(error["loc"][1])
         return APIError(400, f"{inner} must be {StreamOptions.model_fields[inner].description}, got "
                              f"{shown(error['input'])}", inner)
+    if name == "structured_outputs" and len(error["loc"]) > 1:
+        inner = str(error["loc"][1])
+        if inner not in StructuredOutputs.model_fields:
+            return APIError(400, f"structured_outputs.{inner} is not supported by this server (regex and "
+                                 "choice are)", "structured_outputs")
+        return APIError(400, f"structured_outputs.{inner} must be "
+                             f"{StructuredOutputs.model_fields[inner].description}", "structured_outputs")
     if name in ("suffix", "best_of"):
         return APIError(400, f"{name} must be {field.description}", name)
     return APIError(400, f"{name} must be {field.description}, got {shown(error['input'])}", name)
