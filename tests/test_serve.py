@@ -105,6 +105,7 @@ def test_32_concurrent_seeded_requests_equal_their_sequential_results(server, ge
     ({"prompt": [1, 9999]}, "prompt"),
     ({"prompt": [[1, 2], ["a"]]}, "prompt"),
     ({"prompt": "the ", "best_of": 2}, "best_of"),
+    ({"prompt": "the ", "max_new_tokens": 5}, "max_new_tokens"),  # a field of another API: named, not ignored
     ("{not json", None),
     ("[1, 2]", None),
 ])

@@ -33,9 +33,10 @@ class StructuredOutputs(BaseModel):
 
 
 class CompletionRequest(BaseModel):
-    """POST /v1/completions. Each description is also what an error says the field must be."""
+    """POST /v1/completions. Each description is also what an error says the field must be. A field it does
+    not name is refused (400 naming it), as OpenAI's API refuses one, rather than silently ignored."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str | None = Field(None, description="a served model's id (GET /v1/models; default: the first)")
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
@@ -84,7 +85,7 @@ class CompletionRequest(BaseModel):
 class TokenizeRequest(BaseModel):
     """POST /tokenize (vLLM's form): a character is a token, its id the model's character id."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str | None = Field(None, description="a served model's id (default: the first)")
     prompt: str = Field(description="a string")
@@ -95,7 +96,7 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     """POST /detokenize (vLLM's form)."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str | None = Field(None, description="a served model's id (default: the first)")
     tokens: list[int] = Field(description="a list of the model's character ids")
@@ -111,6 +112,12 @@ def parse(form: type[BaseModel], body: Any) -> BaseModel:
     try:
         return form.model_validate(body)
     except ValidationError as exc:
+        unknown = [str(e["loc"][0]) for e in exc.errors()
+                   if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+        if unknown:
+            raise APIError(400, f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: this "
+                                "server takes the fields GET /openapi.json lists (docs/serving.md)",
+                           unknown[0]) from None
         raise field_error(form, exc.errors()[0]) from None
 
 
