@@ -15,6 +15,7 @@ character, and one drawn per stream from them (to the power 1/temperature; tempe
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,25 +66,34 @@ class Pattern:
                 if key in moves:
                     table[index[state], v] = index[moves[key]]
         accepting = np.array([s in fsm.finals for s in states])
-        live = accepting.copy()  # states from which an accepting one can be reached
-        while True:
-            reach = live | ((table >= 0) & live[np.maximum(table, 0)]).any(axis=1)
-            if (reach == live).all():
-                break
-            live = reach
+        distance = distances_to_accept(table, accepting)
+        live = distance < UNREACHABLE  # states from which an accepting one can be reached
         table[(table >= 0) & ~live[np.maximum(table, 0)]] = DEAD
         start = index[fsm.initial]
         if not live[start]:
             raise InputError(f"regex {regex!r}: no text of this model's characters matches it"
                              + (" (the model is lower-case)" if vocab.lowercase else ""), "regex")
-        distance = np.where(accepting, 0, np.iinfo(np.int64).max // 2)
-        while True:  # one step more than the nearest next state's, until nothing changes
-            through = np.where(table >= 0, distance[np.maximum(table, 0)] + 1, np.iinfo(np.int64).max // 2)
-            nearer = np.minimum(distance, through.min(axis=1))
-            if (nearer == distance).all():
-                break
-            distance = nearer
         return cls(regex, table, accepting, start, distance)
+
+
+UNREACHABLE = np.iinfo(np.int64).max
+
+
+def distances_to_accept(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """[states] the fewest characters from each state to an accepting one (UNREACHABLE where none is):
+    a breadth-first search back from the accepting states, O(states x characters)."""
+    before: list[list[int]] = [[] for _ in range(len(table))]
+    for state, after in zip(*np.nonzero(table >= 0), strict=True):
+        before[table[state, after]].append(int(state))
+    distance = np.where(accepting, 0, UNREACHABLE)
+    frontier = deque(np.flatnonzero(accepting).tolist())
+    while frontier:
+        state = frontier.popleft()
+        for earlier in before[state]:
+            if distance[earlier] == UNREACHABLE:
+                distance[earlier] = distance[state] + 1
+                frontier.append(earlier)
+    return distance
 
 
 def choice_ids(choices: Sequence[str], vocab: Vocab) -> list[np.ndarray]:
