@@ -34,7 +34,8 @@ FLAGS = {"n": "--samples", "length": "--length", "seed": "--seed", "seed_text": 
          "mode": "--mode", "on_unknown": "--on-unknown", "threads": "--threads", "providers": "--provider",
          "logprobs": "--logprobs", "logit_bias": "--logit-bias", "presence_penalty": "--presence-penalty",
          "frequency_penalty": "--frequency-penalty", "repetition_penalty": "--repetition-penalty",
-         "repetition_window": "--repetition-window", "regex": "--regex", "choice": "--choice"}
+         "repetition_window": "--repetition-window", "regex": "--regex", "choice": "--choice",
+         "count": "--items", "new_only": "--new-only", "max_length": "--length"}
 
 
 REMOVED_IN = "0.3"  # the release that drops the deprecated spellings below
@@ -128,6 +129,11 @@ def gen(
                                      "the model's draw leaves it)."),
     choice: list[str] = typer.Option([], "--choice", help="Every sample is one of these strings, drawn from "
                                      "their probabilities after the seed text; repeat for each."),
+    items: int | None = typer.Option(None, "--items", help="Print this many complete items of a list model "
+                                     "(one per line; each from a line start to its newline, at most --length "
+                                     "characters)."),
+    new_only: bool = typer.Option(False, "--new-only", help="With --items: only items not in the training "
+                                  "list (the model's record of it), and a summary line."),
     logprobs: int | None = typer.Option(None, "--logprobs",
                                         help="After each sample, a line per character: its log-probability "
                                              "and the N likeliest characters at its place (0 to 20)."),
@@ -138,6 +144,10 @@ def gen(
         seed_text = seed_text if seed_text is not None else seed_text_short
     try:
         generator = _load(model, threads, provider)
+        if items is not None:
+            _print_items(generator.items(items, temperature[0], new_only=new_only, seed=seed,
+                                         max_length=length, mode=mode))
+            return
         options = dict(top_k=top_k, top_p=top_p, stop=stop, seed=seed, mode=mode, on_unknown=on_unknown,
                        logit_bias=parse_biases(logit_bias), presence_penalty=presence_penalty,
                        frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
@@ -163,6 +173,15 @@ def gen(
         _write(f"{header}{shown}{text.text if isinstance(text, Sample) else text}\n")
         if isinstance(text, Sample):
             _write(score_table(text))
+
+
+def _print_items(found) -> None:
+    for item in found.items:
+        _write(item + "\n")
+    if found.known:
+        drawn = found.in_training + found.new
+        typer.echo(f"charsdk: {drawn} complete items drawn: {found.in_training} in the training list, "
+                   f"{found.new} new", err=True)
 
 
 def parse_biases(pairs: list[str]) -> dict:

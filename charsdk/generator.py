@@ -20,6 +20,7 @@ from .controls import REPETITION_WINDOW
 from .engine import Backend, CharScore, Engine, Piece, Request, chunk_sizes, make_request
 from .errors import InputError, ModelError
 from .graph_backend import GraphBackend
+from .items import ItemRecord
 from .sampling import is_integer
 from .session import check_session_arguments, open_session
 from .vocab import Vocab
@@ -57,12 +58,28 @@ class Sample:
     finish_reason: str  # "length" or "stop"
 
 
+@dataclass(frozen=True)
+class Items:
+    """Complete items of a list model (`Generator.items`): each from a line start to its newline."""
+
+    items: list[str]
+    in_training: int  # of the items drawn, how many are lines of the training list (by the model's record)
+    new: int  # and how many are not
+    known: bool  # whether the model has a record of its training items (else in_training and new are 0)
+
+
+ITEM_ROUNDS = 20  # batches drawn at most to find the items asked for
+
+
 class Generator:
     """A loaded model: `Generator.load(dir).generate("seed text")`. Safe to share between threads."""
 
     def __init__(self, vocab: Vocab, backend: Backend, path: Path):
         self.vocab, self.backend, self.path = vocab, backend, path
         self.modes = backend.modes  # the modes this model runs in; the first is its default
+        # a list model's training items (charsdk.items), or None
+        self.training_items = ItemRecord.load(path / vocab.items["file"], vocab.items["sha256"]) \
+            if vocab.items else None
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, threads: int = 1,
@@ -165,6 +182,37 @@ class Generator:
         """The score of each character of a request's prompt after the first, with its `logprobs`
         likeliest: what evaluate scores, per character (an echoed prompt's log-probabilities)."""
         return Engine(self.backend, request.mode).prompt_scores(request.ids, request.logprobs or 0)
+
+    def items(self, count: int = 20, temperature: float = 1.0, *, new_only: bool = False,
+              seed: int | None = None, max_length: int = 200, mode: str | None = None) -> Items:
+        """`count` complete items of a list model: each drawn from a line start ("\\n") until the model
+        draws the newline (regex [^\\n]+, so never empty); an item longer than `max_length` is dropped.
+        `new_only`: only items not in the training list (the model's record: charsdk.items)."""
+        if "\n" not in self.vocab.chars:
+            raise InputError("this model has no newline: items need a model trained on one item per line")
+        if new_only and self.training_items is None:
+            raise InputError("new_only needs a record of the training items, which this model has none of "
+                             "(an export of a one-item-per-line corpus writes one)", "new_only")
+        if not is_integer(count) or count < 1:
+            raise InputError(f"count must be an integer >= 1, got {count!r}", "count")
+        record, found, in_training, new = self.training_items, [], 0, 0
+        for round_ in range(ITEM_ROUNDS):
+            request = self.request("\n", max_length, temperature, n=2 * (count - len(found)),
+                                   seed=None if seed is None else seed + round_, mode=mode, regex="[^\n]+")
+            streams = [piece.stream for piece in list(self.pieces(request))[-1]]
+            for stream in streams:
+                if stream.finish_reason != "stop":  # longer than max_length: not a complete item
+                    continue
+                item = stream.decoder.text
+                known = record is not None and item in record
+                in_training, new = in_training + known, new + (record is not None and not known)
+                if not (new_only and known):
+                    found.append(item)
+                if len(found) == count:
+                    break
+            if len(found) >= count:
+                break
+        return Items(found[:count], in_training, new, self.training_items is not None)
 
     def predict(self, text: str = "", top_k: int = 0, mode: str | None = None,
                 on_unknown: str = "error") -> dict[str, float]:

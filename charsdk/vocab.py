@@ -76,11 +76,18 @@ class Vocab:
     # int8: the bound the export kept each pair of neighbouring weights within (0: not recorded, an export
     # from before the bound, whose products saturate on x86 without VNNI: charsdk.cpu)
     int8_pair_limit: int = 0
+    # a list corpus's training items (charsdk.items): {"file", "sha256", "count", "hash"}; None: not a list
+    items: dict | None = None
 
     def __post_init__(self):
         if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
             raise ModelError("vocab.json: 'chars' must be distinct single characters")
         object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files of the model directory that vocab.json names (besides itself)."""
+        return (self.onnx_file, *([self.items["file"]] if self.items else []))
 
     @property
     def size(self) -> int:
@@ -122,7 +129,8 @@ class Vocab:
                     "maxlen": self.maxlen, "lowercase": self.lowercase,
                     "onnx": {"file": self.onnx_file, "sha256": self.onnx_sha256, "precision": self.precision,
                              "window": self.window.to_dict()},
-                    "default_seed_text": self.default_seed_text, "training": self.training}
+                    "default_seed_text": self.default_seed_text, "training": self.training,
+                    **({"items": self.items} if self.items else {})}
         V = self.size
         return {
             "format": FORMAT,
@@ -150,6 +158,7 @@ class Vocab:
             },
             "default_seed_text": self.default_seed_text,
             "training": self.training,
+            **({"items": self.items} if self.items else {}),
         }
 
     @classmethod
@@ -191,6 +200,7 @@ class Vocab:
                 training=dict(data.get("training", {})),
                 window=window,
                 int8_pair_limit=int(onnx.get("int8_pair_limit", 0)),
+                items=_items(data.get("items")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"vocab.json is invalid: {exc}") from None
@@ -208,6 +218,15 @@ class Vocab:
 
     def save(self, path: str | os.PathLike) -> None:
         write_atomic(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def _items(value) -> dict | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("file"), str) and Path(value["file"]).name ==
+            value["file"] and isinstance(value.get("sha256"), str) and isinstance(value.get("count"), int)):
+        raise TypeError("'items' must name a file in the model directory, its sha256 and its count")
+    return dict(value)
 
 
 def _boolean(value, name: str) -> bool:

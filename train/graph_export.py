@@ -16,6 +16,7 @@ import onnx
 
 from charsdk import Generator
 from charsdk.engine import draws
+from charsdk.items import ItemRecord, list_items
 from charsdk.sampling import SamplingOptions, allowed, gumbel_noise, scores
 from charsdk.vocab import Vocab
 
@@ -88,10 +89,21 @@ def export_graph(model, corpus, maxlen: int, lowercase: bool, training: dict, mo
             training[f"holdout_bits_per_char_{mode}_fp32"] = round(figures["fp32"][mode], 4)
             training[f"holdout_chars_{mode}"] = len(holdout_text[:limit])
         directory = folder / precision
-        vocab = Vocab.load(directory / "vocab.json")
-        dataclasses.replace(vocab, training=training).save(directory / "vocab.json")
-        install(directory, model_dir, keep={vocab.onnx_file})
+        items = training_items(corpus)  # a list corpus: its record, beside the model (charsdk.items)
+        vocab = dataclasses.replace(Vocab.load(directory / "vocab.json"), training=training,
+                                    items=ItemRecord.of(items).save(directory) if items else None)
+        vocab.save(directory / "vocab.json")
+        install(directory, model_dir, keep=set(vocab.files))
     return parity
+
+
+def training_items(corpus) -> list[str] | None:
+    """The lines of the corpus's training part if it is a one-item-per-line list (charsdk.items), else
+    None; a long running text is told apart by its first 100,000 characters, without reading it all."""
+    if list_items(corpus.decode(corpus.train_ids[:100_000])) is None:
+        return None
+    text = corpus.decode(corpus.train_ids)
+    return list_items(text if text.endswith("\n") else text.rsplit("\n", 1)[0])  # not a cut last line
 
 
 def check_pairs(proto: onnx.ModelProto) -> None:

@@ -60,21 +60,21 @@ def install(staging: Path, model_dir: Path, keep: set[str]) -> None:
     model or the new one, never a mix: the new ONNX files arrive beside the old ones under their own
     names, vocab.json (which names them) is replaced in one rename, and only then are the files
     it no longer names removed."""
-    remove_unnamed_onnx(model_dir)  # left by an export killed before, if any
+    remove_unnamed_files(model_dir)  # left by an export killed before, if any
     for name in keep:
         os.replace(staging / name, model_dir / name)
     os.replace(staging / "vocab.json", model_dir / "vocab.json")
-    remove_unnamed_onnx(model_dir)
+    remove_unnamed_files(model_dir)
 
 
-def remove_unnamed_onnx(model_dir: Path) -> None:
-    """Delete the ONNX files that model_dir/vocab.json does not name."""
+def remove_unnamed_files(model_dir: Path) -> None:
+    """Delete the ONNX files and item records that model_dir/vocab.json does not name."""
     try:
         vocab = Vocab.load(model_dir / "vocab.json")
     except ModelError:
         return  # no readable vocab.json: nothing is known to be unused
-    for path in model_dir.glob("*.onnx"):
-        if path.name != vocab.onnx_file:
+    for path in [*model_dir.glob("*.onnx"), *model_dir.glob("items-*.bin")]:
+        if path.name not in vocab.files:
             path.unlink()
 
 

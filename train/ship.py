@@ -30,7 +30,7 @@ def ship(run_dir: Path, model_dir: Path) -> None:
     staging = model_dir.with_name(f".{model_dir.name}.new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name in ("vocab.json", vocab.onnx_file):
+    for name in ("vocab.json", *vocab.files):
         shutil.copy2(run_dir / name, staging / name)
     Generator.load(staging).generate(length=20, seed=0)  # the copy works as users will load it
     if model_dir.exists():

@@ -1,0 +1,65 @@
+"""List corpora: a one-item-per-line corpus trained and exported for real; the export writes a record of
+the training items; complete items are drawn from a line start to the newline; --new-only never prints a
+training item, and says how many of the drawn were in the training list."""
+
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from charsdk import Generator, InputError
+from charsdk.cli import app
+from charsdk.items import ItemRecord, item_hash, list_items
+from tests.conftest import TINY
+
+SYLLABLES = ["ka", "ri", "mo", "lu", "te", "sa", "no", "vi", "da", "re", "po", "mi"]
+
+
+@pytest.fixture(scope="module")
+def names_model(tmp_path_factory):
+    from train import export, fit
+
+    rng = random.Random(3)
+    names = sorted({"".join(rng.choices(SYLLABLES, k=rng.randint(2, 3))) for _ in range(3000)})
+    rng.shuffle(names)
+    root = tmp_path_factory.mktemp("names")
+    (root / "names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    args = ["--corpus", str(root / "names.txt"), "--name", "names", "--artifacts", str(root), "--epochs", "3",
+            "--recipe", "book", "--base", "none", *TINY]
+    assert fit.main(args) == 0 and export.main(["--name", "names", "--artifacts", str(root)]) == 0
+    training = names[: int(len(names) * 0.9)]  # about the training part (the split is by characters)
+    return Generator.load(root / "names"), set(training), set(names)
+
+
+def test_the_export_writes_a_record_of_the_training_items(names_model):
+    generator, training, _ = names_model
+    items = generator.vocab.items
+    assert items["hash"] == "blake2b-64" and abs(items["count"] - len(training)) <= 2
+    record = generator.training_items
+    assert sum(name in record for name in training) >= len(training) - 2
+    assert "kakakakakaka" not in record and record.false_positive_rate < 1e-15
+
+
+def test_items_are_complete_lines_and_new_only_never_prints_a_training_item(names_model):
+    generator, training, names = names_model
+    drawn = generator.items(30, seed=1)
+    assert len(drawn.items) == 30 and all(i and "\n" not in i for i in drawn.items)
+    assert drawn.known and drawn.in_training + drawn.new >= 30
+    fresh = generator.items(30, seed=2, new_only=True)
+    assert len(fresh.items) == 30 and not set(fresh.items) & training
+    result = CliRunner().invoke(app, ["gen", "--model", str(generator.path), "--items", "20", "--new-only",
+                                      "--seed", "4"])
+    printed = result.stdout.splitlines()
+    assert result.exit_code == 0 and len(printed) == 20 and not set(printed) & training
+    (summary,) = [line for line in result.stderr.splitlines() if "complete items drawn" in line]
+    assert "in the training list" in summary and "new" in summary
+
+
+def test_running_text_is_not_a_list_and_new_only_needs_a_record():
+    assert list_items("a long line of running text, " * 50) is None
+    assert list_items("\n".join(f"name{i}" for i in range(60))) is not None
+    record = ItemRecord.of(["alpha", "beta"])
+    assert "alpha" in record and "gamma" not in record and len(record.hashes) == 2
+    assert item_hash("alpha") != item_hash("Alpha")
+    with pytest.raises(InputError, match="new_only needs a record"):
+        Generator.load("nietzsche-book").items(5, new_only=True)
