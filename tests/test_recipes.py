@@ -68,6 +68,23 @@ def test_carry_state_needs_a_loss_at_every_position(small_corpus, tmp_path, caps
     assert "--carry-state trains with a loss at every position: add --loss-at all" in capsys.readouterr().err
 
 
+def test_a_short_held_out_part_is_scored_in_fewer_lanes_or_refused_in_one_line(tmp_path, capsys):
+    """The stateful held-out score reads up to 16 lanes of maxlen + 1 characters: fewer for a small corpus
+    (a list of names), and a clear refusal where not even one fits (once a division by zero)."""
+    from tests.conftest import make_text
+    from train import fit
+    from train.steps import holdout_lanes
+
+    assert holdout_lanes(100_000, 100) == 16 and holdout_lanes(900, 100) == 8 and holdout_lanes(90, 100) == 0
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text(make_text(2010, seed=4), encoding="utf-8")  # 201 held out: the loader's least
+    args = train_args(tiny, tmp_path, "--carry-state", "--loss-at", "all", "--maxlen", "200")
+    assert fit.main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["train: error: the held-out part has 201 characters, too few to score lanes of 201: "
+                     "give a longer corpus, or a lower --maxlen"]
+
+
 def test_weight_drop_and_recurrent_dropout_are_refused_together(small_corpus, tmp_path, capsys):
     from train import fit
     from train.model import WeightDropLSTM

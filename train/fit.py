@@ -26,7 +26,7 @@ from .config import Recipe, make_recipe
 from .corpus import Corpus, CorpusError, download_book_corpus, load_corpus
 from .data import Lanes, Windows, holdout_starts
 from .loop import EpochPlan, TrainingLoop
-from .steps import HOLDOUT_LANES
+from .steps import holdout_lanes
 
 # Settings that only say when to stop: a resumed run may change them (e.g. EPOCHS=30 after 20).
 STOPPING = {"epochs", "time_budget_s", "patience", "sample_length"}
@@ -187,6 +187,10 @@ def plan_epochs(corpus: Corpus, recipe: Recipe, replicas: int) -> EpochPlan:
     if recipe.steps_per_epoch:
         raise RecipeError("--carry-state makes its own epochs (one pass over the lanes): leave "
                           "--steps-per-epoch at 0")
+    held_out = len(corpus.holdout_ids)
+    if holdout_lanes(held_out, recipe.maxlen) < 1:
+        raise RecipeError(f"the held-out part has {held_out:,} characters, too few to score lanes of "
+                          f"{recipe.maxlen + 1}: give a longer corpus, or a lower --maxlen")
     lanes = Lanes(corpus, recipe.maxlen, recipe.batch_size, recipe.seed)
     if lanes.steps < 1:
         raise RecipeError(f"{corpus.split:,} training characters are too few for {recipe.batch_size} "
@@ -202,7 +206,8 @@ def new_log(recipe_name: str, recipe: Recipe, corpus: Corpus, plan: EpochPlan, w
                    "vocab": list(corpus.chars), "train_chars": corpus.split},
         "steps_per_epoch": plan.steps_per_epoch,
         "training_windows": plan.window_count,
-        "holdout_windows_scored": (f"stateful, {HOLDOUT_LANES} lanes" if plan.holdout is None
+        "holdout_windows_scored": (f"stateful, {holdout_lanes(len(corpus.holdout_ids), recipe.maxlen)} lanes"
+                                   if plan.holdout is None
                                    else len(plan.holdout)),
         "workers": workers,
         "epochs": [],

@@ -12,7 +12,13 @@ from .config import Recipe
 from .corpus import Corpus
 
 HOLDOUT_BATCH = 256  # held-out windows per replica and call
-HOLDOUT_LANES = 16  # carry_state: the held-out text as this many lanes, each read from a zero state
+HOLDOUT_LANES = 16  # carry_state: the held-out text as this many lanes (at most), each read from a zero state
+
+
+def holdout_lanes(holdout_chars: int, maxlen: int) -> int:
+    """How many lanes the stateful held-out score reads: HOLDOUT_LANES, fewer for a short held-out part
+    (each lane needs maxlen + 1 characters); 0 when it is shorter than one lane."""
+    return min(HOLDOUT_LANES, (holdout_chars - 1) // (maxlen + 1))
 
 
 def make_vote(strategy):
@@ -100,12 +106,13 @@ def carried_state_sizes(recipe: Recipe) -> list[int]:
 
 def make_stateful_holdout_scorer(forward, corpus: Corpus, recipe: Recipe):
     """Mean negative log-likelihood (nats) of the held-out text read as stateful generation reads
-    (carry_state): HOLDOUT_LANES contiguous lanes, maxlen characters a call, the states carried."""
+    (carry_state): `holdout_lanes` contiguous lanes, maxlen characters a call, the states carried."""
     import tensorflow as tf
 
     from .data import cut
 
-    lane = len(corpus.holdout_ids) // HOLDOUT_LANES
+    lanes = holdout_lanes(len(corpus.holdout_ids), recipe.maxlen)
+    lane = len(corpus.holdout_ids) // lanes
     calls = (lane - 1) // recipe.maxlen
     vocab_size = len(corpus.chars)
 
@@ -116,14 +123,14 @@ def make_stateful_holdout_scorer(forward, corpus: Corpus, recipe: Recipe):
         return tf.reduce_sum(-tf.math.log(tf.maximum(picked, 1e-30))), states
 
     def score() -> float:
-        states = [tf.zeros((HOLDOUT_LANES, u)) for u in carried_state_sizes(recipe)]
+        states = [tf.zeros((lanes, u)) for u in carried_state_sizes(recipe)]
         total = 0.0
         for i in range(calls):
-            x, y = cut(corpus, np.arange(HOLDOUT_LANES) * lane + i * recipe.maxlen, recipe.maxlen, "all",
-                       holdout=True)
+            starts = np.arange(lanes) * lane + i * recipe.maxlen
+            x, y = cut(corpus, starts, recipe.maxlen, "all", holdout=True)
             nats, states = call_nats(tf.constant(x), tf.constant(y), *states)
             total += float(nats)
-        return total / (HOLDOUT_LANES * calls * recipe.maxlen)
+        return total / (lanes * calls * recipe.maxlen)
 
     return score
 
