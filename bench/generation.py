@@ -104,8 +104,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     generator = Generator.load(args.model)
-    batched = Generator.load(args.model, threads=os.cpu_count())  # many streams: use every core
-    r, gen = args.repeats, generator.generate
     jobs = []
     if args.run:
         checkpoint = Path(args.run) / "best.keras"
@@ -115,12 +113,24 @@ def main(argv=None) -> int:
                   "run make export and make ship for that run", file=sys.stderr)
             return 2
         jobs += keras_jobs(checkpoint, generator)
-    jobs += [
+    rows = median_rates(jobs + charsdk_jobs(generator, Generator.load(args.model, threads=os.cpu_count())),
+                        args.repeats)
+    result = measure_the_rest(generator, args, rows)
+    print_tables(result, rows, rows[0][1] if args.run else None)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def charsdk_jobs(generator: Generator, batched: Generator) -> list:
+    """The rows timed in charsdk: (name, call, characters); `batched` uses every core (many streams)."""
+    gen, cores = generator.generate, os.cpu_count()
+    return [
         ("charsdk window mode", lambda: gen(SEED_TEXT, 3000, TEMPERATURE, seed=1, mode="window"), 3000),
         ("charsdk stateful mode", lambda: gen(SEED_TEXT, 30000, TEMPERATURE, seed=1), 30000),
-        (f"charsdk stateful, n=64, {os.cpu_count()} threads (aggregate)",
+        (f"charsdk stateful, n=64, {cores} threads (aggregate)",
          lambda: batched.generate(SEED_TEXT, 2000, TEMPERATURE, n=64, seed=1), 2000 * 64),
-        (f"charsdk stateful, n=256, {os.cpu_count()} threads (aggregate)",
+        (f"charsdk stateful, n=256, {cores} threads (aggregate)",
          lambda: batched.generate(SEED_TEXT, 1000, TEMPERATURE, n=256, seed=1), 1000 * 256),
         ("charsdk eval, stateful (scoring a text)", lambda: generator.evaluate(SCORED), len(SCORED) - 60),
         # what the scores and the controls cost, beside the rows above without them (same rounds)
@@ -128,28 +138,29 @@ def main(argv=None) -> int:
          lambda: gen(SEED_TEXT, 10000, TEMPERATURE, seed=1, logprobs=5), 10000),
         ("charsdk stateful, frequency_penalty=0.5 (one character a call)",
          lambda: gen(SEED_TEXT, 2000, TEMPERATURE, seed=1, frequency_penalty=0.5), 2000),
-        (f"charsdk stateful, n=256, logprobs=5, {os.cpu_count()} threads",
+        (f"charsdk stateful, n=256, logprobs=5, {cores} threads",
          lambda: batched.generate(SEED_TEXT, 300, TEMPERATURE, n=256, seed=1, logprobs=5), 300 * 256),
         ("charsdk stateful, regex [a-z ,.;]{2000} (compiled, then one character a call)",
          lambda: gen(SEED_TEXT, 2000, TEMPERATURE, seed=1, regex="[a-z ,.;]{2000}"), 2000),
-        (f"charsdk stateful, n=64, regex, {os.cpu_count()} threads",
+        (f"charsdk stateful, n=64, regex, {cores} threads",
          lambda: batched.generate(SEED_TEXT, 300, TEMPERATURE, n=64, seed=1, regex="[a-z ,.;]{300}"),
          300 * 64),
-        (f"charsdk stateful, n=256, frequency_penalty=0.5, {os.cpu_count()} threads",
+        (f"charsdk stateful, n=256, frequency_penalty=0.5, {cores} threads",
          lambda: batched.generate(SEED_TEXT, 300, TEMPERATURE, n=256, seed=1, frequency_penalty=0.5),
          300 * 256),
     ]
-    rows = median_rates(jobs, r)
-    book = rows[0][1] if args.run else None
+
+
+def measure_the_rest(generator: Generator, args, rows) -> dict:
+    """Fresh processes (first character, exit, memory), the step profile and the limit line: the JSON."""
+    r, book = args.repeats, rows[0][1] if args.run else None
     cli = [str(Path(sys.executable).with_name("charsdk")), "gen", "--model", str(args.model),
            "--length", "1", "--seed", "1"]
     processes = {"charsdk gen --length 1": [fresh_process(cli) for _ in range(r)]}
     if args.run:
         processes['python -c "import tensorflow"'] = [
             fresh_process([sys.executable, "-c", "import tensorflow; print('x')"]) for _ in range(r)]
-    limits = [profile(generator, 1, 1), profile(generator, 256, os.cpu_count())]
-    line = limit_line(generator, os.cpu_count())
-    result = {
+    return {
         "model": str(generator.path),
         "recipe": generator.vocab.training.get("recipe_name"),
         "parameters": generator.vocab.training.get("parameters"),
@@ -165,11 +176,15 @@ def main(argv=None) -> int:
                    "peak_rss_mb": max(v[2] for v in runs)}
             for name, runs in processes.items()
         },
-        "limits": limits,
-        "limit_line": line,
+        "limits": [profile(generator, 1, 1), profile(generator, 256, os.cpu_count())],
+        "limit_line": limit_line(generator, os.cpu_count()),
     }
+
+
+def print_tables(result: dict, rows, book: float | None) -> None:
     print(f"\n{result['model']} ({result['recipe']} recipe): {result['parameters']:,} parameters, "
-          f"{result['multiply_adds_per_step']:,} multiply-adds per step; medians of {r} runs\n"
+          f"{result['multiply_adds_per_step']:,} multiply-adds per step; "
+          f"medians of {result['repeats']} runs\n"
           f"{machine.line()}\n")
     print(f"| {'generation, temperature 0.5':<52} | {'chars/s':>10} | {'x book loop':>11} |")
     print(f"| {'-' * 52} | {'-' * 9}:| {'-' * 10}:|")
@@ -182,12 +197,9 @@ def main(argv=None) -> int:
         print(f"| {name:<32} | {figures['first_char_s']:>12.3f} | {figures['wall_s']:>7.3f} | "
               f"{figures['peak_rss_mb']:>11.0f} |")
     print("\nWhere a step's time goes (bench/limits.py says how each part is timed):")
-    for p in limits:
+    for p in result["limits"]:
         print("\n".join(describe(p)))
-    print("\n".join(describe_limit(line)))
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
-    return 0
+    print("\n".join(describe_limit(result["limit_line"])))
 
 
 if __name__ == "__main__":

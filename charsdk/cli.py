@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 import time
 import warnings
@@ -153,23 +154,27 @@ def gen(
                        frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
                        repetition_window=repetition_window, regex=regex, choice=choice or None)
         shown = (generator.vocab.default_seed_text if seed_text is None else seed_text) if echo else ""
-        if logprobs is not None:
-            samples_out = generator.generate(seed_text, length, temperature, n=samples, logprobs=logprobs,
-                                             **options)
-            texts = [samples_out] if isinstance(samples_out, Sample) else samples_out
-        elif len(temperature) == 1 and samples == 1:
-            chars = generator.stream(seed_text, length, temperature[0], **options)
-            _write(shown)
-            for char in chars:
-                _write(char)
-            _write("\n")
+        if logprobs is None and len(temperature) == 1 and samples == 1:
+            _stream_one(generator.stream(seed_text, length, temperature[0], **options), shown)
             return
-        else:
-            texts = generator.generate(seed_text, length, temperature, n=samples, **options)
+        texts = generator.generate(seed_text, length, temperature, n=samples, logprobs=logprobs, **options)
     except CharsdkError as exc:
         _fail(exc)
+    _print_samples(texts, temperature, samples, shown)
+
+
+def _stream_one(chars, shown: str) -> None:
+    """One sample, printed as it is produced, after its seed text."""
+    _write(shown)
+    for char in chars:
+        _write(char)
+    _write("\n")
+
+
+def _print_samples(texts: list, temperatures: list[float], samples: int, shown: str) -> None:
+    """Each sample under a header naming its temperature (with --logprobs, its score table after it)."""
     for i, text in enumerate(texts):
-        header = f"--- temperature {temperature[i // samples]}, sample {i % samples + 1}\n"
+        header = f"--- temperature {temperatures[i // samples]}, sample {i % samples + 1}\n"
         _write(f"{header}{shown}{text.text if isinstance(text, Sample) else text}\n")
         if isinstance(text, Sample):
             _write(score_table(text))
@@ -361,37 +366,22 @@ def serve(
     provider: list[str] = PROVIDERS,
 ):
     """Serve the completions API (POST /v1/completions, GET /v1/models, GET /health, GET /metrics)."""
-    import socket
-
     try:
         from .server import Limits, create_app, run_server
     except ImportError as exc:
         _fail(CharsdkError(f"charsdk serve needs the serve extra ({exc.name} is missing): "
                            "pip install 'charsdk[serve]'"))
-    for old, new, value in (("--max-wait", "--max-wait-s", max_wait_old),
-                            ("--request-timeout", "--request-timeout-s", request_timeout_old),
-                            ("--threads", "--batchers (serve's --threads counted batches, not threads)",
-                             threads_old)):
-        if value is not None:
-            _deprecated(old, new)
-    max_wait_s = max_wait_s if max_wait_old is None else max_wait_old
-    request_timeout_s = request_timeout_s if request_timeout_old is None else request_timeout_old
-    batchers = batchers if threads_old is None else threads_old
-    if not 0 <= port <= 65535:
-        _fail(InputError(f"--port must be from 0 to 65535, got {port}"))
-    for flag, value, low in (("--max-streams", max_streams, 1), ("--max-waiting", max_waiting, 0),
-                             ("--max-tokens", max_tokens, 0), ("--max-prompt", max_prompt, 0),
-                             ("--batchers", batchers, 1), ("--max-connections", max_connections, 1)):
-        if value < low:
-            _fail(InputError(f"{flag} must be >= {low}, got {value}"))
-    for flag, value in (("--max-wait-s", max_wait_s), ("--drain-s", drain_s),
-                        ("--request-timeout-s", request_timeout_s)):
-        if not value >= 0:
-            _fail(InputError(f"{flag} must be a number of seconds >= 0, got {value}"))
-    if not 0 < chunk_ms <= 10_000:
-        _fail(InputError(f"--chunk-ms must be a number of milliseconds in (0, 10000], got {chunk_ms}"))
-    if any(not key.strip() for key in api_key or ()):
-        _fail(InputError("--api-key must not be empty"))
+    max_wait_s = _renamed("--max-wait", "--max-wait-s", max_wait_old, max_wait_s)
+    request_timeout_s = _renamed("--request-timeout", "--request-timeout-s", request_timeout_old,
+                                 request_timeout_s)
+    batchers = _renamed("--threads", "--batchers (serve's --threads counted batches, not threads)",
+                        threads_old, batchers)
+    _check_serve_flags(port, {"--max-streams": (max_streams, 1), "--max-waiting": (max_waiting, 0),
+                              "--max-tokens": (max_tokens, 0), "--max-prompt": (max_prompt, 0),
+                              "--batchers": (batchers, 1), "--max-connections": (max_connections, 1)},
+                       {"--max-wait-s": max_wait_s, "--drain-s": drain_s,
+                        "--request-timeout-s": request_timeout_s},
+                       chunk_ms, api_key or ())
     try:
         generators = [_load(m, 1, provider) for m in model or [None]]  # one core per call; `batchers` at once
         limits = Limits(max_streams=max_streams, max_waiting=max_waiting, max_wait_s=max_wait_s,
@@ -401,16 +391,49 @@ def serve(
                          api_keys=api_key or (), allow_origins=allow_origin or ())
     except CharsdkError as exc:
         _fail(exc)
+    sock = _listen(host, port)
+    _announce(sock, [g.path.name for g in generators],
+              f"at most {max_streams} streams{', API keys required' if api_key else ''}")
+    run_server(app, sock, drain_s=drain_s, max_connections=max_connections)
+
+
+def _renamed(old: str, new: str, old_value, value):
+    """A flag's value under its old spelling (kept for a release, with a warning line), else its own."""
+    if old_value is None:
+        return value
+    _deprecated(old, new)
+    return old_value
+
+
+def _check_serve_flags(port: int, counts: dict, seconds: dict, chunk_ms: float, api_keys) -> None:
+    """serve's numbers, each in its range (one line naming the flag, else)."""
+    if not 0 <= port <= 65535:
+        _fail(InputError(f"--port must be from 0 to 65535, got {port}"))
+    for flag, (value, low) in counts.items():
+        if value < low:
+            _fail(InputError(f"{flag} must be >= {low}, got {value}"))
+    for flag, value in seconds.items():
+        if not value >= 0:
+            _fail(InputError(f"{flag} must be a number of seconds >= 0, got {value}"))
+    if not 0 < chunk_ms <= 10_000:
+        _fail(InputError(f"--chunk-ms must be a number of milliseconds in (0, 10000], got {chunk_ms}"))
+    if any(not key.strip() for key in api_keys):
+        _fail(InputError("--api-key must not be empty"))
+
+
+def _listen(host: str, port: int) -> socket.socket:
     try:
-        sock = socket.create_server((host, port))
+        return socket.create_server((host, port))
     except (OSError, OverflowError) as exc:
         _fail(InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another "
                          "--host or --port"))
+
+
+def _announce(sock, names: list[str], limits: str) -> None:
+    """What is served where: a line for people on stderr, one JSON line for programs on stdout (the
+    address a --port 0 got)."""
     host, port = sock.getsockname()[:2]
     root = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    names = [g.path.name for g in generators]
-    typer.echo(f"charsdk: serving {', '.join(names)} on {root}/v1 "
-               f"(at most {max_streams} streams{', API keys required' if api_key else ''})", err=True)
-    typer.echo(json.dumps({"listening": root, "models": names}))  # for programs (e.g. --port 0)
+    typer.echo(f"charsdk: serving {', '.join(names)} on {root}/v1 ({limits})", err=True)
+    typer.echo(json.dumps({"listening": root, "models": names}))
     sys.stdout.flush()
-    run_server(app, sock, drain_s=drain_s, max_connections=max_connections)

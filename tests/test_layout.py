@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("charsdk", "train", "bench", "tests")
 # private names of other projects that have no public spelling (each one documented where it is used)
-FOREIGN_PRIVATES = {"os._exit", "model.optimizer._learning_rate",
+FOREIGN_PRIVATES = {"model.optimizer._learning_rate",
                     "last.optimizer._model_variables_moving_average"}
 
 

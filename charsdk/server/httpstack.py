@@ -5,7 +5,7 @@ drains on SIGTERM as load balancers expect."""
 from __future__ import annotations
 
 import json
-import os
+import signal
 import threading
 import time
 
@@ -90,8 +90,9 @@ def draining_server(config, service, drain_s: float):
     with 0. A second signal exits at once."""
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            if service.draining:
-                os._exit(128 + sig)  # the second signal
+            if service.draining:  # the second signal: the default action, at once (the exit status says it)
+                signal.signal(sig, signal.SIG_DFL)
+                signal.raise_signal(sig)
             service.draining = True
             threading.Thread(target=self.drain, name="charsdk-drain", daemon=True).start()
 
