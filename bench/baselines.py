@@ -1,7 +1,7 @@
 """`make baselines`: how classic compressors code the held-out text, the floor a model has to beat.
 
-Each compressor is given the training part (the first 90%, as the models train on) and then the whole
-text; what the held-out part adds is its cost: bits per held-out character =
+Each compressor is given the training part (the first 90%, or a list's training items, as the models
+train on) and then the whole text; what the held-out part adds is its cost: bits per held-out character =
 (size(train + held-out) - size(train)) * 8 / held-out characters. Written as JSON, drawn by make plot.
 """
 
@@ -16,9 +16,10 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyppmd
 
-from train.corpus import CorpusError, download_book_corpus, file_sha256
+from train.corpus import CorpusError, download_book_corpus, file_sha256, held_out_items, is_list
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "zlib -9": lambda data: zlib.compress(data, 9),
@@ -30,11 +31,22 @@ COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
 
 def held_out_bits(text: str, holdout: float = 0.1) -> tuple[int, dict[str, float]]:
     """Held-out characters, and each compressor's bits per held-out character."""
-    split = int(len(text) * (1 - holdout))  # as train.corpus splits the characters
+    text, split = split_as_training(text, holdout)
     train, whole = text[:split].encode("utf-8"), text.encode("utf-8")
     held_out = len(text) - split
     return held_out, {name: (len(compress(whole)) - len(compress(train))) * 8 / held_out
                       for name, compress in COMPRESSORS.items()}
+
+
+def split_as_training(text: str, holdout: float) -> tuple[str, int]:
+    """The text as training orders it, and where its held-out part starts: the last `holdout` of running
+    text; a one-item-per-line list's held-out items (train.corpus.held_out_items) after its others."""
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    chars = tuple(sorted(set(text)))
+    if not is_list(chars, np.searchsorted(np.array([ord(c) for c in chars], np.uint32), codes)):
+        return text, int(len(text) * (1 - holdout))
+    ordered, split, _ = held_out_items(codes, ord("\n"), holdout)
+    return ordered.tobytes().decode("utf-32-le"), split
 
 
 def main(argv=None) -> int:

@@ -185,9 +185,10 @@ class Generator:
 
     def items(self, count: int = 20, temperature: float = 1.0, *, new_only: bool = False,
               seed: int | None = None, max_length: int = 200, mode: str | None = None) -> Items:
-        """`count` complete items of a list model: each drawn from a line start ("\\n") until the model
-        draws the newline (regex [^\\n]+, so never empty); an item longer than `max_length` is dropped.
-        `new_only`: only items not in the training list (the model's record: charsdk.items)."""
+        """`count` complete items of a list model: each drawn from a line start until the model draws the
+        newline (regex [^\\n]+, so never empty); an item longer than `max_length` is dropped. The line
+        start is after the items of the model's stored seed text (`item_prompt`), so that the state is
+        a list's, not a text's. `new_only`: only items not in the training list (the record: charsdk.items)."""
         if "\n" not in self.vocab.chars:
             raise InputError("this model has no newline: items need a model trained on one item per line")
         if new_only and self.training_items is None:
@@ -197,7 +198,7 @@ class Generator:
             raise InputError(f"count must be an integer >= 1, got {count!r}", "count")
         record, found, in_training, new = self.training_items, [], 0, 0
         for round_ in range(ITEM_ROUNDS):
-            request = self.request("\n", max_length, temperature, n=2 * (count - len(found)),
+            request = self.request(self.item_prompt, max_length, temperature, n=2 * (count - len(found)),
                                    seed=None if seed is None else seed + round_, mode=mode, regex="[^\n]+")
             streams = [piece.stream for piece in list(self.pieces(request))[-1]]
             for stream in streams:
@@ -213,6 +214,13 @@ class Generator:
             if len(found) >= count:
                 break
         return Items(found[:count], in_training, new, self.training_items is not None)
+
+    @property
+    def item_prompt(self) -> str:
+        """What an item is drawn after: the stored seed text's whole lines (a list model's are held-out
+        items), else a newline."""
+        seed = self.vocab.default_seed_text
+        return seed[: seed.rindex("\n") + 1] if "\n" in seed else "\n"
 
     def predict(self, text: str = "", top_k: int = 0, mode: str | None = None,
                 on_unknown: str = "error") -> dict[str, float]:

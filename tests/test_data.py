@@ -81,3 +81,36 @@ def test_lanes_read_the_text_on_where_the_last_window_ended(small_corpus):
         parts = [lanes.batch(first, replica=r, replicas=2) for r in range(2)]  # replicas split the lanes
         np.testing.assert_array_equal(np.concatenate([x for x, _ in parts]), windows[0][0])
     assert len(offsets) > 1 and max(offsets) < 20  # each pass starts the lanes at its own offset
+
+
+def list_corpus(tmp_path):
+    names = [f"{a}{b}{c}" for a in "bdkmt" for b in "aeiou" for c in ("n", "la", "rix", "")]
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(names) + "\n", encoding="utf-8")
+    return load_corpus(path, maxlen=10, holdout=0.1), names
+
+
+def test_a_list_holds_out_whole_items_and_baselines_code_the_same_split(tmp_path):
+    from bench.baselines import split_as_training
+
+    corpus, names = list_corpus(tmp_path)
+    train, held = corpus.decode(corpus.train_ids), corpus.decode(corpus.holdout_ids)
+    assert train.endswith("\n") and held.endswith("\n")
+    train_items, held_items = train.split("\n")[:-1], held.split("\n")[:-1]
+    assert sorted(train_items + held_items) == sorted(names) and len(held_items) == 10
+    assert held_items != names[-10:]  # a sample of the items, not the list's end
+    text, split = split_as_training("\n".join(names) + "\n", 0.1)
+    assert (text[:split], text[split:]) == (train, held)
+
+
+def test_a_list_s_items_come_in_a_new_order_each_pass_and_the_same_on_a_resume(tmp_path):
+    corpus, _ = list_corpus(tmp_path)
+    lanes = Lanes(corpus, 10, 4, seed=5, shuffle_items=True)
+    items = [corpus.decode(lanes.pass_ids(p)).split("\n") for p in (0, 1, 0)]
+    assert sorted(items[0]) == sorted(items[1]) == sorted(corpus.decode(corpus.train_ids).split("\n"))
+    assert items[0] != items[1] and items[0] == items[2]
+    x, y = lanes.batch(lanes.steps)  # the first step of pass 1 reads pass 1's order
+    text = corpus.decode(lanes.pass_ids(1))
+    assert corpus.decode(x[0]) in text and corpus.decode(y[0])[-1] == text[text.index(corpus.decode(x[0])) + 10]
+    unshuffled = Lanes(corpus, 10, 4, seed=5)
+    assert corpus.decode(unshuffled.batch(0)[0][0]) in corpus.decode(corpus.train_ids)

@@ -11,6 +11,8 @@ from charsdk import Generator, InputError
 from charsdk.cli import app
 from charsdk.items import ItemRecord, item_hash, list_items
 from tests.conftest import TINY
+from tests.test_js import needs_node, node
+from train.corpus import holdout_choice
 
 SYLLABLES = ["ka", "ri", "mo", "lu", "te", "sa", "no", "vi", "da", "re", "po", "mi"]
 
@@ -27,16 +29,17 @@ def names_model(tmp_path_factory):
     args = ["--corpus", str(root / "names.txt"), "--name", "names", "--artifacts", str(root), "--epochs", "3",
             "--recipe", "book", "--base", "none", *TINY]
     assert fit.main(args) == 0 and export.main(["--name", "names", "--artifacts", str(root)]) == 0
-    training = names[: int(len(names) * 0.9)]  # about the training part (the split is by characters)
+    held = holdout_choice(len(names), 0.1)  # the items train.corpus holds out
+    training = [name for name, h in zip(names, held, strict=True) if not h]
     return Generator.load(root / "names"), set(training), set(names)
 
 
 def test_the_export_writes_a_record_of_the_training_items(names_model):
-    generator, training, _ = names_model
+    generator, training, names = names_model
     items = generator.vocab.items
-    assert items["hash"] == "blake2b-64" and abs(items["count"] - len(training)) <= 2
+    assert items["hash"] == "blake2b-64" and items["count"] == len(training)
     record = generator.training_items
-    assert sum(name in record for name in training) >= len(training) - 2
+    assert all(name in record for name in training) and not any(name in record for name in names - training)
     assert "kakakakakaka" not in record and record.false_positive_rate < 1e-15
 
 
@@ -63,3 +66,17 @@ def test_running_text_is_not_a_list_and_new_only_needs_a_record():
     assert item_hash("alpha") != item_hash("Alpha")
     with pytest.raises(InputError, match="new_only needs a record"):
         Generator.load("nietzsche-book").items(5, new_only=True)
+
+
+@needs_node
+def test_node_draws_python_s_items_and_tells_the_same_ones_new(names_model):
+    """The JavaScript package reads the record (BLAKE2b in @noble/hashes) and draws the same items."""
+    generator, training, _ = names_model
+    cases = [{"model": generator.path.name, "items": 12, "options": {"seed": seed, "newOnly": new_only}}
+             for seed, new_only in ((1, False), (2, True))]
+    got = node("node.mjs", str(generator.path.parent), payload=cases)
+    for case, answer in zip(cases, got, strict=True):
+        ours = generator.items(12, seed=case["options"]["seed"], new_only=case["options"]["newOnly"])
+        assert answer["items"] == {"items": ours.items, "inTraining": ours.in_training, "new": ours.new,
+                                   "known": True}, case
+    assert not set(got[1]["items"]["items"]) & training

@@ -33,7 +33,7 @@ OPTIONS = {"length": "length", "temperature": "temperature", "n": "n", "seed": "
            "topK": "top_k", "topP": "top_p", "stop": "stop", "onUnknown": "on_unknown",
            "logprobs": "logprobs", "logitBias": "logit_bias", "presencePenalty": "presence_penalty",
            "frequencyPenalty": "frequency_penalty", "repetitionPenalty": "repetition_penalty",
-           "repetitionWindow": "repetition_window"}
+           "repetitionWindow": "repetition_window", "regex": "regex", "choice": "choice"}
 
 
 def cases() -> list[dict]:
@@ -166,6 +166,40 @@ def text_of(result):
     if isinstance(result, list):
         return [text_of(r) for r in result]
     return result if isinstance(result, str) else result["text"] if isinstance(result, dict) else result.text
+
+
+PATTERNS = [{"regex": "[st][a-z]{4,8}"}, {"regex": "[a-z ,]*(truth|power)[a-z ,]*\\."},
+            {"regex": "(yes|no|perhaps), [a-z]+", "logprobs": 1}, {"regex": "[^e\\n]{30,60}", "frequencyPenalty": 0.3},
+            {"choice": ["the truth", "the will to power", "morality"]},
+            {"choice": ["yes", "no"], "logprobs": 2, "temperature": 1.0}]
+
+
+def constrained_cases() -> list[dict]:
+    """Patterns and choices, with controls and logprobs too, both models, both modes, one and three samples
+    (both models are lower-case: no capitals)."""
+    return [{"model": model, "seedText": SEED_TEXT, "options": {
+                "length": 80, "temperature": 0.8, "n": n, "seed": seed, "mode": mode, **pattern}}
+            for model in ("nietzsche", "nietzsche-book") for seed, pattern in enumerate(PATTERNS)
+            for n in (1, 3) for mode in ("stateful", "window")]
+
+
+@needs_node
+def test_node_draws_python_s_constrained_text_for_patterns_and_choices():
+    """A pattern's automaton (refa in JavaScript, interegular in Python) masks the same characters and ends
+    the sample at the same place, and a choice is drawn alike: the same seeded text in both runtimes."""
+    found = constrained_cases()
+    got = node("node.mjs", str(shipped_models_dir()), payload=found)
+    generators = {name: Generator.load(name) for name in ("nietzsche", "nietzsche-book")}
+    python = [generators[c["model"]].generate(c["seedText"], **python_options(c["options"])) for c in found]
+    theirs = [{"text": text_of(g["text"])} if "text" in g else g for g in got]
+    assert_python_s_texts_but_at_near_ties(theirs, found, [text_of(p) for p in python])
+    for case, ours, answer in zip(found, python, got, strict=True):
+        if "logprobs" in case["options"]:
+            samples = ours if isinstance(ours, list) else [ours]
+            answers = answer["text"] if isinstance(ours, list) else [answer["text"]]
+            for sample, js in zip(samples, answers, strict=True):
+                assert_same_scores(sample, js, case)
+                assert js["finishReason"] == sample.finish_reason, case
 
 
 @needs_node

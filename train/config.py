@@ -27,6 +27,9 @@ class Recipe:
     # carried from each window to the next (truncated backpropagation through time), as stateful
     # generation runs; held-out figures then stateful too. Needs loss_at="all"; `step` is unused
     carry_state: bool = False
+    # a one-item-per-line list corpus (names, words), carry_state: its training items in a new order each
+    # pass, so that no item always follows the same one
+    shuffle_items: bool = True
     optimizer: str = "rmsprop"  # or "adam"
     learning_rate: float = 0.01
     cosine_decay: bool = False  # decay the learning rate to 0 over `epochs` (cosine)

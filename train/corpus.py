@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charsdk.items import list_items
 from charsdk.vocab import write_atomic
 
 # The file Deep Learning with Python (section 8.1) trains on.
@@ -54,6 +55,9 @@ class Corpus:
         return self.ids[self.split :]
 
     ids_path: str | None = None  # the file behind `ids`, when they are cached on disk
+    # A one-item-per-line list (charsdk.items): where each training item starts in ids (its newline ends
+    # it; one more entry, `split`, closes the last), the held-out part whole items. None: running text
+    items: np.ndarray | None = None
 
     @functools.cached_property
     def _ids_file(self):
@@ -245,6 +249,10 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
         else:
             ids, ids_path = np.concatenate(list(encode(text_chunks(path, lowercase, ""), chars))), None
     split = int(len(ids) * (1 - holdout))
+    items = None
+    if is_list(chars, ids):  # held out: whole items, a sample of them; the ids then in memory
+        ids, split, items = held_out_items(np.asarray(ids), chars.index("\n"), holdout)
+        ids_path = None
     # Both parts need at least one window of maxlen characters plus the one to predict.
     needed = int(np.ceil((maxlen + 1) / min(holdout, 1 - holdout)))
     if min(split, len(ids) - split) < maxlen + 1:
@@ -252,7 +260,42 @@ def load_corpus(path: str | Path | None, *, maxlen: int, holdout: float, lowerca
             f"corpus file {path} has {len(ids)} characters; with a context of {maxlen} and "
             f"{holdout:.0%} held out it needs at least {needed}: give a longer text or a smaller MAXLEN"
         )
-    return Corpus(chars, ids, split, sha256, str(path), ids_path and str(ids_path))
+    return Corpus(chars, ids, split, sha256, str(path), ids_path and str(ids_path), items)
+
+
+ITEM_PROBE = 100_000  # characters read to tell a one-item-per-line list from running text
+HOLDOUT_ITEMS_SEED = 0  # which items a list holds out (the same in every run and in make baselines)
+
+
+def is_list(chars: tuple[str, ...], ids: np.ndarray) -> bool:
+    """Whether the text is a one-item-per-line list (charsdk.items.list_items), by its first characters."""
+    codes = np.array([ord(c) for c in chars], np.uint32)
+    return "\n" in chars and list_items(codes[np.asarray(ids[:ITEM_PROBE], np.int64)].tobytes()
+                                         .decode("utf-32-le")) is not None
+
+
+def holdout_choice(count: int, holdout: float) -> np.ndarray:
+    """[count] bool: the items a list holds out, a seeded sample of them (a sorted list's last 10% would
+    be its Zs)."""
+    held = np.zeros(count, bool)
+    held[np.random.default_rng(HOLDOUT_ITEMS_SEED).permutation(count)[: max(1, round(count * holdout))]] = True
+    return held
+
+
+def held_out_items(ids: np.ndarray, newline: int, holdout: float) -> tuple[np.ndarray, int, np.ndarray]:
+    """A list's ids as its training items (in their order) then its held-out ones, each item ended by a
+    newline (blank lines dropped), the split between them, and where each training item starts."""
+    ends = np.flatnonzero(ids == newline)
+    starts = np.concatenate([[0], ends + 1])
+    ends = np.concatenate([ends, [len(ids)]])
+    lines = [ids[a:b] for a, b in zip(starts, ends, strict=True) if b > a]
+    held = holdout_choice(len(lines), holdout)
+    end = np.array([newline], ids.dtype)
+    train = [piece for line, h in zip(lines, held, strict=True) if not h for piece in (line, end)]
+    test = [piece for line, h in zip(lines, held, strict=True) if h for piece in (line, end)]
+    item_starts = np.cumsum([0] + [len(line) + 1 for line, h in zip(lines, held, strict=True) if not h])
+    split = int(item_starts[-1])
+    return np.concatenate(train + test), split, item_starts
 
 
 def starts_with(chars: tuple[str, ...], known_chars: str) -> bool:

@@ -11,7 +11,7 @@ With several replicas (workers, GPUs) replica r takes its B / R consecutive posi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -94,6 +94,8 @@ class Lanes:
     maxlen: int
     batch_size: int  # lanes, over all replicas
     seed: int
+    shuffle_items: bool = False  # a list corpus (corpus.items): its items in a new order each pass
+    _pass: dict = field(default_factory=dict, compare=False, repr=False)  # pass number -> its ids
 
     @property
     def lane_chars(self) -> int:
@@ -110,7 +112,21 @@ class Lanes:
         offset = int(np.random.default_rng([self.seed, pass_number]).integers(self.maxlen))
         share = self.batch_size // replicas
         lanes = replica * share + np.arange(share, dtype=np.int64)
-        return cut(self.corpus, lanes * self.lane_chars + offset + within * self.maxlen, self.maxlen, "all")
+        starts = lanes * self.lane_chars + offset + within * self.maxlen
+        if self.shuffle_items and self.corpus.items is not None:
+            windows = self.pass_ids(pass_number)[starts[:, None] + np.arange(self.maxlen + 1)].astype(np.int32)
+            return windows[:, :-1], windows[:, 1:]
+        return cut(self.corpus, starts, self.maxlen, "all")
+
+    def pass_ids(self, pass_number: int) -> np.ndarray:
+        """A list corpus's training ids for one pass: its items (each with its newline) in that pass's
+        order, keyed by (seed, pass) so that a resumed run reads the same (the latest pass's kept)."""
+        if pass_number not in self._pass:
+            starts, ids = self.corpus.items, self.corpus.train_ids
+            order = np.random.default_rng([self.seed, pass_number, 1]).permutation(len(starts) - 1)
+            self._pass.clear()
+            self._pass[pass_number] = np.concatenate([ids[starts[i] : starts[i + 1]] for i in order])
+        return self._pass[pass_number]
 
     def starts_pass(self, k: int) -> bool:
         """Whether step k begins a pass (the carried states start again from zero)."""

@@ -169,6 +169,9 @@ def fit(corpus: Corpus, recipe_name: str, recipe: Recipe, out: Path, fresh: bool
     return TrainingLoop(model, strategy, corpus, recipe, plan, out, log, started).run()
 
 
+LIST_EPOCH_STEPS = 50  # a list's pass may be one step: its epochs (held-out score, checkpoint) this many
+
+
 class RecipeError(Exception):
     """A recipe that cannot train on this corpus or cluster; the message says what to change."""
 
@@ -191,11 +194,12 @@ def plan_epochs(corpus: Corpus, recipe: Recipe, replicas: int) -> EpochPlan:
     if holdout_lanes(held_out, recipe.maxlen) < 1:
         raise RecipeError(f"the held-out part has {held_out:,} characters, too few to score lanes of "
                           f"{recipe.maxlen + 1}: give a longer corpus, or a lower --maxlen")
-    lanes = Lanes(corpus, recipe.maxlen, recipe.batch_size, recipe.seed)
+    lanes = Lanes(corpus, recipe.maxlen, recipe.batch_size, recipe.seed, recipe.shuffle_items)
     if lanes.steps < 1:
         raise RecipeError(f"{corpus.split:,} training characters are too few for {recipe.batch_size} "
                           f"lanes of at least {3 * recipe.maxlen} characters: lower --batch-size or --maxlen")
-    return EpochPlan(lanes, lanes.steps, lanes.steps * recipe.batch_size, None)
+    passes = math.ceil(LIST_EPOCH_STEPS / lanes.steps) if corpus.items is not None else 1
+    return EpochPlan(lanes, passes * lanes.steps, lanes.steps * recipe.batch_size, None)
 
 
 def new_log(recipe_name: str, recipe: Recipe, corpus: Corpus, plan: EpochPlan, workers: int) -> dict:

@@ -3,10 +3,12 @@
 // characters, the sampling rules inside the graph), fed the same seeded uniform numbers (random.js), so a
 // seed gives the same text as Python's `Generator.generate`.
 
+import { choiceIds, Pattern } from "./constraints.js";
+import { ItemRecord } from "./items.js";
 import { applyControls, checkControls, REPETITION_WINDOW } from "./controls.js";
 import { webcrypto } from "./crypto.js";
 import { streamGenerators } from "./random.js";
-import { drawRow, logSoftmax } from "./sampling.js";
+import { drawRow, gumbelNoise, logSoftmax } from "./sampling.js";
 import { CharsdkError, Vocab } from "./vocab.js";
 
 export const MODES = ["stateful", "window"];
@@ -14,6 +16,7 @@ const FIRST_CHUNK = 16; // characters in the first call: the first ones show qui
 const CHUNK = 1024; // at most per call after that (each call 4x the one before)
 const UNIFORMS_PER_CALL = 1 << 21; // uniform numbers per call, whatever n is
 const SCORE_CHUNK = 4096; // characters read per call when scoring a text
+const ITEM_ROUNDS = 20; // batches drawn at most to find the items asked for
 
 /** Chunk sizes adding up to `length`: FIRST_CHUNK, then 4x as many per call up to CHUNK, fewer for many
  * streams (charsdk/generator.py's chunk_sizes). */
@@ -53,8 +56,12 @@ class TextDecoder {
     this.text = []; this.sent = 0; this.drawn = 0; this.finishReason = null;
   }
 
-  feed(ids) {
+  /** The text now certain from ids drawn after the previous ones; `end`: the stream ends after them ("stop":
+   * a pattern's end, a choice made), its held characters sent. */
+  feed(ids, end = false) {
     if (this.finishReason) return "";
+    end = end && ids.length <= this.length - this.drawn; // else `length` cuts it first
+    if (end) this.length = this.drawn + ids.length;
     ids = ids.slice(0, this.length - this.drawn);
     this.drawn += ids.length;
     const searched = Math.max(this.text.length - this.hold, 0);
@@ -66,11 +73,11 @@ class TextDecoder {
       this.text = [...joined.slice(0, Math.min(...cuts))];
       this.finishReason = "stop";
     } else if (this.drawn === this.length) {
-      this.finishReason = "length";
+      this.finishReason = end ? "stop" : "length";
     }
-    const end = this.finishReason ? this.text.length : this.text.length - this.hold;
-    const piece = this.text.slice(this.sent, Math.max(end, this.sent)).join("");
-    this.sent = Math.max(end, this.sent);
+    const last = this.finishReason ? this.text.length : this.text.length - this.hold;
+    const piece = this.text.slice(this.sent, Math.max(last, this.sent)).join("");
+    this.sent = Math.max(last, this.sent);
     return piece;
   }
 }
@@ -104,10 +111,11 @@ export class Generator {
   /** onnxruntime-web's module: index.js sets it; a Web Worker that imports ort by URL sets it itself. */
   static ort = null;
 
-  constructor(vocab, session, ort) {
+  constructor(vocab, session, ort, trainingItems = null) {
     this.vocab = vocab;
     this.session = session;
     this.ort = ort;
+    this.trainingItems = trainingItems; // a list model's ItemRecord, or null
   }
 
   /**
@@ -125,7 +133,9 @@ export class Generator {
                              "come from different exports; re-export the model so they belong together");
     }
     const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...sessionOptions });
-    return new Generator(vocab, session, ort);
+    const record = vocab.items && await ItemRecord.of(await readLocation(location, vocab.items.file, true),
+                                                      vocab.items.sha256, sha256Hex);
+    return new Generator(vocab, session, ort, record || null);
   }
 
   // -- the graph ----------------------------------------------------------------------------------
@@ -180,9 +190,10 @@ export class Generator {
 
   // -- the public API -----------------------------------------------------------------------------
 
-  plan(seedText, { length = 400, temperature = 0.5, n = 1, topK = 0, topP = 1.0, stop = [], seed = null,
-                   mode = "stateful", onUnknown = "error", logprobs = null, logitBias = null, presencePenalty = 0,
-                   frequencyPenalty = 0, repetitionPenalty = 1, repetitionWindow = REPETITION_WINDOW } = {}) {
+  async plan(seedText, { length = 400, temperature = 0.5, n = 1, topK = 0, topP = 1.0, stop = [], seed = null,
+                         mode = "stateful", onUnknown = "error", logprobs = null, logitBias = null,
+                         presencePenalty = 0, frequencyPenalty = 0, repetitionPenalty = 1,
+                         repetitionWindow = REPETITION_WINDOW, regex = null, choice = null } = {}) {
     if (!Number.isInteger(length) || length < 0) throw new CharsdkError(`length must be an integer >= 0, got ${length}`, "length");
     if (!Number.isInteger(n) || n < 1) throw new CharsdkError(`n must be an integer >= 1, got ${n}`, "n");
     if (seed !== null && (!isInteger(seed) || seed < 0)) {
@@ -203,22 +214,34 @@ export class Generator {
     const controls = checkControls(this.vocab, { logitBias, presencePenalty, frequencyPenalty, repetitionPenalty,
                                                  repetitionWindow });
     const ids = this.vocab.encode(seedText ?? this.vocab.defaultSeedText, onUnknown);
+    if (regex !== null && choice !== null) throw new CharsdkError("regex and choice cannot be combined: give one of them", "regex");
+    const pattern = regex === null ? null : await Pattern.compile(regex, this.vocab);
+    if (pattern && pattern.distance[pattern.start] > length) {
+      throw new CharsdkError(`regex ${JSON.stringify(regex)} needs at least ${pattern.distance[pattern.start]} characters, ` +
+                             `more than length=${length}`, "length");
+    }
+    const choices = choice === null ? null : choiceIds(choice, this.vocab);
     return { ids, options, rngs: streamGenerators(seed, options.length), length, stop, mode, logprobs, controls,
-             many: Array.isArray(temperature) || n > 1 };
+             pattern, choices, many: Array.isArray(temperature) || n > 1 };
   }
 
   /**
    * The new text of every stream of a plan, chunk by chunk (one model call per chunk; a plan with
-   * penalties or biases, one per character, drawn here as charsdk/engine.py draws it), each piece with its
-   * characters' scores when the plan asks for logprobs: [{text, scores, finishReason}] per chunk.
+   * penalties, biases or a pattern, one per character, drawn here as charsdk/engine.py draws it; a choice,
+   * at once), each piece with its characters' scores when the plan asks for logprobs:
+   * [{text, scores, finishReason}] per chunk.
    */
   async *texts(plan) {
     if (plan.length === 0) return;
     const streams = plan.options.length, size = this.vocab.size;
     const decoders = plan.options.map(() => new TextDecoder(this.vocab.chars, plan.length, plan.stop));
+    if (plan.choices) {
+      yield await this.choose(plan, decoders);
+      return;
+    }
     const scores = plan.options.map(() => []);
-    const counts = plan.options.map(() => new Float64Array(size));
-    const recent = plan.options.map(() => plan.ids.slice(-(plan.controls?.window ?? 0)));
+    const drawing = plan.options.map(() => ({ counts: new Float64Array(size), state: plan.pattern?.start ?? 0,
+                                              recent: plan.ids.slice(-(plan.controls?.window ?? 0)), endsAt: null }));
     let { logits, state, read } = await this.prime(plan.ids, streams, plan.mode);
     const window = plan.mode === "window" ? this.vocab.maxlen : 0;
     const noIds = Array.from({ length: streams }, () => []);
@@ -227,16 +250,13 @@ export class Generator {
       plan.rngs.forEach((rng, b) => rng.fillFloat32(uniforms.subarray(b * k * size, (b + 1) * k * size)));
       const drawn = Array.from({ length: streams }, () => []); // [B][k]
       const before = [];  // the logits each character was drawn from: [k][B * V]
-      if (plan.controls) {
+      if (plan.controls || plan.pattern) {
         for (let j = 0; j < k; j++) {
           before.push(logits);
           const ids = plan.options.map((option, b) => {
-            const z = applyControls(plan.controls, logits.subarray(b * size, (b + 1) * size), counts[b], recent[b]);
-            const probs = logSoftmax(z).map(Math.exp);
-            const id = drawRow(probs, uniforms.subarray((b * k + j) * size, (b * k + j + 1) * size), option);
-            counts[b][id] += 1;
-            recent[b].push(id);
-            recent[b].splice(0, recent[b].length - plan.controls.window);
+            const row = (b * k + j) * size, d = decoders[b];
+            const id = this.drawOne(plan, logits.subarray(b * size, (b + 1) * size), uniforms.subarray(row, row + size),
+                                    option, drawing[b], d.finishReason ? null : d.length - d.drawn - j, j);
             drawn[b].push(id);
             return id;
           });
@@ -256,16 +276,72 @@ export class Generator {
         read += k;
       }
       yield decoders.map((d, b) => {
-        const sent = d.sent;
+        const sent = d.sent, ends = drawing[b].endsAt !== null;
+        const ids = ends ? drawn[b].slice(0, drawing[b].endsAt) : drawn[b];
         if (plan.logprobs !== null) {
-          const kept = drawn[b].slice(0, d.length - d.drawn);
-          kept.forEach((id, j) => scores[b].push(this.charScore(id, before[j].subarray(b * size, (b + 1) * size), plan.logprobs)));
+          ids.slice(0, d.length - d.drawn).forEach((id, j) =>
+            scores[b].push(this.charScore(id, before[j].subarray(b * size, (b + 1) * size), plan.logprobs)));
         }
-        const text = d.feed(drawn[b]);
+        const text = d.feed(ids, ends);
         return { text, scores: scores[b].slice(sent, sent + [...text].length), finishReason: d.finishReason };
       });
       if (decoders.every(d => d.finishReason)) return;
     }
+  }
+
+  /**
+   * One character of a controlled stream (charsdk/engine.py's _draw_controlled and _adjusted): its
+   * controls, its pattern's mask where the pattern has not accepted yet, the draw; where the pattern
+   * accepts, a character it does not allow ends the sample there (`endsAt`). `left`: the characters the
+   * stream may still draw, this one included (null: it has finished).
+   */
+  drawOne(plan, logits, uniforms, option, drawing, left, j) {
+    const pattern = left === null || drawing.endsAt !== null ? null : plan.pattern;
+    const z = plan.controls ? applyControls(plan.controls, logits, drawing.counts, drawing.recent) : Float64Array.from(logits);
+    if (pattern && !pattern.accepting[drawing.state]) {
+      for (let v = 0; v < z.length; v++) if (!pattern.allows(drawing.state, v, left)) z[v] = -Infinity;
+    }
+    const id = drawRow(logSoftmax(z).map(Math.exp), uniforms, option);
+    if (pattern) {
+      if (!pattern.allows(drawing.state, id, left)) drawing.endsAt = j;
+      drawing.state = pattern.next(drawing.state, id);
+    }
+    if (plan.controls && drawing.endsAt === null) {
+      drawing.counts[id] += 1;
+      drawing.recent.push(id);
+      drawing.recent.splice(0, drawing.recent.length - plan.controls.window);
+    }
+    return id;
+  }
+
+  /**
+   * Each stream's choice (charsdk/engine.py's _choose): every choice's probability after the seed text, read
+   * character by character, and one drawn per stream by Gumbel-max at its temperature; the stream ends with it.
+   */
+  async choose(plan, decoders) {
+    const window = plan.mode === "window" ? this.vocab.maxlen : 0;
+    const primed = await this.prime(plan.ids, 1, plan.mode);
+    const totals = [], steps = [];
+    for (const ids of plan.choices) {
+      let { logits, state, read } = primed, total = 0;
+      const seen = [];
+      for (const char of ids) {
+        seen.push(logits);
+        total += logSoftmax(logits)[char];
+        ({ logits, state } = await this.run([[char]], state, { window, start: read }));
+        read += 1;
+      }
+      totals.push(total);
+      steps.push(seen);
+    }
+    return plan.options.map((option, b) => {
+      const noise = gumbelNoise(plan.rngs[b].fillFloat32(new Float32Array(totals.length)), option.temperature);
+      let pick = 0;
+      totals.forEach((total, i) => { if (total + noise[i] > totals[pick] + noise[pick]) pick = i; });
+      const ids = plan.choices[pick], text = decoders[b].feed(ids, true);
+      const scores = plan.logprobs === null ? [] : ids.slice(0, [...text].length).map((id, j) => this.charScore(id, steps[pick][j], plan.logprobs));
+      return { text, scores, finishReason: decoders[b].finishReason };
+    });
   }
 
   /** A character's score (Python's CharScore): its log-probability under the model's logits and the `top`
@@ -284,7 +360,7 @@ export class Generator {
    * or an array for n > 1 or an array of temperatures.
    */
   async generate(seedText = null, options = {}) {
-    const plan = this.plan(seedText, options);
+    const plan = await this.plan(seedText, options);
     const samples = plan.options.map(() => ({ text: "", scores: [], finishReason: "length" }));
     for await (const pieces of this.texts(plan)) {
       pieces.forEach((p, b) => {
@@ -302,8 +378,48 @@ export class Generator {
     if (Array.isArray(options.temperature) || (options.n ?? 1) !== 1) {
       throw new CharsdkError("stream gives one sample: one temperature, n = 1", "n");
     }
-    const plan = this.plan(seedText, options);
+    const plan = await this.plan(seedText, options);
     for await (const [piece] of this.texts(plan)) yield* (plan.logprobs === null ? piece.text : piece.scores);
+  }
+
+  /** What an item is drawn after: the stored seed text's whole lines (a list model's are held-out items),
+   * else a newline (Python's Generator.item_prompt). */
+  get itemPrompt() {
+    const seed = this.vocab.defaultSeedText;
+    return seed.includes("\n") ? seed.slice(0, seed.lastIndexOf("\n") + 1) : "\n";
+  }
+
+  /**
+   * `count` complete items of a list model (Python's Generator.items, the same items for a seed): each drawn
+   * after `itemPrompt` until the model draws the newline; one longer than maxLength is dropped. newOnly:
+   * only items not in the training list (the model's record). Returns {items, inTraining, new, known}.
+   */
+  async items(count = 20, { temperature = 1.0, newOnly = false, seed = null, maxLength = 200, mode = "stateful" } = {}) {
+    if (!this.vocab.index.has("\n")) throw new CharsdkError("this model has no newline: items need a model trained on one item per line");
+    if (newOnly && !this.trainingItems) {
+      throw new CharsdkError("newOnly needs a record of the training items, which this model has none of (an export " +
+                             "of a one-item-per-line corpus writes one)", "newOnly");
+    }
+    if (!Number.isInteger(count) || count < 1) throw new CharsdkError(`count must be an integer >= 1, got ${count}`, "count");
+    const record = this.trainingItems, found = [];
+    let inTraining = 0, fresh = 0;
+    for (let round = 0; round < ITEM_ROUNDS && found.length < count; round++) {
+      const plan = await this.plan(this.itemPrompt, { length: maxLength, temperature, n: 2 * (count - found.length),
+                                                      seed: seed === null ? null : seed + round, mode, regex: "[^\n]+" });
+      const texts = plan.options.map(() => ""), finishes = plan.options.map(() => null);
+      for await (const pieces of this.texts(plan)) {
+        pieces.forEach((p, b) => { texts[b] += p.text; finishes[b] = p.finishReason; });
+      }
+      for (const [b, item] of texts.entries()) {
+        if (finishes[b] !== "stop") continue; // longer than maxLength: not a complete item
+        const known = record !== null && record.has(item);
+        inTraining += known ? 1 : 0;
+        fresh += record !== null && !known ? 1 : 0;
+        if (!(newOnly && known)) found.push(item);
+        if (found.length === count) break;
+      }
+    }
+    return { items: found.slice(0, count), inTraining, new: fresh, known: record !== null };
   }
 
   /**

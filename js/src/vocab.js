@@ -34,6 +34,7 @@ export class Vocab {
     this.states = data.onnx.states.map(s => ({ input: s.input, output: s.output, size: s.shape[1] }));
     this.defaultSeedText = data.default_seed_text || "";
     this.training = data.training || {};
+    this.items = data.items || null; // a list model's record of its training items: {file, sha256, count, hash}
     this.index = new Map(this.chars.map((c, i) => [c, i]));
     this.codes = this.chars.map(c => c.codePointAt(0));
   }
