@@ -189,8 +189,6 @@ class Generator:
         newline (regex [^\\n]+, so never empty); an item longer than `max_length` is dropped. The line
         start is after the items of the model's stored seed text (`item_prompt`), so that the state is
         a list's, not a text's. `new_only`: only items not in the training list (the record: charsdk.items)."""
-        if "\n" not in self.vocab.chars:
-            raise InputError("this model has no newline: items need a model trained on one item per line")
         if new_only and self.training_items is None:
             raise InputError("new_only needs a record of the training items, which this model has none of "
                              "(an export of a one-item-per-line corpus writes one)", "new_only")
@@ -198,8 +196,9 @@ class Generator:
             raise InputError(f"count must be an integer >= 1, got {count!r}", "count")
         record, found, in_training, new = self.training_items, [], 0, 0
         for round_ in range(ITEM_ROUNDS):
-            request = self.request(self.item_prompt, max_length, temperature, n=2 * (count - len(found)),
-                                   seed=None if seed is None else seed + round_, mode=mode, regex="[^\n]+")
+            request = self.item_request(2 * (count - len(found)), temperature,
+                                        seed=None if seed is None else seed + round_, max_length=max_length,
+                                        mode=mode)
             streams = [piece.stream for piece in list(self.pieces(request))[-1]]
             for stream in streams:
                 if stream.finish_reason != "stop":  # longer than max_length: not a complete item
@@ -214,6 +213,16 @@ class Generator:
             if len(found) >= count:
                 break
         return Items(found[:count], in_training, new, self.training_items is not None)
+
+    def item_request(self, n: int, temperature: float = 1.0, *, seed: int | None = None, max_length: int = 200,
+                     mode: str | None = None) -> Request:
+        """n streams that each draw one item ("stop" when the model draws its newline, else "length"):
+        one round of `items`, and the server's `"items": true`."""
+        if "\n" not in self.vocab.chars:
+            raise InputError("this model has no newline: items need a model trained on one item per line",
+                             "items")
+        return self.request(self.item_prompt, max_length, temperature, n=n, seed=seed, mode=mode,
+                            regex="[^\n]+")
 
     @property
     def item_prompt(self) -> str:

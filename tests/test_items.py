@@ -80,3 +80,21 @@ def test_node_draws_python_s_items_and_tells_the_same_ones_new(names_model):
         assert answer["items"] == {"items": ours.items, "inTraining": ours.in_training, "new": ours.new,
                                    "known": True}, case
     assert not set(got[1]["items"]["items"]) & training
+
+
+def test_the_server_draws_the_same_items_and_says_which_are_in_training(names_model, servers):
+    """`"items": true`: each choice is what Generator.items draws in its first round, told in or not in the
+    training list; a prompt or a pattern beside it is one clear 400."""
+    generator, training, _ = names_model
+    server = servers("--model", str(generator.path))
+    answer = server.post({"prompt": "", "items": True, "n": 8, "seed": 5, "max_tokens": 40,
+                          "temperature": 1.0}).json()
+    ours = [p.stream for p in list(generator.pieces(generator.item_request(8, seed=5, max_length=40)))[-1]]
+    assert [c["text"] for c in answer["choices"]] == [s.decoder.text for s in ours]
+    for c in answer["choices"]:
+        assert c["in_training"] == (c["text"] in training if c["finish_reason"] == "stop" else None)
+    assert {c["in_training"] for c in answer["choices"]} - {None}  # complete items, told
+    for body, field in (({"prompt": "ka", "items": True}, "prompt"),
+                        ({"prompt": "", "items": True, "guided_regex": "[a-z]+"}, "items")):
+        refused = server.post(body)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text

@@ -159,10 +159,18 @@ class Run:
     def scored(self, scores: list[CharScore], offset: int) -> Logprobs | None:
         return None if self.completion.logprobs is None else logprobs_of(scores, offset)
 
+    def told(self, answer: Choice, text: str, finish: str | None) -> Choice:
+        """An items request's choice, once finished, with in_training: whether its text is a line of the
+        training list (null for an incomplete item, or a model without a record of them)."""
+        if self.completion.items and finish is not None:
+            record = self.generator.training_items
+            answer["in_training"] = None if finish != "stop" or record is None else text in record
+        return answer
+
     async def sse(self) -> AsyncGenerator[bytes, None]:
         """The stream=true answer: a chunk event per batch of new text, then [DONE]."""
         try:
-            produced, left, offsets = 0, self.streams, [0] * self.streams
+            produced, left, offsets, texts = 0, self.streams, [0] * self.streams, [""] * self.streams
             if self.completion.echo:
                 echoes = await self.echoes()
                 offsets = [len(text) for text, _ in echoes]
@@ -176,7 +184,10 @@ class Run:
                     return
                 left -= sum(1 for _, _, f, _ in batch if f)
                 produced += sum(len(t) for _, t, _, _ in batch)
-                choices = [choice(i, t, f, self.scored(s, offsets[i])) for i, t, f, s in batch]
+                for i, t, _, _ in batch:
+                    texts[i] += t
+                choices = [self.told(choice(i, t, f, self.scored(s, offsets[i])), texts[i], f)
+                           for i, t, f, s in batch]
                 for i, t, _, _ in batch:
                     offsets[i] += len(t)
                 yield event({**self.head, "choices": choices})
@@ -206,7 +217,7 @@ class Run:
         for i, ((prefix, echoed), text, finish) in enumerate(zip(echoes, texts, finishes, strict=True)):
             drawn = self.scored(scores[i], len(prefix))
             logprobs = joined(echoed, drawn) if echoed and drawn else drawn
-            choices.append(choice(i, prefix + text, finish, logprobs))
+            choices.append(self.told(choice(i, prefix + text, finish, logprobs), text, finish))
         usage = self.usage(sum(map(len, texts)))
         answer: CompletionAnswer = {**self.head, "choices": choices, "usage": usage}
         return JSONResponse(answer)

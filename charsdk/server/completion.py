@@ -27,6 +27,7 @@ class Completion:
     echo: bool
     include_usage: bool
     logprobs: int | None
+    items: bool = False  # each choice an item of a list model, told in or not in its training list
 
     @property
     def streams(self) -> int:
@@ -88,6 +89,8 @@ def check_completion(body, models: dict[str, Generator], limits: Limits) -> Comp
     outputs = form.structured_outputs
     regex = outputs.regex if outputs and outputs.regex is not None else form.guided_regex
     choice = outputs.choice if outputs and outputs.choice is not None else form.guided_choice
+    if form.items:
+        return item_completion(form, model_id, models[model_id], prompts)
     requests = []
     for p in prompts:
         try:
@@ -103,6 +106,21 @@ def check_completion(body, models: dict[str, Generator], limits: Limits) -> Comp
             raise APIError(400, api_spelling(exc), param) from None
     return Completion(model_id, prompts, requests, form.stream, form.echo, form.stream_options.include_usage,
                       form.logprobs)
+
+
+def item_completion(form, model_id: str, generator: Generator, prompts: list[str]) -> Completion:
+    """`"items": true`: n items of a list model, drawn as `Generator.items` draws them (its item_request)."""
+    if prompts != [""]:
+        raise APIError(400, 'items are drawn after the model\'s own lines: give "prompt": ""', "prompt")
+    if form.structured_outputs or form.guided_regex is not None or form.guided_choice is not None or form.stop:
+        raise APIError(400, "items cannot be combined with structured_outputs or stop: an item is a line",
+                       "items")
+    try:
+        request = generator.item_request(form.n, form.temperature, seed=form.seed, max_length=form.max_tokens)
+    except InputError as exc:
+        raise APIError(400, api_spelling(exc), "items" if exc.argument == "items" else exc.argument) from None
+    return Completion(model_id, [generator.item_prompt], [request], form.stream, form.echo,
+                      form.stream_options.include_usage, form.logprobs, items=True)
 
 
 async def read_json(request: Request, limit: int, timeout_s: float):

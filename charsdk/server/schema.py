@@ -11,7 +11,7 @@ import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from .errors import APIError
 
@@ -64,6 +64,9 @@ class CompletionRequest(BaseModel):
                                                        "structured_outputs.regex)")
     guided_choice: list[str] | None = Field(None, description="a list of strings (vLLM's older spelling of "
                                                               "structured_outputs.choice)")
+    items: bool = Field(False, description='true or false: each choice one complete item of a list model (a line, '
+                        'drawn after the model\'s own lines: give the prompt ""), with in_training saying '
+                        "whether it is a line of the training list")
     logit_bias: dict[str, float] | None = Field(None, description="an object of characters (or ids, as "
                                                 "strings of two or more digits) to biases from -100 to 100")
     presence_penalty: float = Field(0.0, description="a number from -2 to 2 (OpenAI's)")
@@ -183,6 +186,8 @@ class Choice(TypedDict):
     index: int
     logprobs: Logprobs | None  # null unless the request asked for logprobs
     finish_reason: Literal["stop", "length"] | None  # None in a streamed chunk while the choice goes on
+    # "items": true: whether the item is a line of the training list (null: incomplete, or no record)
+    in_training: NotRequired[bool | None]
 
 
 class Completion(TypedDict, total=False):
