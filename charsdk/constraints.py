@@ -15,6 +15,7 @@ character, and one drawn per stream from them (to the power 1/temperature; tempe
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,41 @@ class Pattern:
         draw (this one included)."""
         after = self.table[state]
         return (after >= 0) & (self.distance[np.maximum(after, 0)] <= left - 1)
+
+    def walk(self, state: int, chars: np.ndarray, left: int, masked: bool) -> tuple[int, bool, list[int]]:
+        """The automaton over characters drawn in one call (`left` characters left before the first), up to
+        the first that does not stand: where the pattern accepts, one it does not allow ends the sample
+        there; where it does not accept, one drawn from the whole distribution (a guess) stands if the
+        pattern allows it, one drawn `masked` (the graph's left-blind mask, `graph_tables`) wherever the
+        room left does not narrow the mask (`room`). Returns (that position, or len(chars); whether the
+        sample ends there; the states before each character and after the last one followed)."""
+        states, table, distance, accepting, room = [state], self.table, self.distance, self.accepting, self.room
+        for at, char in enumerate(chars.tolist()):
+            after = int(table[state, char])
+            allowed = after >= 0 and distance[after] <= left - at - 1
+            if accepting[state] and not allowed:
+                return at, True, states
+            if not accepting[state] and (room[state] > left - at if masked else not allowed):
+                return at, False, states
+            state = after
+            states.append(state)
+        return len(chars), False, states
+
+    @functools.cached_property
+    def room(self) -> np.ndarray:
+        """[states] the fewest characters left (this one included) at which `allowed` is every character
+        the automaton allows: 1 + the largest distance a character leads to."""
+        live = self.table >= 0
+        return np.where(live, self.distance[np.maximum(self.table, 0)] + 1, 0).max(axis=1)
+
+    @functools.cached_property
+    def graph_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """The automaton as the graph masks with it (train/graph.py): [states, V] additive masks (0 where a
+        character is allowed or the state accepts, -inf elsewhere) and next states, each +1 (state 0 is
+        Automaton's: every character allowed; where a sample ended, its stream goes there)."""
+        live = self.table >= 0
+        mask = np.where(live | self.accepting[:, None], 0.0, -np.inf).astype(np.float32)
+        return mask, np.where(live, self.table + 1, 0)
 
     @classmethod
     def compile(cls, regex: str, vocab: Vocab) -> Pattern:
@@ -77,6 +113,41 @@ class Pattern:
 
 
 UNREACHABLE = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True, eq=False)
+class Automaton:
+    """What the graph masks a call's draws with: the patterns' automata stacked after a state 0 that
+    allows every character (a stream without a pattern, or one that ended), and each stream's state."""
+
+    mask: np.ndarray  # [S, V] float32: 0 or -inf, added to the logits
+    next: np.ndarray  # [S, V] int64
+    state: np.ndarray  # [B] int64
+
+    def feed(self) -> dict[str, np.ndarray]:
+        return {"pattern_mask": self.mask, "pattern_next": self.next, "pattern_state": self.state}
+
+    def take(self, index: np.ndarray) -> Automaton:
+        """The same automata, for the streams at `index`."""
+        return Automaton(self.mask, self.next, self.state[index])
+
+    @classmethod
+    def everything(cls, size: int) -> Automaton:
+        return cls(np.zeros((1, size), np.float32), np.zeros((1, size), np.int64), np.zeros(1, np.int64))
+
+    @classmethod
+    def of(cls, patterns: Sequence[Pattern | None], states: Sequence[int], size: int) -> Automaton:
+        """Each stream's pattern (None: none, or it ended) in its state."""
+        free = cls.everything(size)
+        masks, nexts, offsets = [free.mask], [free.next], {}
+        for pattern in patterns:
+            if pattern is not None and id(pattern) not in offsets:
+                offsets[id(pattern)] = sum(len(m) for m in masks) - 1
+                mask, after = pattern.graph_tables
+                masks.append(mask)
+                nexts.append(np.where(after > 0, after + offsets[id(pattern)], 0))
+        state = [0 if p is None else 1 + offsets[id(p)] + s for p, s in zip(patterns, states, strict=True)]
+        return cls(np.concatenate(masks), np.concatenate(nexts), np.array(state, np.int64))
 
 
 def distances_to_accept(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:

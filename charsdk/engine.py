@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from .constraints import Pattern, choice_ids
+from .constraints import Automaton, Pattern, choice_ids
 from .controls import REPETITION_WINDOW, Controls
 from .errors import InputError
 from .rows import Rows
@@ -30,6 +30,8 @@ FIRST_CHUNK = 16  # characters in the first model call: the first ones show quic
 CHUNK = 1024  # at most per call after that (each call 4x the one before): ~75 µs of overhead per call
 UNIFORMS_PER_CALL = 1 << 21  # 8 MB of float32 per call, whatever n is (n=4096 would need 240 MB)
 PRIMED_CACHE = 1024  # prompts whose rows after reading them an engine keeps (least recently used dropped)
+GUESS_FIRST = 16  # a pattern's stream guesses this many characters in the backend's call, 4x more after each
+GUESS_MIN = 4  # a guess that fails sooner than this: the rest of the chunk one character per call
 MAX_LOGPROBS = 20  # alternatives per character at most (OpenAI's completions API allows 0 to 5; vLLM 20)
 
 
@@ -38,6 +40,8 @@ class Backend(Protocol):
 
     vocab: Vocab
     modes: tuple[str, ...]  # the modes it runs; the first is its default
+    draws_in_call: bool  # whether `step` draws all its characters in one model call (else one call each)
+    masks_in_call: bool  # whether `step` takes an automaton that masks its draws (charsdk.constraints)
 
     def start(self, prompts: Sequence[np.ndarray], mode: str) -> Rows:
         """One row per prompt (character ids), after reading it."""
@@ -46,9 +50,10 @@ class Backend(Protocol):
         """No rows: an engine's batch before any stream joins."""
 
     def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
-             scored: bool = False) -> tuple[np.ndarray, Rows, np.ndarray | None]:
-        """Draw uniforms.shape[1] characters per row (uniforms [B, k, V]): ids [k, B], the rows after, and
-        (`scored`) the log-probabilities [k, B, V] each drawn character was drawn from (else None)."""
+             scored: bool = False, automaton: Automaton | None = None) -> tuple[np.ndarray, Rows, np.ndarray | None]:
+        """Draw uniforms.shape[1] characters per row (uniforms [B, k, V]), each masked by the row's state of
+        `automaton` (masks_in_call): ids [k, B], the rows after, and (`scored`) the log-probabilities
+        [k, B, V] (the model's own, unmasked) each drawn character was drawn from (else None)."""
 
     def log_probs(self, ids: np.ndarray, mode: str, first: int,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -61,7 +66,7 @@ class Backend(Protocol):
         """The logits [B, V] of each row's next character, as the model gives them (what controls change)."""
 
     def advance(self, rows: Rows, ids: np.ndarray) -> Rows:
-        """The rows after reading one more character each (ids [B]): a controlled stream's step."""
+        """The rows after reading T more characters each (ids [B, T]): a controlled stream's step."""
 
     def log_distributions(self, ids: np.ndarray, mode: str, first: int) -> np.ndarray:
         """The log-probabilities [len(ids) - first, V] of the character at each position from `first` on,
@@ -358,38 +363,118 @@ class Engine:
         return events
 
     def _draw(self, rows: Rows, numbers: np.ndarray, chosen: list[Stream]):
-        """(drawn [k, B], rows after, log-probabilities [k, B, V] or None): streams without controls drawn
-        inside the backend's call, controlled ones one character per call (`_draw_controlled`)."""
+        """(drawn [k, B], rows after, log-probabilities [k, B, V] or None): each group of streams as
+        `_drawer` says, each group in its own model call(s)."""
         options = [s.request.options[s.index] for s in chosen]
         scored = any(s.request.logprobs is not None for s in chosen)
-        controlled = [b for b, s in enumerate(chosen) if s.request.controls or s.request.pattern]
-        if not controlled:
-            return self.backend.step(rows, numbers, options, scored)
-        if len(controlled) == len(chosen):
-            return self._draw_controlled(rows, numbers, options, chosen, scored)
+        groups: dict[Callable, list[int]] = {}
+        for b, stream in enumerate(chosen):
+            groups.setdefault(self._drawer(stream, options[b]), []).append(b)
+        if len(groups) == 1:
+            ((drawer, _),) = groups.items()
+            return drawer(rows, numbers, options, chosen, scored)
         k, size = numbers.shape[1], self.backend.vocab.size
         drawn, after = np.empty((k, len(chosen)), np.int64), rows.take(slice(None))
         log_p = np.empty((k, len(chosen), size)) if scored else None
-        plain = [b for b, s in enumerate(chosen) if not (s.request.controls or s.request.pattern)]
-        for part in (plain, controlled):
+        for drawer, part in groups.items():
             index = np.array(part)
-            part_rows, part_numbers = rows.take(index), numbers[index]
-            part_options = [options[b] for b in part]
-            if part is plain:
-                part_drawn, part_after, part_log_p = self.backend.step(part_rows, part_numbers, part_options,
-                                                                       scored)
-            else:
-                part_drawn, part_after, part_log_p = self._draw_controlled(
-                    part_rows, part_numbers, part_options, [chosen[b] for b in part], scored)
+            part_drawn, part_after, part_log_p = drawer(rows.take(index), numbers[index],
+                                                        [options[b] for b in part], [chosen[b] for b in part],
+                                                        scored)
             drawn[:, index] = part_drawn
             after.put(index, part_after)
             if scored:
                 log_p[:, index] = part_log_p
         return drawn, after, log_p
 
-    def _draw_controlled(self, rows: Rows, numbers: np.ndarray, options, streams: list[Stream], scored: bool):
+    def _drawer(self, stream: Stream, option: SamplingOptions) -> Callable:
+        """How a stream's characters are drawn: in the backend's call (no controls, no pattern), guessed
+        there and checked against its pattern (a pattern alone, where the backend draws in its call), or
+        one per call."""
+        request = stream.request
+        if not (request.controls or request.pattern):
+            return self._draw_plain
+        if request.pattern and not request.controls and self.backend.masks_in_call:
+            return self._draw_masked
+        if request.pattern and not request.controls and not option.filters and self.backend.draws_in_call:
+            return self._draw_guessed
+        return self._draw_controlled
+
+    def _draw_plain(self, rows: Rows, numbers: np.ndarray, options, streams: list[Stream], scored: bool):
+        return self.backend.step(rows, numbers, options, scored)
+
+    def _draw_guessed(self, rows: Rows, numbers: np.ndarray, options, streams: list[Stream], scored: bool):
+        """Streams whose only rule is a pattern, many characters per call: the backend draws a guess from
+        the model's whole distribution with the streams' own uniform numbers, and the guess stands up to
+        the first character the pattern forbids. That is exact: Gumbel-max's winner over every character,
+        when the pattern allows it, is also the winner over the allowed ones, the masked draw (with no
+        top-k or top-p, whose cut would move with the mask). At the first forbidden character the rows
+        read the guess so far, one character is drawn masked (`_draw_controlled`), and guessing goes on;
+        a guess that fails within GUESS_MIN characters leaves the rest of the chunk to `_draw_controlled`."""
+        k, size = numbers.shape[1], self.backend.vocab.size
+        drawn = np.empty((k, len(streams)), np.int64)
+        log_p = np.empty((k, len(streams), size)) if scored else None
+        done, guess = 0, GUESS_FIRST
+        while done < k:
+            end = min(done + guess, k)
+            guessed, after, guessed_log_p = self.backend.step(rows, numbers[:, done:end], options, scored)
+            kept = self._follow(streams, guessed, done, masked=False)
+            drawn[done : done + kept] = guessed[:kept]
+            if scored:
+                log_p[done : done + kept] = guessed_log_p[:kept]
+            if kept == end - done:
+                rows, done, guess = after, end, min(4 * guess, CHUNK)
+                continue
+            rows = self.backend.advance(rows, guessed[:kept].T) if kept else rows
+            rest = k if kept < GUESS_MIN else done + kept + 1  # guessing does not pay here: one per call
+            one, rows, one_log_p = self._draw_controlled(rows, numbers[:, done + kept : rest], options, streams,
+                                                         scored, offset=done + kept)
+            drawn[done + kept : rest] = one
+            if scored:
+                log_p[done + kept : rest] = one_log_p
+            done, guess = rest, GUESS_FIRST
+        return drawn, rows, log_p
+
+    def _draw_masked(self, rows: Rows, numbers: np.ndarray, options, streams: list[Stream], scored: bool):
+        """Streams whose only rule is a pattern, drawn inside the backend's call with each one's automaton
+        masking its draws where it has not accepted (as `_adjusted` masks them; the top-k / top-p cut
+        then on the masked distribution, as there). The graph's mask does not know the room left before
+        `length`; where that would narrow it (near the end of a sample whose pattern still needs
+        characters) the characters from there are drawn one per call (`_draw_controlled`)."""
+        states = [s.state for s in streams]
+        automaton = Automaton.of([None if s.ends_at is not None else s.request.pattern for s in streams],
+                                 states, self.backend.vocab.size)
+        drawn, after, log_p = self.backend.step(rows, numbers, options, scored, automaton)
+        kept = self._follow(streams, drawn, 0, masked=True)
+        if kept == len(drawn):
+            return drawn, after, log_p
+        rows = self.backend.advance(rows, drawn[:kept].T) if kept else rows
+        rest, rows, rest_log_p = self._draw_controlled(rows, numbers[:, kept:], options, streams, scored,
+                                                       offset=kept)
+        drawn[kept:] = rest
+        if scored:
+            log_p[kept:] = rest_log_p
+        return drawn, rows, log_p
+
+    @staticmethod
+    def _follow(streams: list[Stream], drawn: np.ndarray, offset: int, masked: bool) -> int:
+        """How many characters drawn in one call [g, B] stand for every stream (Pattern.walk: a guess up
+        to the first its pattern forbids, a masked draw up to where the room left narrows the mask); the
+        streams' automata moved over those, and a stream that ends among them ended."""
+        walks = [(s, s.request.pattern.walk(s.state, drawn[:, b], s.left - offset, masked))
+                 for b, s in enumerate(streams) if s.ends_at is None]
+        kept = min([at for _, (at, ends, _) in walks if not ends], default=len(drawn))
+        for stream, (at, ends, states) in walks:
+            stream.state = states[min(at, kept)]
+            if ends and at < kept:
+                stream.ends_at = offset + at
+        return kept
+
+    def _draw_controlled(self, rows: Rows, numbers: np.ndarray, options, streams: list[Stream], scored: bool,
+                         offset: int = 0):
         """One character per model call: the logits, each stream's controls, the draw in numpy (the same
-        rules and uniform numbers as the graph's), then the drawn characters read."""
+        rules and uniform numbers as the graph's), then the drawn characters read. `offset`: where in the
+        chunk the first of these characters is."""
         k = numbers.shape[1]
         drawn = np.empty((k, len(streams)), np.int64)
         log_p = np.empty((k, len(streams), self.backend.vocab.size)) if scored else None
@@ -397,17 +482,17 @@ class Engine:
             logits = self.backend.next_logits(rows)
             if scored:
                 log_p[step] = log_softmax(logits)
-            adjusted = np.stack([self._adjusted(z, s, step) for z, s in zip(logits, streams, strict=True)])
+            adjusted = np.stack([self._adjusted(z, s, offset + step) for z, s in zip(logits, streams, strict=True)])
             drawn[step] = draw_rows(np.exp(log_softmax(adjusted)), numbers[:, step], options)
             for stream, char in zip(streams, drawn[step], strict=True):
                 pattern = stream.request.pattern
                 if pattern is not None and stream.ends_at is None:
-                    if not pattern.allowed(stream.state, stream.left - step)[char]:
-                        stream.ends_at = step  # drawn where the pattern accepts, not one it allows: it ends
+                    if not pattern.allowed(stream.state, stream.left - offset - step)[char]:
+                        stream.ends_at = offset + step  # drawn where the pattern accepts, not one it allows
                     stream.state = pattern.table[stream.state, char]
                 if stream.request.controls and stream.ends_at is None:
                     stream.drew(char)
-            rows = self.backend.advance(rows, drawn[step])
+            rows = self.backend.advance(rows, drawn[step][:, None])
         return drawn, rows, log_p
 
     @staticmethod
@@ -430,7 +515,7 @@ class Engine:
             at, log_ps = rows, []
             for char in ids:
                 log_ps.append(self.backend.next_log_probs(at)[0])
-                at = self.backend.advance(at, np.array([char]))
+                at = self.backend.advance(at, np.array([[char]]))
             totals.append(sum(lp[c] for lp, c in zip(log_ps, ids, strict=True)))
             steps.append(np.stack(log_ps))
         for stream in streams:

@@ -18,27 +18,33 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from .constraints import Automaton
 from .errors import ModelError
 from .rows import Rows
 from .sampling import SamplingOptions, log_softmax
 from .vocab import Vocab
 
 GRAPH_INPUTS = {"ids", "logits", "uniforms", "temperature", "top_k", "top_p", "use_filter", "window", "start"}
+PATTERN_INPUTS = {"pattern_mask", "pattern_next", "pattern_state"}  # graphs built since 2026-12-03
 SCORE_CHUNK = 4096  # characters read per call when scoring a text
 
 
 class GraphBackend:
     modes = ("stateful", "window")
+    draws_in_call = True  # step draws every character inside one model call
 
     def __init__(self, vocab: Vocab, session: ort.InferenceSession):
         self.vocab, self.session = vocab, session
+        # a graph built since the pattern inputs: a pattern's streams are drawn masked inside the call
+        self.masks_in_call = PATTERN_INPUTS <= {i.name for i in session.get_inputs()}
+        self._no_pattern = Automaton.everything(vocab.size) if self.masks_in_call else None  # what it is fed
         self.state_names = [s.input for s in vocab.states]
         self._outputs = ["logits_out", *[s.output for s in vocab.states], "ids_out", "read_logits"]
 
     @classmethod
     def checked(cls, vocab: Vocab, session: ort.InferenceSession) -> GraphBackend:
         inputs = {i.name: i for i in session.get_inputs()}
-        if set(inputs) != GRAPH_INPUTS | {s.input for s in vocab.states}:
+        if set(inputs) - PATTERN_INPUTS != GRAPH_INPUTS | {s.input for s in vocab.states}:
             raise ModelError(f"{vocab.onnx_file} does not take the inputs this charsdk gives it "
                              "(an export by another charsdk version): load it with that version, or "
                              "re-export it")
@@ -55,8 +61,9 @@ class GraphBackend:
 
     def run(self, ids: np.ndarray, state: dict[str, np.ndarray], logits: np.ndarray | None = None,
             uniforms: np.ndarray | None = None, options: Sequence[SamplingOptions] | None = None,
-            window: int = 0, start: int = 0):
-        """One call of model.onnx for B streams: read ids [B, T], then draw uniforms.shape[1] characters.
+            window: int = 0, start: int = 0, automaton: Automaton | None = None):
+        """One call of model.onnx for B streams: read ids [B, T], then draw uniforms.shape[1] characters,
+        each masked by its stream's state of `automaton` (None: every character allowed).
 
         Returns (logits after the last character [B, V], the state after it, drawn ids [K, B], the
         logits after each read character [T, B, V]). Window mode (window = maxlen): the states hold
@@ -77,6 +84,8 @@ class GraphBackend:
             "window": np.array(window, np.int64),
             "start": np.array(start, np.int64),
         }
+        if self._no_pattern is not None:
+            feed.update((automaton or self._no_pattern).feed())
         logits, *new, drawn, read = self.session.run(self._outputs, feed)
         return logits, dict(zip(self.state_names, new, strict=True)), drawn, read
 
@@ -125,35 +134,37 @@ class GraphBackend:
         return self._rows(logits, state, mode, seeds.shape[1])
 
     def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
-             scored: bool = False) -> tuple[np.ndarray, Rows, np.ndarray | None]:
+             scored: bool = False, automaton: Automaton | None = None) -> tuple[np.ndarray, Rows, np.ndarray | None]:
         if "read" not in rows.arrays:
             state = {k: rows[k] for k in self.state_names}
             logits, after, drawn, _ = self.run(np.zeros((len(rows), 0), np.int64), state, rows["logits"],
-                                               uniforms, options)
+                                               uniforms, options, automaton=automaton)
             return drawn, Rows({"logits": logits, **after}), self._drawn_from(rows, state, drawn, 0, 0) \
                 if scored else None
         reads = rows["read"]
         if (reads == reads[0]).all():
-            return self._step_window(rows, uniforms, options, scored)
+            return self._step_window(rows, uniforms, options, scored, automaton)
         k = uniforms.shape[1]
         drawn, after = np.empty((k, len(rows)), np.int64), rows.take(slice(None))
         log_p = np.empty((k, len(rows), self.vocab.size)) if scored else None
         for read in np.unique(reads):
             index = np.flatnonzero(reads == read)
             part_drawn, part, part_log_p = self._step_window(rows.take(index), uniforms[index],
-                                                             [options[i] for i in index], scored)
+                                                             [options[i] for i in index], scored,
+                                                             automaton and automaton.take(index))
             drawn[:, index] = part_drawn
             after.put(index, part)
             if scored:
                 log_p[:, index] = part_log_p
         return drawn, after, log_p
 
-    def _step_window(self, rows: Rows, uniforms: np.ndarray, options, scored: bool):
+    def _step_window(self, rows: Rows, uniforms: np.ndarray, options, scored: bool,
+                     automaton: Automaton | None = None):
         """Window streams that have all read the same count of characters: one call."""
         maxlen, read = self.vocab.maxlen, int(rows["read"][0])
         state = {k: rows[k].reshape(len(rows) * maxlen, -1) for k in self.state_names}
         logits, after, drawn, _ = self.run(np.zeros((len(rows), 0), np.int64), state, rows["logits"],
-                                           uniforms, options, maxlen, read)
+                                           uniforms, options, maxlen, read, automaton)
         log_p = self._drawn_from(rows, state, drawn, maxlen, read) if scored else None
         return drawn, self._rows(logits, after, "window", read + uniforms.shape[1]), log_p
 
@@ -172,14 +183,14 @@ class GraphBackend:
 
     def advance(self, rows: Rows, ids: np.ndarray) -> Rows:
         if "read" not in rows.arrays:
-            logits, state, _, _ = self.run(ids[:, None], {k: rows[k] for k in self.state_names})
+            logits, state, _, _ = self.run(ids, {k: rows[k] for k in self.state_names})
             return Rows({"logits": logits, **state})
         maxlen, after = self.vocab.maxlen, rows.take(slice(None))
         for read in np.unique(rows["read"]):  # one call per count of characters read (see step)
             index = np.flatnonzero(rows["read"] == read)
             state = {k: rows[k][index].reshape(len(index) * maxlen, -1) for k in self.state_names}
-            logits, state, _, _ = self.run(ids[index, None], state, window=maxlen, start=int(read))
-            after.put(index, self._rows(logits, state, "window", read + 1))
+            logits, state, _, _ = self.run(ids[index], state, window=maxlen, start=int(read))
+            after.put(index, self._rows(logits, state, "window", read + ids.shape[1]))
         return after
 
     def _read(self, ids: np.ndarray, mode: str, progress: Callable[[int, int], None] | None):

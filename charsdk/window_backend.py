@@ -26,6 +26,8 @@ NO_CHAR = -1  # a window position before the text's start
 
 class WindowBackend:
     modes = ("window",)
+    draws_in_call = False  # step draws in numpy, one model call per character
+    masks_in_call = False  # and takes no automaton
 
     def __init__(self, vocab: Vocab, session: ort.InferenceSession):
         self.vocab, self.session = vocab, session
@@ -82,7 +84,7 @@ class WindowBackend:
         return Rows({"window": windows})
 
     def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
-             scored: bool = False) -> tuple[np.ndarray, Rows, np.ndarray | None]:
+             scored: bool = False, automaton=None) -> tuple[np.ndarray, Rows, np.ndarray | None]:
         """Per character, one call for every stream's window, then the draw."""
         windows, k = rows["window"], uniforms.shape[1]
         drawn = np.empty((k, len(rows)), np.int64)
@@ -103,7 +105,8 @@ class WindowBackend:
         return self.next_log_probs(rows)
 
     def advance(self, rows: Rows, ids: np.ndarray) -> Rows:
-        return Rows({"window": np.concatenate([rows["window"][:, 1:], ids[:, None]], axis=1)})
+        maxlen = rows["window"].shape[1]
+        return Rows({"window": np.concatenate([rows["window"], ids], axis=1)[:, -maxlen:]})
 
     def _read(self, ids: np.ndarray, first: int, progress: Callable[[int, int], None] | None):
         """(positions, log-probabilities [n, V]) from `first` on: each character from the `maxlen` before it

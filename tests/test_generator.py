@@ -386,7 +386,9 @@ def prefix_log_probs(model_dir, text: str) -> np.ndarray:
             "temperature": np.ones(1, np.float32), "top_k": np.zeros(1, np.int64),
             "top_p": np.ones(1, np.float32), "use_filter": np.array(False), "window": np.array(0),
             "start": np.array(0), **{s["input"]: np.zeros((1, s["shape"][1]), np.float32)
-                                     for s in vocab["onnx"]["states"]}}
+                                     for s in vocab["onnx"]["states"]},
+            "pattern_mask": np.zeros((1, V), np.float32), "pattern_next": np.zeros((1, V), np.int64),
+            "pattern_state": np.zeros(1, np.int64)}
     logp = []
     for t in range(vocab["maxlen"], ids.shape[1]):
         (logits,) = session.run(["read_logits"], {**feed, "ids": ids[:, :t]})

@@ -129,11 +129,15 @@ def controlled_cases() -> list[dict]:
 @needs_node
 def test_node_draws_python_s_text_with_each_penalty_bias_and_logprobs():
     """The same rules in both runtimes: the same seeded text, and the same scores where they are asked."""
-    found = controlled_cases()
+    assert_node_gives_python_s_texts_and_scores(controlled_cases())
+
+
+def assert_node_gives_python_s_texts_and_scores(found: list[dict]) -> None:
+    """Node's text of each case is Python's (but at near ties), and so are its scores and finish reasons
+    where the case asks for logprobs."""
     got = node("node.mjs", str(shipped_models_dir()), payload=found)
     generators = {name: Generator.load(name) for name in ("nietzsche", "nietzsche-book")}
-    python = [generators[c["model"]].generate(c["seedText"], **python_options(c["options"]))
-              for c in found]
+    python = [generators[c["model"]].generate(c["seedText"], **python_options(c["options"])) for c in found]
     theirs = [{"text": text_of(g["text"])} if "text" in g else g for g in got]
     assert_python_s_texts_but_at_near_ties(theirs, found, [text_of(p) for p in python])
     for case, ours, answer in zip(found, python, got, strict=True):
@@ -142,6 +146,7 @@ def test_node_draws_python_s_text_with_each_penalty_bias_and_logprobs():
             answers = answer["text"] if isinstance(ours, list) else [answer["text"]]
             for sample, js in zip(samples, answers, strict=True):
                 assert_same_scores(sample, js, case)
+                assert js["finishReason"] == sample.finish_reason, case
 
 
 def assert_same_scores(sample, js: dict, case: dict) -> None:
@@ -187,19 +192,7 @@ def constrained_cases() -> list[dict]:
 def test_node_draws_python_s_constrained_text_for_patterns_and_choices():
     """A pattern's automaton (refa in JavaScript, interegular in Python) masks the same characters and ends
     the sample at the same place, and a choice is drawn alike: the same seeded text in both runtimes."""
-    found = constrained_cases()
-    got = node("node.mjs", str(shipped_models_dir()), payload=found)
-    generators = {name: Generator.load(name) for name in ("nietzsche", "nietzsche-book")}
-    python = [generators[c["model"]].generate(c["seedText"], **python_options(c["options"])) for c in found]
-    theirs = [{"text": text_of(g["text"])} if "text" in g else g for g in got]
-    assert_python_s_texts_but_at_near_ties(theirs, found, [text_of(p) for p in python])
-    for case, ours, answer in zip(found, python, got, strict=True):
-        if "logprobs" in case["options"]:
-            samples = ours if isinstance(ours, list) else [ours]
-            answers = answer["text"] if isinstance(ours, list) else [answer["text"]]
-            for sample, js in zip(samples, answers, strict=True):
-                assert_same_scores(sample, js, case)
-                assert js["finishReason"] == sample.finish_reason, case
+    assert_node_gives_python_s_texts_and_scores(constrained_cases())
 
 
 @needs_node

@@ -175,9 +175,10 @@ def weight_arrays(layers, dense, precision: str) -> dict[str, np.ndarray]:
 
 
 def _filter_nodes() -> list[onnx.NodeProto]:
-    """"kept": top-k, then top-p, of softmax(logits / T) sorted in decreasing order (axis 1 of [B, V])."""
+    """"kept": top-k, then top-p, of softmax(logits / T) sorted in decreasing order (axis 1 of [B, V]), the
+    logits those a pattern allows (the same cut as charsdk.engine's on the masked distribution)."""
     return [
-        node("Mul", ["logits_in", "inv_t"], ["scaled"]),
+        node("Mul", ["logits_masked", "inv_t"], ["scaled"]),
         node("Softmax", ["scaled"], ["w"], axis=1),
         node("TopK", ["w", "k_all"], ["sorted", "sorted_idx"], axis=1, largest=1, sorted=1),
         node("Less", ["positions", "k_col"], ["in_k"]),
@@ -295,10 +296,12 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
         filtered = phase == "draw_filtered"
         nodes = [
             *([] if scanned else [node("Gather", ["noise", "i"], ["g"], axis=1)]),
-            node("Add", ["logits_in", "g"], ["perturbed"]),
+            *_pattern_mask_nodes(),
+            node("Add", ["logits_masked", "g"], ["perturbed"]),
             *(_filter_nodes() + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
               if filtered else []),
             node("ArgMax", ["perturbed_kept" if filtered else "perturbed"], ["id"], axis=1, keepdims=0),
+            *_pattern_step_nodes(),
         ]
     if ring:
         nodes += _ring_nodes("start" if phase == "read" else "draw_start")
@@ -309,11 +312,11 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
                                                    [None, s.size])
                      for s in states[::2]] if carries_quantized(precision, ring) else []
         return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, [None, s.size])
-                for s in states] + quantized
+                for s in states] + [helper.make_tensor_value_info(f"fsm_{suffix}", I64, [None])] + quantized
 
     logits = lambda name: helper.make_tensor_value_info(name, F32, [None, vocab_size])  # noqa: E731
     if phase == "read":
-        nodes.append(node("Identity", ["logits_next"], ["logits_read"]))
+        nodes += [node("Identity", ["logits_next"], ["logits_read"]), node("Identity", ["fsm_in"], ["fsm_next"])]
         emitted = logits("logits_read")
     else:
         emitted = helper.make_tensor_value_info("id", I64, [None])
@@ -328,6 +331,22 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
          *carried_in],
         [helper.make_tensor_value_info("cond_in", BOOL, []), *carried_out, emitted],
     )
+
+
+def _pattern_mask_nodes() -> list[onnx.NodeProto]:
+    """A draw's logits masked by each stream's pattern: row "fsm_in" of "pattern_mask" (0 where the
+    pattern allows a character or accepts, -inf elsewhere; a stream without one is in a state that allows
+    every character)."""
+    return [node("Gather", ["pattern_mask", "fsm_in"], ["fsm_mask"], axis=0),
+            node("Add", ["logits_in", "fsm_mask"], ["logits_masked"])]
+
+
+def _pattern_step_nodes() -> list[onnx.NodeProto]:
+    """Each stream's pattern state after the character it drew: "pattern_next"[fsm_in, id]."""
+    return [node("Gather", ["pattern_next", "fsm_in"], ["fsm_rows"], axis=0),
+            node("Unsqueeze", ["id", "axis1"], ["fsm_id"]),
+            node("GatherElements", ["fsm_rows", "fsm_id"], ["fsm_after"], axis=1),
+            node("Squeeze", ["fsm_after", "axis1"], ["fsm_next"])]
 
 
 def body_name(phase: str, ring: bool) -> str:
@@ -382,10 +401,15 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if 2 * len(layers) != len(states):
         raise ValueError("the model has a different number of LSTM layers than its states")
-    V = dense[0].shape[1]
-    arrays, table = _constants(layers, dense, precision)
-    nodes = [*table, *_prelude_nodes(), *_trip_count_nodes(), *_ring_constant_nodes(states),
-             *_loop_chain_nodes(layers, states, V, precision)]
+    return graph_of(_constants(layers, dense, precision), states, precision)
+
+
+def graph_of(arrays: dict[str, np.ndarray], states: tuple[StateSpec, ...], precision: str) -> onnx.ModelProto:
+    """The model graph around its initializers (`_constants`: an export's, or those of an earlier export,
+    to build it again with this code: train/regraph.py)."""
+    V = int(arrays["vocab_i64"])
+    nodes = [*_table_nodes(precision), *_prelude_nodes(), *_trip_count_nodes(), *_ring_constant_nodes(states),
+             *_loop_chain_nodes(len(states) // 2, states, V, precision)]
     inputs, outputs = _graph_io(states, V)
     graph = helper.make_graph(nodes, "charsdk", inputs, outputs,
                               initializer=[numpy_helper.from_array(v, name) for name, v in arrays.items()])
@@ -395,9 +419,8 @@ def build_graph(layers, dense, states: tuple[StateSpec, ...], precision: str = "
     return model
 
 
-def _constants(layers, dense, precision: str) -> tuple[dict[str, np.ndarray], list[onnx.NodeProto]]:
-    """The graph's initializers (constants and weights) and the nodes that make the first layer's input
-    table float32."""
+def _constants(layers, dense, precision: str) -> dict[str, np.ndarray]:
+    """The graph's initializers: constants, the optional inputs' defaults, and the weights."""
     V = dense[0].shape[1]
     arrays = {
         "zero_i64": np.array(0, np.int64), "one_i64": np.array(1, np.int64),
@@ -415,15 +438,20 @@ def _constants(layers, dense, precision: str) -> tuple[dict[str, np.ndarray], li
     }
     if precision == "fp32":
         del arrays["act_scale"], arrays["act_zero"]
-        table = [node("Identity", ["l0_table"], ["l0_table_f"])]
     else:
         arrays["l0_table_zero"] = np.zeros(arrays["l0_table_scale"].shape, np.int8)
-        table = [node("DequantizeLinear", ["l0_table_q", "l0_table_scale", "l0_table_zero"], ["l0_table_f"],
-                      axis=1), *runtime_scale_nodes("logits")]
-    return arrays, table
+    return arrays
 
 
-def _loop_chain_nodes(layers, states: tuple[StateSpec, ...], V: int, precision: str) -> list[onnx.NodeProto]:
+def _table_nodes(precision: str) -> list[onnx.NodeProto]:
+    """The nodes that make the first layer's input table float32."""
+    if precision == "fp32":
+        return [node("Identity", ["l0_table"], ["l0_table_f"])]
+    return [node("DequantizeLinear", ["l0_table_q", "l0_table_scale", "l0_table_zero"], ["l0_table_f"], axis=1),
+            *runtime_scale_nodes("logits")]
+
+
+def _loop_chain_nodes(n_layers: int, states: tuple[StateSpec, ...], V: int, precision: str) -> list[onnx.NodeProto]:
     """Six loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
     plain or with top-k / top-p), and the outputs gathered from them. The inputs choose one of each phase
     by giving it the trip count and the others 0 (a loop of 0 trips passes its values through; so does a
@@ -433,25 +461,25 @@ def _loop_chain_nodes(layers, states: tuple[StateSpec, ...], V: int, precision: 
     loops = [("read", False, "reads_stateful"), ("read", True, "reads_window"),
              ("draw", False, "draws_plain"), ("draw_filtered", False, "draws_filtered"),
              ("draw", True, "draws_window_plain"), ("draw_filtered", True, "draws_window_filtered")]
-    carried = ["logits", *[s.input for s in states]]
+    carried = ["logits", *[s.input for s in states], "fsm"]
     scans: dict[str, list[str]] = {"read": [], "draw": []}
     loop_nodes = []
     for k, (phase, ring, trips) in enumerate(loops):
         out = [f"{name}_{k}" for name in carried]
         scan = f"{'read' if phase == 'read' else 'ids'}_{k}"
         # a loop that carries h quantized starts from the quantized h it is given; its own is not kept
-        h_given = carried[1::2]
+        h_given = carried[1 : len(states) + 1 : 2]
         quantized = h_given if carries_quantized(precision, ring) else []
         loop_nodes += [quantize(h, f"{h}_q_start_{k}") for h in quantized]
         starts, ends = [f"{h}_q_start_{k}" for h in quantized], [f"{h}_q_end_{k}" for h in quantized]
         if phase in SCANNED and not ring:  # the phases each call takes: a Scan (cheaper per step)
-            body = _loop_body(len(layers), states, V, precision, phase, ring, scanned=True)
+            body = _loop_body(n_layers, states, V, precision, phase, ring, scanned=True)
             sequence, dummy, tail = SCANNED[phase]
             loop_nodes += _scan_nodes(k, trips, sequence, dummy, tail, [*carried, *starts], out, ends, scan,
                                       body)
         else:
             loop_nodes.append(node("Loop", [trips, "true", *carried, *starts], [*out, *ends, scan],
-                                   body=_loop_body(len(layers), states, V, precision, phase, ring)))
+                                   body=_loop_body(n_layers, states, V, precision, phase, ring)))
         scans["read" if phase == "read" else "draw"].append(scan)
         carried = out
     # a loop of 0 trips emits an empty scan output of unknown shape: reshape before concatenating
@@ -462,7 +490,7 @@ def _loop_chain_nodes(layers, states: tuple[StateSpec, ...], V: int, precision: 
         node("Concat", [f"{name}_shaped" for name in scans["read"]], ["read_logits"], axis=0),
         node("Concat", [f"{name}_shaped" for name in scans["draw"]], ["ids_out"], axis=0),
         node("Identity", [carried[0]], ["logits_out"]),
-        *[node("Identity", [name], [s.output]) for name, s in zip(carried[1:], states, strict=True)],
+        *[node("Identity", [name], [s.output]) for name, s in zip(carried[1:-1], states, strict=True)],
     ]
     return loop_nodes
 
@@ -498,6 +526,7 @@ def _ring_constant_nodes(states: tuple[StateSpec, ...]) -> list[onnx.NodeProto]:
         node("Unsqueeze", ["streams", "axis0"], ["streams_1d"]),
         node("Unsqueeze", ["ring", "axis0"], ["ring_1d"]),
         node("Concat", ["streams_1d", "ring_1d"], ["ring_shape"], axis=0),
+        node("Expand", ["pattern_state", "streams_1d"], ["fsm"]),  # one state for all, or one per stream
     ]
 
 
@@ -535,6 +564,12 @@ def _prelude_nodes() -> list[onnx.NodeProto]:
     ]
 
 
+# The automata of the streams' patterns, stacked (charsdk.engine), and each stream's state; a caller
+# without patterns gives one state that allows every character: zeros [1, V], zeros [1, V], zeros [1].
+PATTERN_INPUTS = (("pattern_mask", F32, ["S", "V"]), ("pattern_next", I64, ["S", "V"]),
+                  ("pattern_state", I64, ["N"]))
+
+
 def _graph_io(states: tuple[StateSpec, ...], V: int):
     """The graph's inputs and outputs (docs/model-format.md)."""
     def batch_info(name, size, dtype=F32):
@@ -548,7 +583,8 @@ def _graph_io(states: tuple[StateSpec, ...], V: int):
               helper.make_tensor_value_info("top_p", F32, ["B"]),
               helper.make_tensor_value_info("use_filter", BOOL, []),
               helper.make_tensor_value_info("window", I64, []),
-              helper.make_tensor_value_info("start", I64, [])]
+              helper.make_tensor_value_info("start", I64, []),
+              *[helper.make_tensor_value_info(name, dtype, shape) for name, dtype, shape in PATTERN_INPUTS]]
     outputs = [batch_info("logits_out", V), *[batch_info(s.output, s.size) for s in states],
                helper.make_tensor_value_info("ids_out", I64, ["K", "B"]),
                helper.make_tensor_value_info("read_logits", F32, ["T", "B", V])]

@@ -163,6 +163,11 @@ export class Generator {
       start: new ort.Tensor("int64", BigInt64Array.of(BigInt(start)), []),
     };
     for (const [name, s] of Object.entries(state)) feed[name] = new ort.Tensor("float32", s.data, [s.rows, s.size]);
+    if (this.session.inputNames.includes("pattern_mask")) { // a graph built since 2026-12-03: no pattern here
+      feed.pattern_mask = new ort.Tensor("float32", new Float32Array(size), [1, size]);
+      feed.pattern_next = new ort.Tensor("int64", new BigInt64Array(size), [1, size]);
+      feed.pattern_state = new ort.Tensor("int64", new BigInt64Array(1), [1]);
+    }
     const out = await this.session.run(feed);
     const newState = {};
     for (const s of this.vocab.states) {
