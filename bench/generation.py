@@ -140,7 +140,7 @@ def charsdk_jobs(generator: Generator, batched: Generator) -> list:
          lambda: gen(SEED_TEXT, 2000, TEMPERATURE, seed=1, frequency_penalty=0.5), 2000),
         (f"charsdk stateful, n=256, logprobs=5, {cores} threads",
          lambda: batched.generate(SEED_TEXT, 300, TEMPERATURE, n=256, seed=1, logprobs=5), 300 * 256),
-        ("charsdk stateful, regex [a-z ,.;]{2000} (compiled, then one character a call)",
+        ("charsdk stateful, regex [a-z ,.;]{2000} (compiled, then masked inside the call)",
          lambda: gen(SEED_TEXT, 2000, TEMPERATURE, seed=1, regex="[a-z ,.;]{2000}"), 2000),
         (f"charsdk stateful, n=64, regex, {cores} threads",
          lambda: batched.generate(SEED_TEXT, 300, TEMPERATURE, n=64, seed=1, regex="[a-z ,.;]{300}"),

@@ -9,6 +9,7 @@ import pytest
 
 from charsdk import Generator, InputError
 from tests.conftest import ROOT, ApiServer, make_text
+from tests.test_constraints import PATTERNS
 from train import export
 from train.keras_onnx import keras
 
@@ -128,8 +129,9 @@ def test_a_window_model_samples_with_the_shared_rules_for_any_n(book_text, tmp_p
     read = generator.prompt_scores(generator.request("the " + scored.text, logprobs=0))[len("the ") - 1 :]
     assert [s.logprob for s in scored.scores] == pytest.approx([s.logprob for s in read], abs=1e-5)
     assert sum(generator.predict("the ").values()) == pytest.approx(1)
-    constrained = generator.generate("the ", 40, 1.0, n=30, seed=1, regex="[a-z]+ [a-z]+\\.")
-    assert all(re.fullmatch(r"[a-z]+ [a-z]+\.", t) for t in constrained)  # the window backend, masked
+    for i, pattern in enumerate(PATTERNS):  # 1,020 samples of the window backend, masked in numpy
+        constrained = generator.generate("the ", 60, 1.0, n=340, seed=i, regex=pattern)
+        assert all(re.fullmatch(pattern, t) for t in constrained), pattern
     server = ApiServer("--model", str(tmp_path / "gru"))  # the same engine: the same text
     try:
         answer = server.post({"prompt": ["the ", "we "], "max_tokens": 40, "temperature": 0.8, "n": 2,
@@ -197,6 +199,7 @@ def test_one_keras_model_as_window_model_and_as_charsdk_s_graph_draws_the_same_s
     assert graph.vocab.window is None and window.vocab.window is not None
     seed = text[3000 : 3000 + MAXLEN]
     for options in ({"temperature": 0.8}, {"temperature": 1.2, "top_p": 0.9},
-                    {"temperature": 1.0, "top_k": 3}):
+                    {"temperature": 1.0, "top_k": 3}, {"temperature": 1.0, "regex": "[a-z ]{20,60}\\."},
+                    {"temperature": 0.8, "top_p": 0.9, "regex": "(the|a) [a-z ,]+"}):
         assert (window.generate(seed, length=150, seed=5, n=2, **options)
                 == graph.generate(seed, length=150, seed=5, n=2, mode="window", **options)), options

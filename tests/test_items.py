@@ -98,3 +98,20 @@ def test_the_server_draws_the_same_items_and_says_which_are_in_training(names_mo
                         ({"prompt": "", "items": True, "guided_regex": "[a-z]+"}, "items")):
         refused = server.post(body)
         assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
+
+
+def test_regraph_rebuilds_a_graph_around_its_weights_and_keeps_the_items_record(names_model, tmp_path):
+    """`python -m train.regraph DIR`: the graph built again by this train/graph.py from the export's own
+    initializers, installed only as the same scores and text; a list model keeps its record."""
+    import shutil
+
+    from train import regraph
+
+    generator, training, _ = names_model
+    copy = tmp_path / "names"
+    shutil.copytree(generator.path, copy)
+    assert regraph.main([str(copy)]) == 0
+    again = Generator.load(copy)
+    assert again.backend.masks_in_call and again.vocab.items == generator.vocab.items
+    assert again.items(10, seed=3) == generator.items(10, seed=3)
+    assert regraph.main([str(tmp_path / "missing")]) == 1

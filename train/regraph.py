@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,10 +37,14 @@ def regraph(model_dir: Path) -> Path:
     before = Generator.load(model_dir)
     with tempfile.TemporaryDirectory(prefix=".regraph-", dir=model_dir) as staging:
         path, sha256 = save_content_addressed(new, Path(staging), "model")
-        dataclasses.replace(vocab, onnx_file=path.name, onnx_sha256=sha256).save(Path(staging) / "vocab.json")
+        new_vocab = dataclasses.replace(vocab, onnx_file=path.name, onnx_sha256=sha256)
+        new_vocab.save(Path(staging) / "vocab.json")
+        others = set(new_vocab.files) - {path.name}  # a list model's record of its items, as it is
+        for name in others:
+            shutil.copy2(model_dir / name, Path(staging) / name)
         after = Generator.load(staging)
         check_same(before, after)
-        install(Path(staging), model_dir, keep={path.name})
+        install(Path(staging), model_dir, keep={path.name, *others})
     return model_dir / path.name
 
 

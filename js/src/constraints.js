@@ -25,6 +25,52 @@ export class Pattern {
     return after >= 0 && this.distance[after] <= left - 1;
   }
 
+  /** The fewest characters left (this one included) at which `allows` is every character the automaton
+   * allows from each state: 1 + the largest distance a character leads to (charsdk/constraints.py's room). */
+  get room() {
+    if (!this._room) {
+      this._room = Float64Array.from(this.accepting, (_, state) => {
+        let most = 0;
+        for (let v = 0; v < this.size; v++) {
+          const after = this.next(state, v);
+          if (after >= 0) most = Math.max(most, this.distance[after] + 1);
+        }
+        return most;
+      });
+    }
+    return this._room;
+  }
+
+  /**
+   * The automaton over characters drawn in one call, `left` characters left before the first, up to the
+   * first that does not stand (charsdk/constraints.py's walk, for draws the graph masked): where the
+   * pattern accepts, one it does not allow ends the sample; where it does not, the draw stands wherever
+   * the room left does not narrow the graph's mask. Returns {at, ends, states}.
+   */
+  walk(state, chars, left) {
+    const states = [state];
+    for (let at = 0; at < chars.length; at++) {
+      const allowed = this.allows(state, chars[at], left - at);
+      if (this.accepting[state] && !allowed) return { at, ends: true, states };
+      if (!this.accepting[state] && this.room[state] > left - at) return { at, ends: false, states };
+      state = this.next(state, chars[at]);
+      states.push(state);
+    }
+    return { at: chars.length, ends: false, states };
+  }
+
+  /** The automaton as the graph masks with it: additive masks [states * V] (0 where a character is allowed
+   * or the state accepts, -inf elsewhere) and next states, each + 1 + offset (0: every character allowed). */
+  graphTables(offset) {
+    const mask = new Float32Array(this.table.length), next = new BigInt64Array(this.table.length);
+    for (let i = 0; i < this.table.length; i++) {
+      const live = this.table[i] >= 0;
+      mask[i] = live || this.accepting[Math.floor(i / this.size)] ? 0 : -Infinity;
+      next[i] = live ? BigInt(this.table[i] + 1 + offset) : 0n;
+    }
+    return { mask, next };
+  }
+
   static async compile(regex, vocab) {
     if (typeof regex !== "string" || !regex) throw new CharsdkError("regex must be a non-empty string", "regex");
     const { DFA, NFA, JS } = await import("refa");

@@ -116,6 +116,8 @@ export class Generator {
     this.session = session;
     this.ort = ort;
     this.trainingItems = trainingItems; // a list model's ItemRecord, or null
+    // a graph built since 2026-12-03 masks a pattern's draws inside the call (charsdk/engine.py's _draw_masked)
+    this.masksInCall = session.inputNames.includes("pattern_mask");
   }
 
   /**
@@ -145,7 +147,8 @@ export class Generator {
   }
 
   /** One call of model.onnx for B streams: read ids [B][T], then draw K characters (uniforms [B, K, V]). */
-  async run(ids, state, { logits = null, uniforms = null, draws = 0, options = null, window = 0, start = 0 } = {}) {
+  async run(ids, state, { logits = null, uniforms = null, draws = 0, options = null, window = 0, start = 0,
+                         automaton = null } = {}) {
     const streams = ids.length, size = this.vocab.size, reads = ids[0]?.length ?? 0;
     options = options || Array(streams).fill(samplingOptions(0.5, 0, 1));
     const ort = this.ort;
@@ -163,10 +166,12 @@ export class Generator {
       start: new ort.Tensor("int64", BigInt64Array.of(BigInt(start)), []),
     };
     for (const [name, s] of Object.entries(state)) feed[name] = new ort.Tensor("float32", s.data, [s.rows, s.size]);
-    if (this.session.inputNames.includes("pattern_mask")) { // a graph built since 2026-12-03: no pattern here
-      feed.pattern_mask = new ort.Tensor("float32", new Float32Array(size), [1, size]);
-      feed.pattern_next = new ort.Tensor("int64", new BigInt64Array(size), [1, size]);
-      feed.pattern_state = new ort.Tensor("int64", new BigInt64Array(1), [1]);
+    if (this.masksInCall) { // each stream's state of the automata that mask its draws (none: state 0)
+      const { mask, next, state: states } = automaton ?? { mask: new Float32Array(size), next: new BigInt64Array(size),
+                                                           state: new BigInt64Array(1) };
+      feed.pattern_mask = new ort.Tensor("float32", mask, [mask.length / size, size]);
+      feed.pattern_next = new ort.Tensor("int64", next, [mask.length / size, size]);
+      feed.pattern_state = new ort.Tensor("int64", states, [states.length]);
     }
     const out = await this.session.run(feed);
     const newState = {};
@@ -255,8 +260,25 @@ export class Generator {
       plan.rngs.forEach((rng, b) => rng.fillFloat32(uniforms.subarray(b * k * size, (b + 1) * k * size)));
       const drawn = Array.from({ length: streams }, () => []); // [B][k]
       const before = [];  // the logits each character was drawn from: [k][B * V]
+      let first = 0; // where the characters drawn one per call start
+      if (plan.pattern && !plan.controls && this.masksInCall) {
+        const out = await this.run(noIds, state, { logits, uniforms, draws: k, options: plan.options, window, start: read,
+                                                   automaton: this.automaton(plan.pattern, drawing, decoders) });
+        const ids = Array.from(out.drawn.data, Number); // [k, B]
+        const rows = Array.from({ length: streams }, (_, b) => ids.filter((_, i) => i % streams === b));
+        first = this.follow(plan.pattern, rows, drawing, decoders);
+        rows.forEach((row, b) => drawn[b].push(...row.slice(0, first)));
+        if (plan.logprobs !== null && first > 0) {
+          before.push(logits);
+          const again = first > 1 ? await this.run(rows.map(r => r.slice(0, first - 1)), state, { window, start: read }) : null;
+          for (let j = 0; j < first - 1; j++) before.push(again.read.data.subarray(j * streams * size, (j + 1) * streams * size));
+        }
+        if (first === k) ({ logits, state } = out);
+        else if (first) ({ logits, state } = await this.run(rows.map(r => r.slice(0, first)), state, { window, start: read }));
+        read += first;
+      }
       if (plan.controls || plan.pattern) {
-        for (let j = 0; j < k; j++) {
+        for (let j = first; j < k; j++) {
           before.push(logits);
           const ids = plan.options.map((option, b) => {
             const row = (b * k + j) * size, d = decoders[b];
@@ -292,6 +314,35 @@ export class Generator {
       });
       if (decoders.every(d => d.finishReason)) return;
     }
+  }
+
+  /** The automaton the graph masks a chunk's draws with: state 0 allows every character (a stream that
+   * has ended), the pattern's states after it (charsdk/constraints.py's Automaton). */
+  automaton(pattern, drawing, decoders) {
+    pattern.graph ??= pattern.graphTables(0);
+    const size = this.vocab.size, mask = new Float32Array(size + pattern.graph.mask.length);
+    const next = new BigInt64Array(size + pattern.graph.next.length);
+    mask.set(pattern.graph.mask, size);
+    next.set(pattern.graph.next, size);
+    const state = BigInt64Array.from(drawing, (d, b) => BigInt(d.endsAt === null && !decoders[b].finishReason ? 1 + d.state : 0));
+    return { mask, next, state };
+  }
+
+  /** How many characters of a chunk the graph drew masked stand for every stream (charsdk/engine.py's
+   * _follow): each stream's automaton moved over them, and a stream that ends among them ended. */
+  follow(pattern, rows, drawing, decoders) {
+    const walks = [];
+    rows.forEach((row, b) => {
+      if (drawing[b].endsAt === null && !decoders[b].finishReason) {
+        walks.push([drawing[b], pattern.walk(drawing[b].state, row, decoders[b].length - decoders[b].drawn)]);
+      }
+    });
+    const kept = Math.min(rows[0].length, ...walks.filter(([, w]) => !w.ends).map(([, w]) => w.at));
+    for (const [d, { at, ends, states }] of walks) {
+      d.state = states[Math.min(at, kept)];
+      if (ends && at < kept) d.endsAt = at;
+    }
+    return kept;
   }
 
   /**
