@@ -174,11 +174,12 @@ def weight_arrays(layers, dense, precision: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _filter_nodes() -> list[onnx.NodeProto]:
-    """"kept": top-k, then top-p, of softmax(logits / T) sorted in decreasing order (axis 1 of [B, V]), the
-    logits those a pattern allows (the same cut as charsdk.engine's on the masked distribution)."""
+def _filter_nodes(logits: str) -> list[onnx.NodeProto]:
+    """"kept": top-k, then top-p, of softmax(logits / T) sorted in decreasing order (axis 1 of [B, V]); in
+    a masked loop, the logits a pattern has masked (the cut charsdk.engine makes on the masked
+    distribution)."""
     return [
-        node("Mul", ["logits_masked", "inv_t"], ["scaled"]),
+        node("Mul", [logits, "inv_t"], ["scaled"]),
         node("Softmax", ["scaled"], ["w"], axis=1),
         node("TopK", ["w", "k_all"], ["sorted", "sorted_idx"], axis=1, largest=1, sorted=1),
         node("Less", ["positions", "k_col"], ["in_k"]),
@@ -285,23 +286,24 @@ def carries_quantized(precision: str, ring: bool) -> bool:
 
 
 def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, precision: str,
-               phase: str, ring: bool, scanned: bool = False) -> onnx.GraphProto:
+               phase: str, ring: bool, scanned: bool = False, masked: bool = False) -> onnx.GraphProto:
     """One iteration. phase "read": take character i of "ids_tb" [T, B], step, and also emit the
     logits after it; "draw" / "draw_filtered": draw argmax(logits + T·g) (over the top-k / top-p
-    characters if filtered), step, and emit the character. `scanned`: the body of a Scan, which is
-    given the character "id" (read) or the noise "g" (draw) of its step instead of taking it."""
+    characters if filtered), step, and emit the character; `masked`: the logits first masked by each
+    stream's pattern, whose state it carries ("fsm"). `scanned`: the body of a Scan, which is given the
+    character "id" (read) or the noise "g" (draw) of its step instead of taking it."""
     if phase == "read":
         nodes = [] if scanned else [node("Gather", ["ids_tb", "i"], ["id"], axis=0)]
     else:
-        filtered = phase == "draw_filtered"
+        filtered, logits_drawn = phase == "draw_filtered", "logits_masked" if masked else "logits_in"
         nodes = [
             *([] if scanned else [node("Gather", ["noise", "i"], ["g"], axis=1)]),
-            *_pattern_mask_nodes(),
-            node("Add", ["logits_masked", "g"], ["perturbed"]),
-            *(_filter_nodes() + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
+            *(_pattern_mask_nodes() if masked else []),
+            node("Add", [logits_drawn, "g"], ["perturbed"]),
+            *(_filter_nodes(logits_drawn) + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
               if filtered else []),
             node("ArgMax", ["perturbed_kept" if filtered else "perturbed"], ["id"], axis=1, keepdims=0),
-            *_pattern_step_nodes(),
+            *(_pattern_step_nodes() if masked else []),
         ]
     if ring:
         nodes += _ring_nodes("start" if phase == "read" else "draw_start")
@@ -311,22 +313,24 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
         quantized = [helper.make_tensor_value_info(f"{s.input}_q_{suffix}", TensorProto.UINT8,
                                                    [None, s.size])
                      for s in states[::2]] if carries_quantized(precision, ring) else []
+        fsm = [helper.make_tensor_value_info(f"fsm_{suffix}", I64, [None])] if masked else []
         return [helper.make_tensor_value_info(f"{s.input}_{suffix}", F32, [None, s.size])
-                for s in states] + [helper.make_tensor_value_info(f"fsm_{suffix}", I64, [None])] + quantized
+                for s in states] + fsm + quantized
 
     logits = lambda name: helper.make_tensor_value_info(name, F32, [None, vocab_size])  # noqa: E731
     if phase == "read":
-        nodes += [node("Identity", ["logits_next"], ["logits_read"]), node("Identity", ["fsm_in"], ["fsm_next"])]
+        nodes.append(node("Identity", ["logits_next"], ["logits_read"]))
         emitted = logits("logits_read")
     else:
         emitted = helper.make_tensor_value_info("id", I64, [None])
     carried_in, carried_out = [logits("logits_in"), *carried("in")], [logits("logits_next"), *carried("next")]
+    name = body_name(phase, ring, masked)
     if scanned:
         given = (helper.make_tensor_value_info("id", I64, [None]) if phase == "read"
                  else helper.make_tensor_value_info("g", F32, [None, vocab_size]))
-        return helper.make_graph(nodes, body_name(phase, ring), [*carried_in, given], [*carried_out, emitted])
+        return helper.make_graph(nodes, name, [*carried_in, given], [*carried_out, emitted])
     return helper.make_graph(
-        nodes, body_name(phase, ring),
+        nodes, name,
         [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
          *carried_in],
         [helper.make_tensor_value_info("cond_in", BOOL, []), *carried_out, emitted],
@@ -349,9 +353,9 @@ def _pattern_step_nodes() -> list[onnx.NodeProto]:
             node("Squeeze", ["fsm_after", "axis1"], ["fsm_next"])]
 
 
-def body_name(phase: str, ring: bool) -> str:
+def body_name(phase: str, ring: bool, masked: bool = False) -> str:
     """The name of a phase's loop body: "draw_stateful" is the one that generation spends its time in."""
-    return f"{phase}_{'window' if ring else 'stateful'}"
+    return f"{phase}_{'masked_' if masked else ''}{'window' if ring else 'stateful'}"
 
 
 def _scan_nodes(k: int, trips: str, sequence: str, dummy: onnx.TensorProto, tail: list[str],
@@ -452,36 +456,41 @@ def _table_nodes(precision: str) -> list[onnx.NodeProto]:
 
 
 def _loop_chain_nodes(n_layers: int, states: tuple[StateSpec, ...], V: int, precision: str) -> list[onnx.NodeProto]:
-    """Six loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
-    plain or with top-k / top-p), and the outputs gathered from them. The inputs choose one of each phase
-    by giving it the trip count and the others 0 (a loop of 0 trips passes its values through; so does a
-    Scan, see _scan_nodes). Main-graph loops rather than If branches: onnxruntime pre-packs a weight for
-    as many kernels as main-graph nodes use it, so weights used only inside If branches would be packed
-    for one loop and multiplied unpacked in the rest."""
-    loops = [("read", False, "reads_stateful"), ("read", True, "reads_window"),
-             ("draw", False, "draws_plain"), ("draw_filtered", False, "draws_filtered"),
-             ("draw", True, "draws_window_plain"), ("draw_filtered", True, "draws_window_filtered")]
-    carried = ["logits", *[s.input for s in states], "fsm"]
+    """Ten loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
+    plain or with top-k / top-p, each unmasked or masked by the streams' patterns), and the outputs
+    gathered from them. The inputs choose one of each phase by giving it the trip count and the others 0
+    (a loop of 0 trips passes its values through; so does a Scan, see _scan_nodes). Main-graph loops
+    rather than If branches: onnxruntime pre-packs a weight for as many kernels as main-graph nodes use
+    it, so weights used only inside If branches would be packed for one loop and multiplied unpacked in
+    the rest. Only the masked loops carry the patterns' states ("fsm"): an unmasked draw pays nothing
+    for them."""
+    loops = [("read", False, False, "reads_stateful"), ("read", True, False, "reads_window"),
+             ("draw", False, False, "draws_plain"), ("draw_filtered", False, False, "draws_filtered"),
+             ("draw", True, False, "draws_window_plain"), ("draw_filtered", True, False, "draws_window_filtered"),
+             ("draw", False, True, "draws_masked"), ("draw_filtered", False, True, "draws_masked_filtered"),
+             ("draw", True, True, "draws_window_masked"),
+             ("draw_filtered", True, True, "draws_window_masked_filtered")]
+    carried, fsm = ["logits", *[s.input for s in states]], "fsm"
     scans: dict[str, list[str]] = {"read": [], "draw": []}
     loop_nodes = []
-    for k, (phase, ring, trips) in enumerate(loops):
-        out = [f"{name}_{k}" for name in carried]
+    for k, (phase, ring, masked, trips) in enumerate(loops):
+        given = [*carried, fsm] if masked else carried
+        out = [f"{name}_{k}" for name in given]
         scan = f"{'read' if phase == 'read' else 'ids'}_{k}"
         # a loop that carries h quantized starts from the quantized h it is given; its own is not kept
-        h_given = carried[1 : len(states) + 1 : 2]
-        quantized = h_given if carries_quantized(precision, ring) else []
+        quantized = carried[1::2] if carries_quantized(precision, ring) else []
         loop_nodes += [quantize(h, f"{h}_q_start_{k}") for h in quantized]
         starts, ends = [f"{h}_q_start_{k}" for h in quantized], [f"{h}_q_end_{k}" for h in quantized]
         if phase in SCANNED and not ring:  # the phases each call takes: a Scan (cheaper per step)
-            body = _loop_body(n_layers, states, V, precision, phase, ring, scanned=True)
+            body = _loop_body(n_layers, states, V, precision, phase, ring, scanned=True, masked=masked)
             sequence, dummy, tail = SCANNED[phase]
-            loop_nodes += _scan_nodes(k, trips, sequence, dummy, tail, [*carried, *starts], out, ends, scan,
+            loop_nodes += _scan_nodes(k, trips, sequence, dummy, tail, [*given, *starts], out, ends, scan,
                                       body)
         else:
-            loop_nodes.append(node("Loop", [trips, "true", *carried, *starts], [*out, *ends, scan],
-                                   body=_loop_body(n_layers, states, V, precision, phase, ring)))
+            loop_nodes.append(node("Loop", [trips, "true", *given, *starts], [*out, *ends, scan],
+                                   body=_loop_body(n_layers, states, V, precision, phase, ring, masked=masked)))
         scans["read" if phase == "read" else "draw"].append(scan)
-        carried = out
+        carried, fsm = out[: len(carried)], out[-1] if masked else fsm
     # a loop of 0 trips emits an empty scan output of unknown shape: reshape before concatenating
     for phase, shape in (("read", "read_shape"), ("draw", "ids_shape_out")):
         for name in scans[phase]:
@@ -490,27 +499,39 @@ def _loop_chain_nodes(n_layers: int, states: tuple[StateSpec, ...], V: int, prec
         node("Concat", [f"{name}_shaped" for name in scans["read"]], ["read_logits"], axis=0),
         node("Concat", [f"{name}_shaped" for name in scans["draw"]], ["ids_out"], axis=0),
         node("Identity", [carried[0]], ["logits_out"]),
-        *[node("Identity", [name], [s.output]) for name, s in zip(carried[1:-1], states, strict=True)],
+        *[node("Identity", [name], [s.output]) for name, s in zip(carried[1:], states, strict=True)],
     ]
     return loop_nodes
 
 
 def _trip_count_nodes() -> list[onnx.NodeProto]:
-    """Which loop of each phase runs: the inputs give it the trip count and the others 0."""
-    return [
+    """Which loop of each phase runs: the inputs give it the trip count and the others 0. A draw is masked
+    when the patterns' automata have more than the one state that allows every character."""
+    nodes = [
         node("Greater", ["window", "zero_i64"], ["is_window"]),
         node("Not", ["is_window"], ["is_stateful"]),
         node("Not", ["use_filter"], ["no_filter"]),
-        *[n for name, conditions, count in (
-            ("reads_stateful", ["is_stateful"], "reads"), ("reads_window", ["is_window"], "reads"),
-            ("draws_plain", ["is_stateful", "no_filter"], "draws"),
-            ("draws_filtered", ["is_stateful", "use_filter"], "draws"),
-            ("draws_window_plain", ["is_window", "no_filter"], "draws"),
-            ("draws_window_filtered", ["is_window", "use_filter"], "draws"))
-          for n in [node("And", conditions, [f"{name}_on"]) if len(conditions) == 2
-                    else node("Identity", conditions, [f"{name}_on"]),
-                    node("Where", [f"{name}_on", count, "zero_i64"], [name])]],
+        node("Shape", ["pattern_mask"], ["pattern_shape"]),
+        node("Gather", ["pattern_shape", "zero_i64"], ["pattern_rows"], axis=0),
+        node("Greater", ["pattern_rows", "one_i64"], ["use_pattern"]),
+        node("Not", ["use_pattern"], ["no_pattern"]),
     ]
+    for name, conditions, count in (
+            ("reads_stateful", ["is_stateful"], "reads"), ("reads_window", ["is_window"], "reads"),
+            ("draws_plain", ["is_stateful", "no_filter", "no_pattern"], "draws"),
+            ("draws_filtered", ["is_stateful", "use_filter", "no_pattern"], "draws"),
+            ("draws_window_plain", ["is_window", "no_filter", "no_pattern"], "draws"),
+            ("draws_window_filtered", ["is_window", "use_filter", "no_pattern"], "draws"),
+            ("draws_masked", ["is_stateful", "no_filter", "use_pattern"], "draws"),
+            ("draws_masked_filtered", ["is_stateful", "use_filter", "use_pattern"], "draws"),
+            ("draws_window_masked", ["is_window", "no_filter", "use_pattern"], "draws"),
+            ("draws_window_masked_filtered", ["is_window", "use_filter", "use_pattern"], "draws")):
+        on = conditions[0]
+        for i, condition in enumerate(conditions[1:]):
+            nodes.append(node("And", [on, condition], [f"{name}_on{i}"]))
+            on = f"{name}_on{i}"
+        nodes.append(node("Where", [on, count, "zero_i64"], [name]))
+    return nodes
 
 
 def _ring_constant_nodes(states: tuple[StateSpec, ...]) -> list[onnx.NodeProto]:
