@@ -49,7 +49,8 @@ class Pattern:
         pattern allows it, one drawn `masked` (the graph's left-blind mask, `graph_tables`) wherever the
         room left does not narrow the mask (`room`). Returns (that position, or len(chars); whether the
         sample ends there; the states before each character and after the last one followed)."""
-        states, table, distance, accepting, room = [state], self.table, self.distance, self.accepting, self.room
+        states, table, distance = [state], self.table, self.distance
+        accepting, room = self.accepting, self.room
         for at, char in enumerate(chars.tolist()):
             after = int(table[state, char])
             allowed = after >= 0 and distance[after] <= left - at - 1

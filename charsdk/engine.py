@@ -50,7 +50,8 @@ class Backend(Protocol):
         """No rows: an engine's batch before any stream joins."""
 
     def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
-             scored: bool = False, automaton: Automaton | None = None) -> tuple[np.ndarray, Rows, np.ndarray | None]:
+             scored: bool = False,
+             automaton: Automaton | None = None) -> tuple[np.ndarray, Rows, np.ndarray | None]:
         """Draw uniforms.shape[1] characters per row (uniforms [B, k, V]), each masked by the row's state of
         `automaton` (masks_in_call): ids [k, B], the rows after, and (`scored`) the log-probabilities
         [k, B, V] (the model's own, unmasked) each drawn character was drawn from (else None)."""
@@ -427,8 +428,8 @@ class Engine:
                 continue
             rows = self.backend.advance(rows, guessed[:kept].T) if kept else rows
             rest = k if kept < GUESS_MIN else done + kept + 1  # guessing does not pay here: one per call
-            one, rows, one_log_p = self._draw_controlled(rows, numbers[:, done + kept : rest], options, streams,
-                                                         scored, offset=done + kept)
+            one, rows, one_log_p = self._draw_controlled(rows, numbers[:, done + kept : rest], options,
+                                                         streams, scored, offset=done + kept)
             drawn[done + kept : rest] = one
             if scored:
                 log_p[done + kept : rest] = one_log_p
@@ -482,7 +483,8 @@ class Engine:
             logits = self.backend.next_logits(rows)
             if scored:
                 log_p[step] = log_softmax(logits)
-            adjusted = np.stack([self._adjusted(z, s, offset + step) for z, s in zip(logits, streams, strict=True)])
+            adjusted = np.stack([self._adjusted(z, s, offset + step)
+                                 for z, s in zip(logits, streams, strict=True)])
             drawn[step] = draw_rows(np.exp(log_softmax(adjusted)), numbers[:, step], options)
             for stream, char in zip(streams, drawn[step], strict=True):
                 pattern = stream.request.pattern

@@ -188,7 +188,8 @@ class Generator:
         """`count` complete items of a list model: each drawn from a line start until the model draws the
         newline (regex [^\\n]+, so never empty); an item longer than `max_length` is dropped. The line
         start is after the items of the model's stored seed text (`item_prompt`), so that the state is
-        a list's, not a text's. `new_only`: only items not in the training list (the record: charsdk.items)."""
+        a list's, not a text's. `new_only`: only items not in the training list (the record:
+        charsdk.items)."""
         if new_only and self.training_items is None:
             raise InputError("new_only needs a record of the training items, which this model has none of "
                              "(an export of a one-item-per-line corpus writes one)", "new_only")
@@ -214,8 +215,8 @@ class Generator:
                 break
         return Items(found[:count], in_training, new, self.training_items is not None)
 
-    def item_request(self, n: int, temperature: float = 1.0, *, seed: int | None = None, max_length: int = 200,
-                     mode: str | None = None) -> Request:
+    def item_request(self, n: int, temperature: float = 1.0, *, seed: int | None = None,
+                     max_length: int = 200, mode: str | None = None) -> Request:
         """n streams that each draw one item ("stop" when the model draws its newline, else "length"):
         one round of `items`, and the server's `"items": true`."""
         if "\n" not in self.vocab.chars:

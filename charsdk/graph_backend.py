@@ -134,7 +134,8 @@ class GraphBackend:
         return self._rows(logits, state, mode, seeds.shape[1])
 
     def step(self, rows: Rows, uniforms: np.ndarray, options: Sequence[SamplingOptions],
-             scored: bool = False, automaton: Automaton | None = None) -> tuple[np.ndarray, Rows, np.ndarray | None]:
+             scored: bool = False,
+             automaton: Automaton | None = None) -> tuple[np.ndarray, Rows, np.ndarray | None]:
         if "read" not in rows.arrays:
             state = {k: rows[k] for k in self.state_names}
             logits, after, drawn, _ = self.run(np.zeros((len(rows), 0), np.int64), state, rows["logits"],

@@ -29,7 +29,8 @@ def test_a_thousand_constrained_samples_all_match_their_patterns(generator, mode
     assert matched >= 1000
 
 
-@pytest.mark.parametrize(("mode", "drawn"), [("stateful", "masked"), ("window", "masked"), ("stateful", "guessed")])
+@pytest.mark.parametrize(("mode", "drawn"),
+                         [("stateful", "masked"), ("window", "masked"), ("stateful", "guessed")])
 def test_the_graph_s_masked_and_guessed_draws_are_the_per_character_draws(mode, drawn, monkeypatch):
     """A pattern's streams drawn inside the model's call (its automaton masking each draw, top-k / top-p
     cut on the masked distribution; or, for a graph built before the pattern inputs, guessed unmasked and

@@ -111,6 +111,7 @@ def test_a_list_s_items_come_in_a_new_order_each_pass_and_the_same_on_a_resume(t
     assert items[0] != items[1] and items[0] == items[2]
     x, y = lanes.batch(lanes.steps)  # the first step of pass 1 reads pass 1's order
     text = corpus.decode(lanes.pass_ids(1))
-    assert corpus.decode(x[0]) in text and corpus.decode(y[0])[-1] == text[text.index(corpus.decode(x[0])) + 10]
+    read = corpus.decode(x[0])
+    assert read in text and corpus.decode(y[0])[-1] == text[text.index(read) + 10]
     unshuffled = Lanes(corpus, 10, 4, seed=5)
     assert corpus.decode(unshuffled.batch(0)[0][0]) in corpus.decode(corpus.train_ids)

@@ -174,7 +174,8 @@ def text_of(result):
 
 
 PATTERNS = [{"regex": "[st][a-z]{4,8}"}, {"regex": "[a-z ,]*(truth|power)[a-z ,]*\\."},
-            {"regex": "(yes|no|perhaps), [a-z]+", "logprobs": 1}, {"regex": "[^e\\n]{30,60}", "frequencyPenalty": 0.3},
+            {"regex": "(yes|no|perhaps), [a-z]+", "logprobs": 1},
+            {"regex": "[^e\\n]{30,60}", "frequencyPenalty": 0.3},
             {"choice": ["the truth", "the will to power", "morality"]},
             {"choice": ["yes", "no"], "logprobs": 2, "temperature": 1.0}]
 

@@ -278,7 +278,8 @@ def holdout_choice(count: int, holdout: float) -> np.ndarray:
     """[count] bool: the items a list holds out, a seeded sample of them (a sorted list's last 10% would
     be its Zs)."""
     held = np.zeros(count, bool)
-    held[np.random.default_rng(HOLDOUT_ITEMS_SEED).permutation(count)[: max(1, round(count * holdout))]] = True
+    order = np.random.default_rng(HOLDOUT_ITEMS_SEED).permutation(count)
+    held[order[: max(1, round(count * holdout))]] = True
     return held
 
 

@@ -114,7 +114,8 @@ class Lanes:
         lanes = replica * share + np.arange(share, dtype=np.int64)
         starts = lanes * self.lane_chars + offset + within * self.maxlen
         if self.shuffle_items and self.corpus.items is not None:
-            windows = self.pass_ids(pass_number)[starts[:, None] + np.arange(self.maxlen + 1)].astype(np.int32)
+            ids = self.pass_ids(pass_number)
+            windows = ids[starts[:, None] + np.arange(self.maxlen + 1)].astype(np.int32)
             return windows[:, :-1], windows[:, 1:]
         return cut(self.corpus, starts, self.maxlen, "all")
 

@@ -300,8 +300,8 @@ def _loop_body(n_layers: int, states: tuple[StateSpec, ...], vocab_size: int, pr
             *([] if scanned else [node("Gather", ["noise", "i"], ["g"], axis=1)]),
             *(_pattern_mask_nodes() if masked else []),
             node("Add", [logits_drawn, "g"], ["perturbed"]),
-            *(_filter_nodes(logits_drawn) + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])]
-              if filtered else []),
+            *(_filter_nodes(logits_drawn)
+              + [node("Where", ["kept", "perturbed", "minus_inf"], ["perturbed_kept"])] if filtered else []),
             node("ArgMax", ["perturbed_kept" if filtered else "perturbed"], ["id"], axis=1, keepdims=0),
             *(_pattern_step_nodes() if masked else []),
         ]
@@ -451,11 +451,13 @@ def _table_nodes(precision: str) -> list[onnx.NodeProto]:
     """The nodes that make the first layer's input table float32."""
     if precision == "fp32":
         return [node("Identity", ["l0_table"], ["l0_table_f"])]
-    return [node("DequantizeLinear", ["l0_table_q", "l0_table_scale", "l0_table_zero"], ["l0_table_f"], axis=1),
+    return [node("DequantizeLinear", ["l0_table_q", "l0_table_scale", "l0_table_zero"], ["l0_table_f"],
+                 axis=1),
             *runtime_scale_nodes("logits")]
 
 
-def _loop_chain_nodes(n_layers: int, states: tuple[StateSpec, ...], V: int, precision: str) -> list[onnx.NodeProto]:
+def _loop_chain_nodes(n_layers: int, states: tuple[StateSpec, ...], V: int,
+                      precision: str) -> list[onnx.NodeProto]:
     """Ten loops in a chain, in the main graph: read (stateful, window), then draw (stateful, window, each
     plain or with top-k / top-p, each unmasked or masked by the streams' patterns), and the outputs
     gathered from them. The inputs choose one of each phase by giving it the trip count and the others 0
@@ -466,7 +468,8 @@ def _loop_chain_nodes(n_layers: int, states: tuple[StateSpec, ...], V: int, prec
     for them."""
     loops = [("read", False, False, "reads_stateful"), ("read", True, False, "reads_window"),
              ("draw", False, False, "draws_plain"), ("draw_filtered", False, False, "draws_filtered"),
-             ("draw", True, False, "draws_window_plain"), ("draw_filtered", True, False, "draws_window_filtered"),
+             ("draw", True, False, "draws_window_plain"),
+             ("draw_filtered", True, False, "draws_window_filtered"),
              ("draw", False, True, "draws_masked"), ("draw_filtered", False, True, "draws_masked_filtered"),
              ("draw", True, True, "draws_window_masked"),
              ("draw_filtered", True, True, "draws_window_masked_filtered")]
@@ -487,8 +490,8 @@ def _loop_chain_nodes(n_layers: int, states: tuple[StateSpec, ...], V: int, prec
             loop_nodes += _scan_nodes(k, trips, sequence, dummy, tail, [*given, *starts], out, ends, scan,
                                       body)
         else:
-            loop_nodes.append(node("Loop", [trips, "true", *given, *starts], [*out, *ends, scan],
-                                   body=_loop_body(n_layers, states, V, precision, phase, ring, masked=masked)))
+            body = _loop_body(n_layers, states, V, precision, phase, ring, masked=masked)
+            loop_nodes.append(node("Loop", [trips, "true", *given, *starts], [*out, *ends, scan], body=body))
         scans["read" if phase == "read" else "draw"].append(scan)
         carried, fsm = out[: len(carried)], out[-1] if masked else fsm
     # a loop of 0 trips emits an empty scan output of unknown shape: reshape before concatenating

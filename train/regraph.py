@@ -63,7 +63,8 @@ def check_same(before: Generator, after: Generator) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.regraph", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir", type=Path, nargs="+", help="an export's directory (vocab.json and its ONNX file)")
+    p.add_argument("model_dir", type=Path, nargs="+",
+                   help="an export's directory (vocab.json and its ONNX file)")
     args = p.parse_args(argv)
     for model_dir in args.model_dir:
         try:

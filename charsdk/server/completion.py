@@ -112,7 +112,8 @@ def item_completion(form, model_id: str, generator: Generator, prompts: list[str
     """`"items": true`: n items of a list model, drawn as `Generator.items` draws them (its item_request)."""
     if prompts != [""]:
         raise APIError(400, 'items are drawn after the model\'s own lines: give "prompt": ""', "prompt")
-    if form.structured_outputs or form.guided_regex is not None or form.guided_choice is not None or form.stop:
+    patterned = form.structured_outputs or form.guided_regex is not None or form.guided_choice is not None
+    if patterned or form.stop:
         raise APIError(400, "items cannot be combined with structured_outputs or stop: an item is a line",
                        "items")
     try:

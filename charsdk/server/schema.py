@@ -11,7 +11,10 @@ import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from typing_extensions import NotRequired, TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
+from typing_extensions import (  # pydantic reads typing's TypedDict only from Python 3.12
+    NotRequired,
+    TypedDict,
+)
 
 from .errors import APIError
 
@@ -64,9 +67,9 @@ class CompletionRequest(BaseModel):
                                                        "structured_outputs.regex)")
     guided_choice: list[str] | None = Field(None, description="a list of strings (vLLM's older spelling of "
                                                               "structured_outputs.choice)")
-    items: bool = Field(False, description='true or false: each choice one complete item of a list model (a line, '
-                        'drawn after the model\'s own lines: give the prompt ""), with in_training saying '
-                        "whether it is a line of the training list")
+    items: bool = Field(False, description="true or false: each choice one complete item of a list model (a "
+                        'line, drawn after the model\'s own lines: give the prompt ""), with in_training '
+                        "saying whether it is a line of the training list")
     logit_bias: dict[str, float] | None = Field(None, description="an object of characters (or ids, as "
                                                 "strings of two or more digits) to biases from -100 to 100")
     presence_penalty: float = Field(0.0, description="a number from -2 to 2 (OpenAI's)")
