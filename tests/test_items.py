@@ -84,7 +84,8 @@ def test_node_draws_python_s_items_and_tells_the_same_ones_new(names_model):
 
 def test_the_server_draws_the_same_items_and_says_which_are_in_training(names_model, servers):
     """`"items": true`: each choice is what Generator.items draws in its first round, told in or not in the
-    training list; a prompt or a pattern beside it is one clear 400."""
+    training list; with `"new_only": true`, what Generator.items draws, new ones only, and how many it
+    drew; a prompt or a pattern beside it, or new_only alone or streamed, is one clear 400."""
     generator, training, _ = names_model
     server = servers("--model", str(generator.path))
     answer = server.post({"prompt": "", "items": True, "n": 8, "seed": 5, "max_tokens": 40,
@@ -94,8 +95,16 @@ def test_the_server_draws_the_same_items_and_says_which_are_in_training(names_mo
     for c in answer["choices"]:
         assert c["in_training"] == (c["text"] in training if c["finish_reason"] == "stop" else None)
     assert {c["in_training"] for c in answer["choices"]} - {None}  # complete items, told
+    fresh = server.post({"prompt": "", "items": True, "new_only": True, "n": 12, "seed": 2,
+                         "temperature": 1.0, "max_tokens": 200}).json()
+    ours = generator.items(12, seed=2, new_only=True)
+    assert [c["text"] for c in fresh["choices"]] == ours.items and not set(ours.items) & training
+    assert fresh["items"] == {"drawn": ours.in_training + ours.new, "in_training": ours.in_training,
+                              "new": ours.new}
     for body, field in (({"prompt": "ka", "items": True}, "prompt"),
-                        ({"prompt": "", "items": True, "guided_regex": "[a-z]+"}, "items")):
+                        ({"prompt": "", "items": True, "guided_regex": "[a-z]+"}, "items"),
+                        ({"prompt": "", "new_only": True}, "new_only"),
+                        ({"prompt": "", "items": True, "new_only": True, "stream": True}, "new_only")):
         refused = server.post(body)
         assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
 

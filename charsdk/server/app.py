@@ -4,6 +4,7 @@ between requests: run as many replicas as you like behind any load balancer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import itertools
@@ -29,7 +30,7 @@ from ..errors import InputError, ModelError
 from ..generator import Generator
 from .admission import Limits, Slots
 from .bridge import EventStream, Run
-from .completion import api_spelling, check_completion, read_json, served_model, text_of
+from .completion import api_spelling, check_completion, items_answer, read_json, served_model, text_of
 from .errors import APIError
 from .metrics import Metrics
 from .schema import DetokenizeRequest, TokenizeRequest, openapi, parse
@@ -126,6 +127,12 @@ class Service:
             raise
         head = {"id": f"cmpl-{next(self.ids)}", "object": "text_completion", "created": int(time.time()),
                 "model": completion.model}
+        if completion.new_only:
+            try:
+                return JSONResponse(await asyncio.to_thread(items_answer, self.models[completion.model],
+                                                            completion, head))
+            finally:
+                self.slots.release(completion.streams)
         run = Run(completion, self.models[completion.model], self.batchers[completion.model], request, head,
                   self.metrics, lambda: self.slots.release(completion.streams), started)
         if completion.stream:

@@ -28,6 +28,7 @@ class Completion:
     include_usage: bool
     logprobs: int | None
     items: bool = False  # each choice an item of a list model, told in or not in its training list
+    new_only: bool = False  # and only new ones: Generator.items runs it (`items_answer`)
 
     @property
     def streams(self) -> int:
@@ -89,6 +90,8 @@ def check_completion(body, models: dict[str, Generator], limits: Limits) -> Comp
     outputs = form.structured_outputs
     regex = outputs.regex if outputs and outputs.regex is not None else form.guided_regex
     choice = outputs.choice if outputs and outputs.choice is not None else form.guided_choice
+    if form.new_only and not form.items:
+        raise APIError(400, 'new_only draws items: add "items": true', "new_only")
     if form.items:
         return item_completion(form, model_id, models[model_id], prompts)
     requests = []
@@ -116,12 +119,36 @@ def item_completion(form, model_id: str, generator: Generator, prompts: list[str
     if patterned or form.stop:
         raise APIError(400, "items cannot be combined with structured_outputs or stop: an item is a line",
                        "items")
+    if form.new_only and (form.stream or form.echo or form.logprobs is not None):
+        raise APIError(400, "new_only answers at once with the items' text: leave out stream, echo and "
+                            "logprobs", "new_only")
+    if form.new_only and generator.training_items is None:
+        raise APIError(400, "new_only needs a record of the training items, which this model has none of (an "
+                            "export of a one-item-per-line corpus writes one)", "new_only")
     try:
         request = generator.item_request(form.n, form.temperature, seed=form.seed, max_length=form.max_tokens)
     except InputError as exc:
         raise APIError(400, api_spelling(exc), "items" if exc.argument == "items" else exc.argument) from None
     return Completion(model_id, [generator.item_prompt], [request], form.stream, form.echo,
-                      form.stream_options.include_usage, form.logprobs, items=True)
+                      form.stream_options.include_usage, form.logprobs, items=True, new_only=form.new_only)
+
+
+def items_answer(generator: Generator, completion: Completion, head: dict) -> dict:
+    """A new_only answer: `Generator.items` with the request's settings (its engine's own batches, in
+    the caller's worker thread), each choice a new item, and how many items it drew to find them."""
+    request = completion.requests[0]
+    option = request.options[0]
+    found = generator.items(request.streams, option.temperature, new_only=True, seed=request.seed,
+                            max_length=request.length)
+    choices = [{"text": item, "index": i, "logprobs": None, "finish_reason": "stop", "in_training": False}
+               for i, item in enumerate(found.items)]
+    prompt_chars = len(completion.prompts[0]) * len(choices)
+    completion_chars = sum(len(item) for item in found.items)
+    return {**head, "choices": choices,
+            "usage": {"prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
+                      "total_tokens": prompt_chars + completion_chars},
+            "items": {"drawn": found.in_training + found.new, "in_training": found.in_training,
+                      "new": found.new}}
 
 
 async def read_json(request: Request, limit: int, timeout_s: float):

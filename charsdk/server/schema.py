@@ -70,6 +70,8 @@ class CompletionRequest(BaseModel):
     items: bool = Field(False, description="true or false: each choice one complete item of a list model (a "
                         'line, drawn after the model\'s own lines: give the prompt ""), with in_training '
                         "saying whether it is a line of the training list")
+    new_only: bool = Field(False, description="true or false: with items, only items not in the training "
+                           "list (drawn as Generator.items draws them, the answer at once: no stream)")
     logit_bias: dict[str, float] | None = Field(None, description="an object of characters (or ids, as "
                                                 "strings of two or more digits) to biases from -100 to 100")
     presence_penalty: float = Field(0.0, description="a number from -2 to 2 (OpenAI's)")
@@ -202,6 +204,13 @@ class Completion(TypedDict, total=False):
     model: str
     choices: list[Choice]
     usage: Usage
+    items: ItemCounts  # "new_only": how many complete items were drawn to find the choices
+
+
+class ItemCounts(TypedDict):
+    drawn: int
+    in_training: int
+    new: int
 
 
 class ErrorBody(TypedDict):
