@@ -1,5 +1,6 @@
 # charsdk: `make gen` · `make test` · `make train export` · `make ship` · `make base` · `make bench`
 #          `make bench-serve` · `make bench-train` · `make plot` · `make lint` · `make check-js`
+#          `make eval-dynamic`
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 RUNTIME_VENV := .venv-runtime# runtime dependencies only: what `pip install charsdk` gives users
 DEV_VENV := .venv# runtime + training + test dependencies
@@ -20,7 +21,8 @@ LOWERCASE ?=# 1: a new run lower-cases its text (and generation its seeds); an e
 PRECISION ?= int8# export: int8 weights (one scale per output channel) or fp32
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship base bench bench-serve bench-train baselines plot lint clean check-js
+.PHONY: gen test train export ship base bench bench-serve bench-train baselines plot lint clean check-js \
+	eval-dynamic
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -65,6 +67,13 @@ base: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.fit --name base --artifacts $(ARTIFACTS) --recipe base --base none \
 		--corpus $(BASE_CORPUS) $(if $(EPOCHS),--epochs $(EPOCHS))
 	$(DEV_VENV)/bin/python -m train.export --name base --artifacts $(ARTIFACTS) --precision $(PRECISION)
+
+# Run $(NAME)'s held-out text scored static and adapted (dynamic evaluation, as PPMd adapts: each segment
+# scored, then one SGD step on it; train/dynamic_eval.py, TensorFlow and the run's best.keras), written to
+# artifacts/$(NAME)/dynamic_eval.json. DYNAMIC_ARGS: --lr, --segment, --decay, --chars.
+DYNAMIC_ARGS ?=
+eval-dynamic: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.dynamic_eval --name $(NAME) --artifacts $(ARTIFACTS) $(DYNAMIC_ARGS)
 
 # Copy the export of run $(NAME) into the package as charsdk/models/$(MODEL)/ (checked, then swapped in).
 ship: $(RUNTIME_VENV)/.installed

@@ -16,14 +16,15 @@ from charsdk.session import sha256_of
 from charsdk.vocab import PRECISIONS
 
 from .convert import bring
-from .corpus import CorpusError, download_book_corpus, load_corpus
+from .corpus import Corpus, CorpusError, download_book_corpus, load_corpus
 from .graph_export import export_graph
 from .install import ExportError
 from .model import keep_chars, load_checkpoint
 
 
-def export(model_dir: Path, precision: str = "int8") -> dict:
-    """Convert model_dir/best.keras; returns the checks' figures. Raises ExportError on a failed check."""
+def training_corpus(model_dir: Path) -> tuple[dict, Corpus]:
+    """A run's log and its corpus, split and encoded as the run trained on it (ExportError if it is gone
+    or changed): what checking an export, or scoring the held-out part again, needs."""
     log = json.loads((model_dir / "log.json").read_text())
     recipe, corpus_info = log["recipe"], log["corpus"]
     try:
@@ -31,9 +32,16 @@ def export(model_dir: Path, precision: str = "int8") -> dict:
                              lowercase=recipe["lowercase"], cache_dir=model_dir,
                              known_chars="".join(corpus_info["vocab"]))  # the model's, in its order
     except CorpusError as exc:
-        raise ExportError(f"the training corpus is needed to check the export: {exc}") from None
+        raise ExportError(f"the training corpus is needed: {exc}") from None
     if corpus.sha256 != corpus_info["sha256"]:
         raise ExportError(f"{corpus.path} changed since training (sha256 differs): retrain")
+    return log, corpus
+
+
+def export(model_dir: Path, precision: str = "int8") -> dict:
+    """Convert model_dir/best.keras; returns the checks' figures. Raises ExportError on a failed check."""
+    log, corpus = training_corpus(model_dir)
+    recipe = log["recipe"]
 
     model = load_checkpoint(model_dir / "best.keras")
     with tempfile.TemporaryDirectory(prefix=".narrowed-", dir=model_dir) as scratch:
