@@ -79,3 +79,21 @@ def test_benchmarks_name_the_cpu_flags_their_figures_depend_on():
     assert int16_pair_products(["avx2"], "x86_64") and not int16_pair_products(["avx2", "avx_vnni"], "x86_64")
     assert not int16_pair_products(["avx2", "avx512f", "avx512_vnni"], "x86_64")
     assert not int16_pair_products(["asimddp"], "aarch64")
+
+
+def test_the_training_rate_bench_counts_a_step_and_measures_the_peak(tmp_path):
+    """bench/train_rate.py: a step's multiply-adds (forward and backward), its time and the CPU's peak."""
+    import json
+
+    from bench import train_rate
+    from charsdk.cpu import cpu_flags
+
+    per_char = 4 * 256 * (175 + 256) + 4 * 256 * (256 + 256) + 256 * 175  # the finetune shape, forward
+    assert train_rate.step_multiply_adds((256, 256), 175, 32, 100) == 3 * 32 * 100 * per_char
+    out = tmp_path / "rate.json"
+    assert train_rate.main(["--recipe", "book", "--steps", "2", "--rounds", "1", "--precision", "float32",
+                            "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["step_multiply_adds"] == train_rate.step_multiply_adds((128,), 175, 128, 60)
+    assert result["multiply_adds_per_s"] == pytest.approx(result["step_multiply_adds"] / result["step_s"])
+    assert 0 < result["share_of_peak"] and result["machine"]["cpu_flags"] == cpu_flags()
