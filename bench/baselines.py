@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyppmd
 
-from train.corpus import CorpusError, download_book_corpus, file_sha256, held_out_items, is_list
+from charsdk.items import list_items
+from train.corpus import ITEM_PROBE, CorpusError, download_book_corpus, file_sha256, held_out_items
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "zlib -9": lambda data: zlib.compress(data, 9),
@@ -41,10 +42,9 @@ def held_out_bits(text: str, holdout: float = 0.1) -> tuple[int, dict[str, float
 def split_as_training(text: str, holdout: float) -> tuple[str, int]:
     """The text as training orders it, and where its held-out part starts: the last `holdout` of running
     text; a one-item-per-line list's held-out items (train.corpus.held_out_items) after its others."""
-    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
-    chars = tuple(sorted(set(text)))
-    if not is_list(chars, np.searchsorted(np.array([ord(c) for c in chars], np.uint32), codes)):
+    if list_items(text[:ITEM_PROBE]) is None:  # as train.corpus.is_list tells them apart
         return text, int(len(text) * (1 - holdout))
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
     ordered, split, _ = held_out_items(codes, ord("\n"), holdout)
     return ordered.tobytes().decode("utf-32-le"), split
 

@@ -128,7 +128,7 @@ def item_completion(form, model_id: str, generator: Generator, prompts: list[str
     try:
         request = generator.item_request(form.n, form.temperature, seed=form.seed, max_length=form.max_tokens)
     except InputError as exc:
-        raise APIError(400, api_spelling(exc), "items" if exc.argument == "items" else exc.argument) from None
+        raise APIError(400, api_spelling(exc), exc.argument) from None
     return Completion(model_id, [generator.item_prompt], [request], form.stream, form.echo,
                       form.stream_options.include_usage, form.logprobs, items=True, new_only=form.new_only)
 

@@ -265,7 +265,8 @@ export class Generator {
         const out = await this.run(noIds, state, { logits, uniforms, draws: k, options: plan.options, window, start: read,
                                                    automaton: this.automaton(plan.pattern, drawing, decoders) });
         const ids = Array.from(out.drawn.data, Number); // [k, B]
-        const rows = Array.from({ length: streams }, (_, b) => ids.filter((_, i) => i % streams === b));
+        const rows = Array.from({ length: streams }, () => []);
+        ids.forEach((id, i) => rows[i % streams].push(id));
         first = this.follow(plan.pattern, rows, drawing, decoders);
         rows.forEach((row, b) => drawn[b].push(...row.slice(0, first)));
         if (plan.logprobs !== null && first > 0) {
