@@ -175,3 +175,26 @@ def test_known_characters_come_first_and_a_cache_of_another_order_is_not_reused(
     extended = load_corpus(path, maxlen=10, holdout=0.1, cache_dir=tmp_path / "run", known_chars="zyQ .a")
     assert extended.chars == based.chars  # the same vocabulary: the cached ids are reused
     assert extended.ids_path == based.ids_path
+
+
+def test_a_package_corpus_is_its_files_in_order_and_a_missing_package_one_clear_line(
+        tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from bench import text_corpus
+
+    folder = tmp_path / "pod"
+    folder.mkdir()
+    for name, text in (("perlfaq2.pod", "two\n"), ("perlfaq1.pod", "one\n"), ("perlop.pod", "not a faq\n")):
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "perlfaq3.pod").symlink_to(folder / "perlop.pod")  # a link is not one of its files
+    monkeypatch.setitem(text_corpus.CORPORA, "perl-faq", ("perl-doc", folder, ["perlfaq*.pod"]))
+    assert text_corpus.main(["perl-faq", "--out", str(tmp_path / "faq.txt")]) == 0
+    assert (tmp_path / "faq.txt").read_text(encoding="utf-8") == "one\ntwo\n"
+
+    monkeypatch.setitem(text_corpus.CORPORA, "perl-faq", ("perl-doc", Path(tmp_path / "none").glob("*"),
+                                                         ["perlfaq*.pod"]))
+    assert text_corpus.main(["perl-faq", "--out", str(tmp_path / "other.txt")]) == 2
+    assert capsys.readouterr().err == ("text_corpus: error: no files of perl-faq found: install Debian's "
+                                       "perl-doc (apt-get install perl-doc)\n")
+    assert not (tmp_path / "other.txt").exists()

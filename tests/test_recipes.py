@@ -167,6 +167,38 @@ def test_weight_drop_lstm_is_keras_lstm_but_for_one_dropped_recurrent_kernel_per
             np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
+def test_the_lstm_loops_hand_written_gradient_is_tensorflows_own():
+    import tensorflow as tf
+
+    from train.model import lstm_sequence
+
+    rng = np.random.default_rng(0)
+    steps, batch, units = 6, 3, 5
+    projected, recurrent, h0, c0 = (tf.constant(rng.normal(size=shape), tf.float32) for shape in (
+        (steps, batch, 4 * units), (units, 4 * units), (batch, units), (batch, units)))
+    weigh_hs, weigh_c = (tf.constant(rng.normal(size=shape), tf.float32)
+                         for shape in ((steps, batch, units), (batch, units)))
+
+    def reference(projected, recurrent, h0, c0):  # the plain loop, differentiated by TensorFlow
+        h, c, hs = h0, c0, []
+        for z in tf.unstack(projected):
+            i, f, g, o = tf.split(z + tf.matmul(h, recurrent), 4, axis=-1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            hs.append(h)
+        return tf.stack(hs), c
+
+    results = []
+    for loop in (lstm_sequence, reference):
+        inputs = [tf.Variable(t) for t in (projected, recurrent, h0, c0)]
+        with tf.GradientTape() as tape:
+            hs, c_last = loop(*inputs)
+            loss = tf.reduce_sum(hs * weigh_hs) + tf.reduce_sum(c_last * weigh_c)
+        results.append([hs, c_last, *tape.gradient(loss, inputs)])
+    for ours, theirs in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_a_weight_drop_run_trains_saves_resumes_and_exports(small_corpus, tmp_path):
     from train import export, fit
     from train.model import WeightDropLSTM, load_checkpoint

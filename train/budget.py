@@ -61,8 +61,10 @@ def plan_budget(budget_s: float, spent_s: float, steps_done: int, step_s: float,
     return BudgetPlan(count, per_epoch, step_s, overhead_s, budget_s, spent_s)
 
 
-def epochs_that_fit(plan: BudgetPlan, epochs_done: int, spent_s: float, epoch_s: float) -> int:
-    """The plan's epochs, fewer if those left would not fit the budget at the measured `epoch_s`
-    (training, scoring and saving one): after each epoch, the plan meets the machine's real speed."""
+def epochs_that_fit(plan: BudgetPlan, epochs_done: int, spent_s: float, epoch_s: float, most: int) -> int:
+    """The epochs that fit the budget at the measured `epoch_s` (training, scoring and saving one), at
+    most `most` (the recipe's): after each epoch the plan meets the machine's real speed, fewer epochs
+    where the rest would not fit, more where epochs run faster than the first steps said (a run planned
+    from one slow epoch otherwise left a quarter of its budget unused)."""
     left = max(0, int((plan.budget_s - spent_s) / max(epoch_s, 1e-9)))
-    return max(epochs_done, min(plan.epochs, epochs_done + left))
+    return max(epochs_done, min(most, epochs_done + left))

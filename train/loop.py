@@ -184,14 +184,15 @@ class TrainingLoop:
             lambda context: tuple(tf.zeros((share, u)) for u in sizes))
 
     def fit_plan_to_speed(self, epochs_done: int, epoch_s: float) -> None:
-        """After an epoch of a planned run: fewer epochs if the rest would not fit at the speed just
-        measured, the learning rate then annealed over those (a small step down, not a stop halfway)."""
+        """After an epoch of a planned run: as many epochs as the rest of the budget holds at the speed
+        just measured (fewer or more, at most the recipe's), the learning rate then annealed over those
+        (a small step in the schedule, not a stop halfway)."""
         from .model import set_schedule_steps
 
         plan = BudgetPlan(**self.log["budget_plan"])
         epochs = epochs_that_fit(plan, epochs_done, self.agreed(self.spent_s()),
-                                 self.agreed(epoch_s) + self.overhead_s)
-        if epochs < self.epochs:
+                                 self.agreed(epoch_s) + self.overhead_s, self.recipe.epochs)
+        if epochs != self.epochs:
             self.epochs = epochs
             set_schedule_steps(self.model, epochs * self.steps_per_epoch)
             self.log["budget_plan"]["epochs"] = epochs
