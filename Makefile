@@ -95,7 +95,7 @@ bench-serve: $(DEV_VENV)/.installed
 
 # Training cost as the corpus grows (the Nietzsche text, repeated to 100 MB and 1 GB) and on 2 workers;
 # then a fine-tune step's multiply-adds per second beside the CPU's peak, in float32 and as train.fit
-# computes here (artifacts/bench/train-rate-<precision>.json).
+# computes here (artifacts/bench/train-rate-<precision>-<CPU kind>.json).
 bench-train: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m bench.bench_train $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus $(SHARED_CORPUS)))
 	$(DEV_VENV)/bin/python -m bench.train_rate --precision float32

@@ -20,3 +20,9 @@ def line() -> str:
     """One line for a benchmark's printed table."""
     flags = " ".join(cpu_flags()) or f"none of {' '.join(FLAGS)}"
     return f"machine: {os.cpu_count()} cores, {platform.machine()}, CPU flags: {flags}"
+
+
+def kind() -> str:
+    """The CPU kind a figure's file is named by: avx512_vnni, avx2, or the architecture (Arm: aarch64)."""
+    flags = cpu_flags()
+    return next((flag for flag in ("avx512_vnni", "avx2") if flag in flags), platform.machine())

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto: as train.fit decides (bfloat16 where the recipe asks and the CPU has it)")
-    p.add_argument("--out", help="JSON file (default: artifacts/bench/train-rate-<precision>.json)")
+    p.add_argument("--out", help="JSON file (default: artifacts/bench/train-rate-<precision>-<CPU kind>"
+                                 ".json)")
     args = p.parse_args(argv)
     from train import import_tensorflow
     from train.fit import bfloat16_here
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
           "multiply-adds/s\n"
           f"  peak, one {PEAK_SHAPE[0]}x{PEAK_SHAPE[1]} x {PEAK_SHAPE[1]}x{PEAK_SHAPE[2]} {precision} "
           f"tf.matmul: {peak / 1e9:.1f} G multiply-adds/s\n  the step runs at {rate / peak:.0%} of that")
-    out = Path(args.out or f"artifacts/bench/train-rate-{precision}.json")
+    out = Path(args.out or f"artifacts/bench/train-rate-{precision}-{machine.kind()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

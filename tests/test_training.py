@@ -215,3 +215,27 @@ def test_training_starts_quietly_on_a_cpu_only_machine(small_corpus, tmp_path):
     assert "held-out" in run.stdout
     assert not [line for line in run.stderr.splitlines() if any(m in line for m in TF_START_UP_LINES)], \
         run.stderr
+
+
+def test_the_per_epoch_samples_are_each_temperatures_own_stream_of_the_model():
+    """All temperatures are drawn in one batch: a greedy row is the model's own greedy text, whatever
+    the other rows draw, and a hot row differs from it."""
+    import keras
+
+    from train.config import make_recipe
+    from train.model import build_model, inference_function
+    from train.steps import sample_texts
+
+    keras.utils.set_random_seed(3)
+    model = build_model(6, make_recipe("book", units=(8,)), 1)
+    step_fn, states = inference_function(model)
+    seed = [1, 2, 3, 4]
+    texts = sample_texts(step_fn, states, seed, 6, (0.0, 5.0, 0.0), 30, np.random.default_rng(0))
+    greedy, x = [], np.eye(6, dtype=np.float32)[seed][None]
+    state = [np.zeros((1, s.size), np.float32) for s in states]
+    for _ in range(30):
+        result = step_fn(x, *state)
+        state = [result[s.output] for s in states]
+        greedy.append(int(np.argmax(result["probs"].numpy()[0])))
+        x = np.eye(6, dtype=np.float32)[greedy[-1:]][None]
+    assert texts[0] == texts[2] == greedy and texts[1] != greedy and len(texts[1]) == 30

@@ -29,7 +29,7 @@ from .steps import (
     make_stateful_holdout_scorer,
     make_train_step,
     make_vote,
-    sample_text,
+    sample_texts,
 )
 
 STARTED = time.monotonic()  # about when the process started: make bench-train times the first step from it
@@ -280,9 +280,9 @@ class TrainingLoop:
         start = int(rng.integers(0, corpus.split - recipe.maxlen))
         seed_ids = corpus.ids[start : start + recipe.maxlen]
         print(f'--- seed: "{corpus.decode(seed_ids)}"')
-        for temperature in TEMPERATURES:
-            text = sample_text(step_fn, states, seed_ids, len(corpus.chars), temperature,
-                               recipe.sample_length, rng)
+        texts = sample_texts(step_fn, states, seed_ids, len(corpus.chars), TEMPERATURES, recipe.sample_length,
+                             rng)
+        for temperature, text in zip(TEMPERATURES, texts, strict=True):
             print(f"--- temperature {temperature}:\n{corpus.decode(text)}")
         sys.stdout.flush()
 
