@@ -118,9 +118,21 @@ def test_after_each_epoch_the_plan_takes_as_many_epochs_as_the_rest_of_the_budge
     # scoring), the later ones at 51 s
     plan = BudgetPlan(23, 167, 0.27, 5.7, budget_s=1200, spent_s=14)
     assert epochs_that_fit(plan, 2, 128, 66.0, most=44) == 2 + 16  # fewer: 1,072 s left hold 16 more
+    plan = BudgetPlan(18, 167, 0.27, 5.7, budget_s=1200, spent_s=14)
     assert epochs_that_fit(plan, 10, 560, 51.0, most=44) == 10 + 12  # more again, once epochs run faster
     assert epochs_that_fit(plan, 10, 560, 5.0, most=44) == 44  # never more than the recipe's
     assert epochs_that_fit(plan, 20, 1210, 51.0, most=44) == 20  # the budget spent: none more
+
+
+def test_a_plan_does_not_flip_between_two_counts_as_epoch_times_vary():
+    from train.budget import BudgetPlan, epochs_that_fit
+
+    # licences, BUDGET=300 on an AVX2-only CPU: epochs of 19-20 s flipped the plan between 14 and 15
+    plan = BudgetPlan(14, 65, 0.25, 2.6, budget_s=300, spent_s=12)
+    assert epochs_that_fit(plan, 5, 100, 19.6, most=44) == 14  # room for 10.2 more: the 9 planned stay
+    assert epochs_that_fit(plan, 5, 100, 19.2, most=44) == 14  # 10.4: not yet half an epoch to spare
+    assert epochs_that_fit(plan, 5, 100, 17.9, most=44) == 15  # 11.2: one more
+    assert epochs_that_fit(plan, 5, 100, 23.0, most=44) == 13  # 8.7: the 9 planned no longer fit
 
 
 def test_a_nan_loss_stops_training(small_corpus, tmp_path, capsys):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 PROBE_STEPS = 10  # steps timed, after the first (which traces and compiles), before a budgeted run plans
 OVERHEAD_SHARE = 0.1  # an epoch's scoring, checkpoint and samples: at most this share of the epoch's time
+GROW_MARGIN = 0.5  # of an epoch: the room a plan must have spare, beyond one more epoch, to take one
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ def epochs_that_fit(plan: BudgetPlan, epochs_done: int, spent_s: float, epoch_s:
     """The epochs that fit the budget at the measured `epoch_s` (training, scoring and saving one), at
     most `most` (the recipe's): after each epoch the plan meets the machine's real speed, fewer epochs
     where the rest would not fit, more where epochs run faster than the first steps said (a run planned
-    from one slow epoch otherwise left a quarter of its budget unused)."""
-    left = max(0, int((plan.budget_s - spent_s) / max(epoch_s, 1e-9)))
-    return max(epochs_done, min(most, epochs_done + left))
+    from one slow epoch otherwise left a quarter of its budget unused). The plan's count stays while it
+    fits and grows only with GROW_MARGIN of an epoch to spare: epochs vary by a few percent, and a count
+    that flipped between two values after each epoch moved the schedule's end back and forth."""
+    room = (plan.budget_s - spent_s) / max(epoch_s, 1e-9)  # epochs the rest of the budget holds
+    planned = plan.epochs - epochs_done
+    if planned <= room < planned + 1 + GROW_MARGIN:
+        return plan.epochs
+    more = int(room) if room < planned else int(room - GROW_MARGIN)
+    return max(epochs_done, min(most, epochs_done + more))
