@@ -46,6 +46,17 @@ def test_adapting_to_the_held_out_text_scores_it_better_and_static_is_the_plain_
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_variables, strict=True))
 
 
+def test_ppmd_codes_the_same_characters_given_the_same_text_before(worse_run, worsening_corpus):
+    from bench.baselines import PPMD, held_out_bits
+    from train import dynamic_eval
+
+    _, bits = held_out_bits(worsening_corpus.read_text(encoding="utf-8"))  # make baselines' figure
+    result = dynamic_eval.evaluate(worse_run, 0, segment=20, learning_rate=0.1, decay=0.0)
+    assert result["ppmd"]["bits_per_char"] == pytest.approx(bits[PPMD], rel=1e-9)
+    later = dynamic_eval.evaluate(worse_run, 0, segment=20, learning_rate=0.1, decay=0.0, offset=150)
+    assert later["ppmd"]["bits_per_char"] < bits[PPMD]  # the part after 150 "acb"s: PPMd has learnt them
+
+
 def test_a_run_without_a_checkpoint_is_one_clear_line(tmp_path, capsys):
     from train import dynamic_eval
 

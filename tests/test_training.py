@@ -135,6 +135,16 @@ def test_a_plan_does_not_flip_between_two_counts_as_epoch_times_vary():
     assert epochs_that_fit(plan, 5, 100, 23.0, most=44) == 13  # 8.7: the 9 planned no longer fit
 
 
+def test_a_plan_follows_the_latest_epochs_typical_time_not_one_outlier():
+    from train.budget import typical_epoch_s
+
+    # Nietzsche, avx2: epochs of 55-59 s after the first; one slow epoch does not move the plan
+    assert typical_epoch_s([55.0, 59.0, 54.0, 58.0]) == 58.0
+    assert typical_epoch_s([55.0, 59.0, 54.0, 90.0]) == 59.0
+    assert typical_epoch_s([55.0, 80.0, 82.0]) == 80.0  # a lasting slow-down shows within two epochs
+    assert typical_epoch_s([57.0]) == 57.0
+
+
 def test_a_nan_loss_stops_training(small_corpus, tmp_path, capsys):
     """A learning rate of 1e38 overflows the weights in the first steps: the loss turns NaN."""
     from train import fit

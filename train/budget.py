@@ -10,11 +10,13 @@ over the text, and each long enough that scoring, checkpoint and samples take a 
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 
 PROBE_STEPS = 10  # steps timed, after the first (which traces and compiles), before a budgeted run plans
 OVERHEAD_SHARE = 0.1  # an epoch's scoring, checkpoint and samples: at most this share of the epoch's time
 GROW_MARGIN = 0.5  # of an epoch: the room a plan must have spare, beyond one more epoch, to take one
+RECENT_EPOCHS = 3  # a plan follows the median time of this many latest epochs, not the last one alone
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,13 @@ def plan_budget(budget_s: float, spent_s: float, steps_done: int, step_s: float,
         count = min(epochs, max(count, int(available / (pass_steps * step_s + overhead_s))))
     per_epoch = min(pass_steps, max(steps_done + 1, steps_for(count) // count))
     return BudgetPlan(count, per_epoch, step_s, overhead_s, budget_s, spent_s)
+
+
+def typical_epoch_s(epoch_times: list[float]) -> float:
+    """The time an epoch takes now: the median of the latest RECENT_EPOCHS. Epochs of one run vary by
+    5-10% on a shared CPU (55 to 59 s on Nietzsche, avx2), and a plan that followed the last one alone
+    moved its schedule's end back and forth; a lasting change of speed still shows within two epochs."""
+    return statistics.median(epoch_times[-RECENT_EPOCHS:])
 
 
 def epochs_that_fit(plan: BudgetPlan, epochs_done: int, spent_s: float, epoch_s: float, most: int) -> int:

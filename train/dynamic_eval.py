@@ -7,7 +7,8 @@ weights never see the text they score. Here the run's checkpoint reads the held-
 states carried, and after scoring each segment takes one gradient step on it (plain SGD at --lr, each
 weight pulled back toward its trained value by --decay), so that each character is scored by a model
 that has read only the characters before it, like for like with PPMd. The static figure is the same loop
-with no steps. It needs TensorFlow and the run's checkpoint (best.keras): gradients are training's, and
+with no steps, and PPMd (bench.baselines) codes the same characters after the same text, for the
+third column. It needs TensorFlow and the run's checkpoint (best.keras): gradients are training's, and
 the exported ONNX graph has none, so this lives in train/ and `charsdk eval` stays static.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.baselines import COMPRESSORS, PPMD, coded_bits
 from charsdk.cpu import cpu_flags
 
 from .config import Recipe
@@ -90,7 +92,7 @@ def evaluate(run_dir: Path, chars: int, segment: int, learning_rate: float, deca
              offset: int = 0) -> dict:
     """Static and adapted bits/char of the run's held-out text: `chars` characters (0: all) from `offset`
     (the characters before it only read, so that settings chosen on one part can be measured on
-    another)."""
+    another), and PPMd's on the same characters given the same text before them."""
     from .model import load_checkpoint
 
     log, corpus = training_corpus(run_dir)
@@ -104,6 +106,10 @@ def evaluate(run_dir: Path, chars: int, segment: int, learning_rate: float, deca
         started = time.monotonic()
         figures[name] = {"bits_per_char": dynamic_bits(model, recipe, context, ids, segment, rate, decay),
                          "seconds": round(time.monotonic() - started, 1)}
+    chars = np.asarray(corpus.chars)
+    before = "".join(chars[corpus.train_ids]) + "".join(chars[held[:offset]])
+    figures["ppmd"] = {"compressor": PPMD,  # adaptive too: given the training text and the rest before
+                       "bits_per_char": coded_bits(COMPRESSORS[PPMD], before, "".join(chars[ids]))}
     return {"run": run_dir.name, "cpu_flags": cpu_flags(), "holdout_offset": offset,
             "holdout_chars": len(ids), "segment": segment,
             "learning_rate": learning_rate, "decay": decay, **figures}
@@ -138,7 +144,8 @@ def main(argv=None) -> int:
     print(f"{run_dir.name}: {result['holdout_chars']:,} held-out characters from {args.offset:,}, segments "
           f"of {args.segment}: "
           f"static {result['static']['bits_per_char']:.4f} bits/char, adapted (dynamic evaluation, SGD "
-          f"lr {args.lr:g}, decay {args.decay:g}) {result['dynamic']['bits_per_char']:.4f}; written to "
+          f"lr {args.lr:g}, decay {args.decay:g}) {result['dynamic']['bits_per_char']:.4f}; {PPMD} "
+          f"{result['ppmd']['bits_per_char']:.4f}; written to "
           f"{run_dir / 'dynamic_eval.json'}")
     return 0
 

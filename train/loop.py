@@ -18,7 +18,7 @@ import numpy as np
 
 from charsdk.vocab import write_atomic
 
-from .budget import PROBE_STEPS, BudgetPlan, epochs_that_fit, plan_budget
+from .budget import PROBE_STEPS, BudgetPlan, epochs_that_fit, plan_budget, typical_epoch_s
 from .cluster import cluster
 from .config import Recipe
 from .corpus import Corpus
@@ -116,7 +116,8 @@ class TrainingLoop:
                 self.print_samples(epoch, sampler)
             self.overhead_s = self.agreed(time.monotonic() - after_steps)  # measured: the next plan's
             if self.log.get("budget_plan") and epoch > done:  # the first one also traced and compiled
-                self.fit_plan_to_speed(epoch + 1, seconds)
+                times = [e["epoch_s"] for e in log["epochs"][done + 1:]]
+                self.fit_plan_to_speed(epoch + 1, typical_epoch_s(times))
             reasons = self.stop_reasons(epoch, seconds)
             if self.everyone_agrees_to_stop(bool(reasons)):
                 print(f"{'; '.join(reasons) or 'another worker stopped'}: stopping")
@@ -185,8 +186,8 @@ class TrainingLoop:
 
     def fit_plan_to_speed(self, epochs_done: int, epoch_s: float) -> None:
         """After an epoch of a planned run: as many epochs as the rest of the budget holds at the speed
-        just measured (fewer or more, at most the recipe's), the learning rate then annealed over those
-        (a small step in the schedule, not a stop halfway)."""
+        measured (`epoch_s`, the latest epochs' typical time: fewer or more, at most the recipe's), the
+        learning rate then annealed over those (a small step in the schedule, not a stop halfway)."""
         from .model import set_schedule_steps
 
         plan = BudgetPlan(**self.log["budget_plan"])
