@@ -100,8 +100,9 @@ RECIPES = {
     # statefully on Nietzsche; carried, the same both ways. Learning rate and dropout measured on
     # Nietzsche from the finished base (docs/base-model.md): on the VNNI/BF16 CPU 0.001 gave 1.752, 0.002
     # 1.738, 0.003 1.731; on an AVX2-only one (about half the steps in 20 minutes) 0.003 gave 1.757, 0.006
-    # 1.744, and 0.006 with dropout 0.2 instead of 0.3 1.717; licences and the Perl FAQ agreed. A faster
-    # CPU over-fits sooner at this rate: best.keras and patience keep the best epoch.
+    # 1.744, and 0.006 with dropout 0.2 instead of 0.3 1.719 (1.722 in the 18 epochs of a slower day);
+    # licences and two manuals agreed. A faster CPU may over-fit sooner at this rate: best.keras and
+    # patience keep the best epoch.
     "finetune": Recipe(
         maxlen=100, units=(256, 256), dropout=0.2, weight_drop=0.1, bfloat16=True, loss_at="all",
         carry_state=True, optimizer="adam", learning_rate=0.006, cosine_decay=True, clipnorm=1.0,

@@ -106,10 +106,10 @@ def evaluate(run_dir: Path, chars: int, segment: int, learning_rate: float, deca
         started = time.monotonic()
         figures[name] = {"bits_per_char": dynamic_bits(model, recipe, context, ids, segment, rate, decay),
                          "seconds": round(time.monotonic() - started, 1)}
-    chars = np.asarray(corpus.chars)
-    before = "".join(chars[corpus.train_ids]) + "".join(chars[held[:offset]])
+    alphabet = np.asarray(corpus.chars)  # the text again from its ids: as the model read it
+    before = "".join(alphabet[corpus.train_ids]) + "".join(alphabet[held[:offset]])
     figures["ppmd"] = {"compressor": PPMD,  # adaptive too: given the training text and the rest before
-                       "bits_per_char": coded_bits(COMPRESSORS[PPMD], before, "".join(chars[ids]))}
+                       "bits_per_char": coded_bits(COMPRESSORS[PPMD], before, "".join(alphabet[ids]))}
     return {"run": run_dir.name, "cpu_flags": cpu_flags(), "holdout_offset": offset,
             "holdout_chars": len(ids), "segment": segment,
             "learning_rate": learning_rate, "decay": decay, **figures}
