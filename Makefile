@@ -57,16 +57,22 @@ export: $(DEV_VENV)/.installed
 		$(if $(KERAS),--keras $(KERAS) $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus \
 		$(SHARED_CORPUS))) $(if $(LOWERCASE),--lowercase) $(if $(MAXLEN),--maxlen $(MAXLEN)))
 
-# The pretrained base: its corpus from Debian's packages (train/base_corpus.py; apt-get install dict-gcide
-# bible-kjv fortunes dict-jargon dict-devil dict-foldoc fortune-anarchism), trained (resumably: run it
-# again to continue) and exported as artifacts/base; `make ship NAME=base MODEL=base` puts it in the package.
-BASE_CORPUS := $(ARTIFACTS)/base/corpus.txt
+# The pretrained base: its corpus from Debian's packages (train/base_corpus.py; docs/base-model.md lists
+# them, and a missing one is named), with the texts the docs score left out (the book's, and those of
+# bench/text_corpus.py: apt-get install perl-doc python3-doc), trained (resumably: run it again to
+# continue) and exported as artifacts/$(BASE_NAME); `make ship NAME=base MODEL=base` puts it in the package.
+# BASE=run starts from that run's weights instead of new ones (a base trained on, on a new corpus).
+BASE_NAME ?= base# the base's run: artifacts/$(BASE_NAME)/
+SCORED_CORPORA := licences perl-faq python-tutorial# bench/text_corpus.py's corpora, which the docs score
+BASE_CORPUS := $(ARTIFACTS)/$(BASE_NAME)/corpus.txt
 base: $(DEV_VENV)/.installed
-	@test -f $(BASE_CORPUS) || $(DEV_VENV)/bin/python -m train.base_corpus --out $(BASE_CORPUS) \
-		$(if $(SHARED_CORPUS),--exclude $(SHARED_CORPUS))
-	$(DEV_VENV)/bin/python -m train.fit --name base --artifacts $(ARTIFACTS) --recipe base --base none \
-		--corpus $(BASE_CORPUS) $(if $(EPOCHS),--epochs $(EPOCHS))
-	$(DEV_VENV)/bin/python -m train.export --name base --artifacts $(ARTIFACTS) --precision $(PRECISION)
+	@test -f $(BASE_CORPUS) || { for c in $(SCORED_CORPORA); do $(DEV_VENV)/bin/python -m bench.text_corpus $$c \
+		--out $(ARTIFACTS)/small/$$c.txt || exit 2; done && $(DEV_VENV)/bin/python -m train.base_corpus \
+		--out $(BASE_CORPUS) $(if $(SHARED_CORPUS),--exclude $(SHARED_CORPUS)) \
+		$(SCORED_CORPORA:%=--exclude $(ARTIFACTS)/small/%.txt); }
+	$(DEV_VENV)/bin/python -m train.fit --name $(BASE_NAME) --artifacts $(ARTIFACTS) --recipe base \
+		--base $(or $(BASE),none) --corpus $(BASE_CORPUS) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(DEV_VENV)/bin/python -m train.export --name $(BASE_NAME) --artifacts $(ARTIFACTS) --precision $(PRECISION)
 
 # Run $(NAME)'s held-out text scored static and adapted (dynamic evaluation, as PPMd adapts: each segment
 # scored, then one SGD step on it; train/dynamic_eval.py, TensorFlow and the run's best.keras), written to
