@@ -23,6 +23,7 @@ def line() -> str:
 
 
 def kind() -> str:
-    """The CPU kind a figure's file is named by: avx512_vnni, avx2, or the architecture (Arm: aarch64)."""
+    """The CPU kind a figure's file is named by: amx_bf16 (AMX tiles for bfloat16 products), avx512_vnni,
+    avx2, or the architecture (Arm: aarch64)."""
     flags = cpu_flags()
-    return next((flag for flag in ("avx512_vnni", "avx2") if flag in flags), platform.machine())
+    return next((flag for flag in ("amx_bf16", "avx512_vnni", "avx2") if flag in flags), platform.machine())

@@ -9,7 +9,7 @@ Administrator's Handbook, the Debian Reference and the Debian FAQ; code: a sampl
 library (libpython3.11-stdlib) and of Perl's modules with their documentation (perl-modules-5.36).
 Each source is cut into documents (a dictionary entry, a chapter, a page, a module), its markup removed
 and its lines wrapped as prose (code and verse keep their lines); the documents of all sources are
-shuffled together (so the held-out tail is a mix), a third of them set in typographic quotes and dashes
+shuffled together (so the held-out tail is a mix), a third of the prose set in typographic quotes and dashes
 (so that the base knows ‘ ’ “ ” — …, which users' texts have and these sources hardly do), and every
 character outside BASE_CHARS dropped. Documents that share an 8-word run with an --exclude file (the texts
 the tests and figures score, e.g. Nietzsche) are left out.
