@@ -109,9 +109,10 @@ RECIPES = {
         ema=0.9975, batch_size=32, epochs=44, time_budget_s=1200, patience=6,
     ),
     # The pretrained base that runs on users' corpora start from (make base): the default's shape, trained
-    # on 42 MB of public-domain English (train/base_corpus.py), case kept, every character of BASE_CHARS
-    # in its vocabulary. On a corpus this size over-fitting is far off: light dropout, no weight drop,
-    # 60-character windows that do not overlap, and a checkpoint every 2,000 steps.
+    # on tens of MB of English prose, manuals and code (train/base_corpus.py), case kept, every character
+    # of BASE_CHARS in its vocabulary. On a corpus this size over-fitting is far off: light dropout, no
+    # weight drop, 60-character windows that do not overlap, and a checkpoint every 2,000 steps. The base
+    # shipped now ran 15 of these epochs from the first base's 30 (docs/base-model.md, "Training it").
     "base": Recipe(
         step=60, units=(256, 256), dropout=0.1, bfloat16=True, loss_at="all", optimizer="adam",
         learning_rate=0.003, cosine_decay=True, clipnorm=1.0, ema=0.999, batch_size=64, epochs=30,
