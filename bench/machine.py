@@ -22,8 +22,9 @@ def line() -> str:
     return f"machine: {os.cpu_count()} cores, {platform.machine()}, CPU flags: {flags}"
 
 
-def kind() -> str:
+def kind(flags: list[str] | None = None, machine: str | None = None) -> str:
     """The CPU kind a figure's file is named by: amx_bf16 (AMX tiles for bfloat16 products), avx512_vnni,
-    avx2, or the architecture (Arm: aarch64)."""
-    flags = cpu_flags()
-    return next((flag for flag in ("amx_bf16", "avx512_vnni", "avx2") if flag in flags), platform.machine())
+    avx2, or the architecture (Arm: aarch64). Defaults: this machine's flags and architecture."""
+    flags = cpu_flags() if flags is None else flags
+    return next((flag for flag in ("amx_bf16", "avx512_vnni", "avx2") if flag in flags),
+                machine or platform.machine())

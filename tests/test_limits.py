@@ -81,6 +81,18 @@ def test_benchmarks_name_the_cpu_flags_their_figures_depend_on():
     assert not int16_pair_products(["asimddp"], "aarch64")
 
 
+def test_bench_files_are_named_by_the_cpu_kind_that_sets_their_speed():
+    """AMX, VNNI and AVX2-only hosts train at different speeds: their figures must not overwrite others."""
+    from bench.machine import kind
+    from charsdk.cpu import cpu_flags
+
+    sapphire = "flags\t\t: avx2 avx512f avx512_vnni avx_vnni avx512_bf16 amx_bf16 amx_tile\n"
+    zen4 = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 vaes\n"
+    assert kind(cpu_flags(sapphire)) == "amx_bf16" and kind(cpu_flags(zen4)) == "avx512_vnni"
+    assert kind(["avx2"], "x86_64") == "avx2" and kind([], "aarch64") == "aarch64"
+    assert kind() == kind(cpu_flags())
+
+
 def test_the_training_rate_bench_counts_a_step_and_measures_the_peak(tmp_path):
     """bench/train_rate.py: a step's multiply-adds (forward and backward), its time and the CPU's peak."""
     import json
