@@ -95,19 +95,19 @@ RECIPES = {
     ),
     # A new run from the pretrained base (train/base.py), with the base's shape (fit takes its units from
     # the base): read as stateful generation reads (carry_state: 32 lanes, 100 characters a step, the
-    # state carried), the default recipe's regularisers and learning rate, 20 minutes. Trained on
-    # 60-character windows instead, a fine-tune of the base scored 1.756 in window mode but 1.922 read
-    # statefully on Nietzsche; carried, the same both ways. Learning rate and dropout measured on
-    # Nietzsche from the finished base (docs/base-model.md): on the VNNI/BF16 CPU 0.001 gave 1.752, 0.002
-    # 1.738, 0.003 1.731; on an AVX2-only one (about half the steps in 20 minutes) 0.003 gave 1.757, 0.006
-    # 1.744, and 0.006 with dropout 0.2 instead of 0.3 1.719 (1.722 in the 18 epochs of a slower day);
-    # licences and two manuals agreed. From the base that has read code (2026-12-07, an AMX CPU), dropout
-    # 0.1 instead of 0.2: Nietzsche 1.7058 -> 1.6939, the Perl FAQ 1.886 -> 1.860, the Python tutorial
-    # 1.913 -> 1.890 (0.3: 1.946). A faster CPU over-fits sooner: best.keras and patience keep the best epoch.
+    # state carried), Adam with a cosine schedule, 20 minutes. Trained on 60-character windows instead, a
+    # fine-tune scored 1.756 in window mode but 1.922 read statefully on Nietzsche; carried, the same both
+    # ways. Learning rate from the first base: 0.003 best on a VNNI CPU (0.001 1.752, 0.002 1.738, 0.003
+    # 1.731), 0.006 on an AVX2-only one (1.744 against 1.757: about half the steps in 20 minutes).
+    # No dropout and no weight drop: from the base that has read fiction, manuals and code (2026-12-07, an
+    # AMX CPU; docs/base-model.md), dropout 0.2 / 0.1 with weight drop 0.1, then neither, gave Nietzsche
+    # 1.706 / 1.694 / 1.661, the Perl FAQ 1.886 / 1.860 / 1.834, the Python tutorial 1.913 / 1.890 /
+    # 1.886 and the licences 1.612 / 1.580 / 1.553: the base is the regulariser, and best.keras with
+    # patience keeps the best epoch, 4 to 7 passes over the text.
     "finetune": Recipe(
-        maxlen=100, units=(256, 256), dropout=0.1, weight_drop=0.1, bfloat16=True, loss_at="all",
-        carry_state=True, optimizer="adam", learning_rate=0.006, cosine_decay=True, clipnorm=1.0,
-        ema=0.9975, batch_size=32, epochs=44, time_budget_s=1200, patience=6,
+        maxlen=100, units=(256, 256), bfloat16=True, loss_at="all", carry_state=True, optimizer="adam",
+        learning_rate=0.006, cosine_decay=True, clipnorm=1.0, ema=0.9975, batch_size=32, epochs=44,
+        time_budget_s=1200, patience=6,
     ),
     # The pretrained base that runs on users' corpora start from (make base): the default's shape, trained
     # on tens of MB of English prose, manuals and code (train/base_corpus.py), case kept, every character
