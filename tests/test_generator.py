@@ -310,12 +310,13 @@ def test_the_cli_labels_each_sample_with_its_temperature():
                                     for j, t in enumerate([0.3, 1.5]) for k in range(3))
 
 
-def stop_across(text: str, boundary: int) -> tuple[str, int]:
-    """A string whose first occurrence in `text` straddles `boundary`, and where that occurrence starts."""
+def stop_across(text: str, boundary: int, elsewhere: tuple[str, ...] = ()) -> tuple[str, int]:
+    """A string whose first occurrence in `text` straddles `boundary` and that no text of `elsewhere` (the
+    other streams') holds, and where that occurrence starts."""
     for length in range(4, 20):
         start = boundary - length // 2
         stop = text[start : start + length]
-        if text.find(stop) == start:
+        if text.find(stop) == start and not any(stop in other for other in elsewhere):
             return stop, start
     raise AssertionError(f"no stop string found across {boundary}")
 
@@ -336,7 +337,8 @@ def test_stop_strings_across_chunk_boundaries_end_the_sample(generator, mode):
         assert "".join(generator.stream("the ", **options, stop=[stop])) == full[:start]
 
     fulls = generator.generate("the ", **options, n=3)
-    stops, starts = zip(*(stop_across(fulls[b], boundaries[b]) for b in range(2)), strict=True)
+    stops, starts = zip(*(stop_across(fulls[b], boundaries[b], fulls[:b] + fulls[b + 1 :]) for b in range(2)),
+                        strict=True)
     cuts = generator.generate("the ", **options, n=3, stop=list(stops))
     for b, (text, cut) in enumerate(zip(fulls, cuts, strict=True)):
         first = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))

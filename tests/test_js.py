@@ -140,26 +140,31 @@ def assert_node_gives_python_s_texts_and_scores(found: list[dict]) -> None:
     python = [generators[c["model"]].generate(c["seedText"], **python_options(c["options"])) for c in found]
     theirs = [{"text": text_of(g["text"])} if "text" in g else g for g in got]
     assert_python_s_texts_but_at_near_ties(theirs, found, [text_of(p) for p in python])
+    scored, departed = 0, 0
     for case, ours, answer in zip(found, python, got, strict=True):
         if "logprobs" in case["options"]:
             samples = ours if isinstance(ours, list) else [ours]
             answers = answer["text"] if isinstance(ours, list) else [answer["text"]]
             for sample, js in zip(samples, answers, strict=True):
-                assert_same_scores(sample, js, case)
+                scored += 1
+                departed += scores_depart(sample, js, case)
                 assert js["finishReason"] == sample.finish_reason, case
+    assert departed <= scored // 8, f"the scores of {departed} of {scored} samples depart"
 
 
-def assert_same_scores(sample, js: dict, case: dict) -> None:
+def scores_depart(sample, js: dict, case: dict) -> bool:
     """Each character's log-probability and alternatives alike, up to where the texts part (if they do):
-    to 1e-3 but where an int8 state stepped to a neighbouring level of its grid in one runtime (NEAR_TIE's
-    cause), which is rare and small."""
+    to 1e-3 up to where an int8 state stepped to a neighbouring level of its grid in one runtime (NEAR_TIE's
+    cause: float rounding at a level's edge), and within 0.1 after it, its state carried on. Returns
+    whether the scores departed so; the caller checks that it is rare."""
     parted = next((i for i, (a, b) in enumerate(zip(sample.text, js["text"], strict=False)) if a != b),
                   len(sample.text))
     ours = np.array([s.logprob for s in sample.scores[:parted]])
     theirs = np.array([s["logprob"] for s in js["scores"][:parted]])
-    assert np.mean(np.abs(ours - theirs) < 1e-3) >= 0.8 and np.abs(ours - theirs).max() < 0.1, case
+    assert np.abs(ours - theirs).max(initial=0) < 0.1, case
     assert [[c for c, _ in s.top] for s in sample.scores[:parted]][:5] == [
         [c for c, _ in s["top"]] for s in js["scores"][:parted]][:5], case
+    return bool(np.any(np.abs(ours - theirs) >= 1e-3))
 
 
 def python_options(options: dict) -> dict:
