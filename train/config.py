@@ -98,7 +98,8 @@ RECIPES = {
     # state carried), Adam with a cosine schedule, 20 minutes. Trained on 60-character windows instead, a
     # fine-tune scored 1.756 in window mode but 1.922 read statefully on Nietzsche; carried, the same both
     # ways. Learning rate from the first base: 0.003 best on a VNNI CPU (0.001 1.752, 0.002 1.738, 0.003
-    # 1.731), 0.006 on an AVX2-only one (1.744 against 1.757: about half the steps in 20 minutes).
+    # 1.731), 0.006 on an AVX2-only one (1.744 against 1.757: about half the steps in 20 minutes); from
+    # the new base without dropout, on an AMX CPU, 0.006 gave 1.6637 and 0.003 1.6646.
     # No dropout and no weight drop: from the base that has read fiction, manuals and code (2026-12-07, an
     # AMX CPU; docs/base-model.md), dropout 0.2 / 0.1 with weight drop 0.1, then neither, gave Nietzsche
     # 1.706 / 1.694 / 1.661, the Perl FAQ 1.886 / 1.860 / 1.834, the Python tutorial 1.913 / 1.890 /

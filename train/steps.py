@@ -42,7 +42,8 @@ def make_train_step(model, forward, strategy, recipe: Recipe):
     In float32 a replica's forward and backward pass is compiled by XLA (jit_compile), which fuses each
     LSTM step's gate arithmetic: on an AVX2-only CPU the finetune recipe's step took 0.27 s without, 0.24
     s with it, in turns (bench/train_rate.py); in bfloat16 XLA was twice as slow on the avx512_bf16 CPU,
-    and 2.4 times on an amx_bf16 one (0.27 s against 0.11 s), so it is not used there. The optimizer's update stays outside it, where the strategy sums replicas."""
+    and 2.4 times on an amx_bf16 one (0.27 s against 0.11 s), so it is not used there. The optimizer's
+    update stays outside it, where the strategy sums replicas."""
     import keras
     import tensorflow as tf
 
