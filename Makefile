@@ -63,7 +63,7 @@ export: $(DEV_VENV)/.installed
 # continue) and exported as artifacts/$(BASE_NAME); `make ship NAME=base MODEL=base` puts it in the package.
 # BASE=run starts from that run's weights instead of new ones (a base trained on, on a new corpus).
 BASE_NAME ?= base# the base's run: artifacts/$(BASE_NAME)/
-SCORED_CORPORA := licences perl-faq python-tutorial# bench/text_corpus.py's corpora, which the docs score
+SCORED_CORPORA := licences perl-faq python-tutorial python-whatsnew# bench/text_corpus.py's corpora, which the docs score
 BASE_CORPUS := $(ARTIFACTS)/$(BASE_NAME)/corpus.txt
 base: $(DEV_VENV)/.installed
 	@test -f $(BASE_CORPUS) || { for c in $(SCORED_CORPORA); do $(DEV_VENV)/bin/python -m bench.text_corpus $$c \

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -253,7 +254,16 @@ PACKAGES = [Path(p) for p in ("/usr/share/dictd/gcide.dict.dz", "/usr/share/dict
                                "/usr/share/doc/debian-handbook/html/en-US", "/usr/share/debian-reference",
                                "/usr/share/doc/debian/FAQ/debian-faq.en.txt.gz", "/usr/lib/python3.11/os.py",
                                "/usr/share/perl/5.36.0/strict.pm")]
-SCORED = ("licences", "perl-faq", "python-tutorial")  # bench/text_corpus.py's corpora, scored in the docs
+# bench/text_corpus.py's corpora, scored in the docs
+SCORED = ("licences", "perl-faq", "python-tutorial", "python-whatsnew")
+
+
+def test_make_base_leaves_out_every_corpus_that_bench_text_corpus_builds():
+    from bench.text_corpus import CORPORA
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    left_out = re.search(r"^SCORED_CORPORA := ([^#\n]*)", makefile, re.M).group(1).split()
+    assert set(left_out) == set(SCORED) == set(CORPORA)
 
 
 @pytest.mark.skipif(not all(p.exists() for p in PACKAGES),

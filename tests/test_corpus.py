@@ -198,3 +198,31 @@ def test_a_package_corpus_is_its_files_in_order_and_a_missing_package_one_clear_
     assert capsys.readouterr().err == ("text_corpus: error: no files of perl-faq found: install Debian's "
                                        "perl-doc (apt-get install perl-doc)\n")
     assert not (tmp_path / "other.txt").exists()
+
+
+def test_a_character_continues_a_run_when_it_and_the_k_before_it_were_read_before():
+    from bench.repeats import continues_a_run
+
+    # "cdef" and "defg" occur in the training text; "xcde" and "efgz" do not
+    assert continues_a_run("abcdefgh", "xxcdefgzz", 3).tolist() == [False] * 5 + [True, True, False, False]
+    # within the text itself: "abc" at 3..5 repeats 0..2, and so do "bca", "cab" after it
+    assert continues_a_run("", "abcabcab", 2, within=True).tolist() == [False] * 5 + [True] * 3
+    assert not continues_a_run("abcabcab", "abcabcab", 2, within=True)[:5].any()  # `before` not read then
+
+
+def test_repeats_splits_the_model_s_held_out_bits_by_repeated_runs(tmp_path, capsys):
+    from bench.repeats import main
+
+    novel = "".join(f"the {n} spirits wander where no ear has heard them; " for n in range(60))
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(novel + novel[: len(novel) // 9], encoding="utf-8")  # the held-out part: a copy
+    assert main(["nietzsche", str(corpus)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line[:35].strip(): line[35:].split() for line in out[2:]}  # share, bits there, elsewhere
+    held_out_bits = float(out[0].split(": ")[1].split()[0])
+    # every scored character repeats a 64-character run of the training text: all its bits are "there"
+    assert rows["k=64  of the training text"] == ["100.0%", f"{held_out_bits:.3f}", "-"]
+    within = rows["k=16  earlier in the held-out text"]  # the copy repeats itself less, and some of it
+    assert within[0] not in ("0.0%", "100.0%") and float(within[1]) < float(within[2])  # is cheaper
+    assert main(["nietzsche", str(tmp_path / "none.txt")]) == 2
+    assert capsys.readouterr().err.startswith("repeats: error: ")
