@@ -21,7 +21,7 @@ LOWERCASE ?=# 1: a new run lower-cases its text (and generation its seeds); an e
 PRECISION ?= int8# export: int8 weights (one scale per output channel) or fp32
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export ship base bench bench-serve bench-train baselines plot lint clean check-js \
+.PHONY: gen test train export memory ship base bench bench-serve bench-train baselines plot lint clean check-js \
 	eval-dynamic
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
@@ -52,10 +52,18 @@ train: $(DEV_VENV)/.installed
 # CORPUS it was trained on (default: the book's), LOWERCASE=1 if its training lower-cased, MAXLEN=.
 KERAS ?=
 MAXLEN ?=
+MEMORY ?=# 1: export adds an n-gram memory of the training text (make memory)
 export: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.export --name $(NAME) --artifacts $(ARTIFACTS) --precision $(PRECISION) \
 		$(if $(KERAS),--keras $(KERAS) $(if $(CORPUS),--corpus $(CORPUS),$(if $(SHARED_CORPUS),--corpus \
 		$(SHARED_CORPUS))) $(if $(LOWERCASE),--lowercase) $(if $(MAXLEN),--maxlen $(MAXLEN)))
+	$(if $(MEMORY),$(DEV_VENV)/bin/python -m train.memory --name $(NAME) --artifacts $(ARTIFACTS))
+
+# Give run $(NAME)'s export an n-gram memory of its training text, mixed into the model's distribution
+# (charsdk/memory.py; its weights fitted on the held-out part): it prints the held-out figure without
+# and with it. The memory holds the training text: the JavaScript package and make ship refuse it.
+memory: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m train.memory --name $(NAME) --artifacts $(ARTIFACTS)
 
 # The pretrained base: its corpus from Debian's packages (train/base_corpus.py; docs/base-model.md lists
 # them, and a missing one is named), with the texts the docs score left out (the book's, and those of

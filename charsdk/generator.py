@@ -21,6 +21,8 @@ from .engine import Backend, CharScore, Engine, Piece, Request, chunk_sizes, mak
 from .errors import InputError, ModelError
 from .graph_backend import GraphBackend
 from .items import ItemRecord
+from .memory import Memory
+from .memory_backend import MemoryBackend
 from .sampling import is_integer
 from .session import check_session_arguments, open_session
 from .vocab import Vocab
@@ -95,6 +97,9 @@ class Generator:
         vocab = Vocab.load(path / "vocab.json")
         session: ort.InferenceSession = open_session(path, vocab, threads, providers)
         backend = (WindowBackend if vocab.window else GraphBackend).checked(vocab, session)
+        if vocab.memory:
+            memory = Memory.load(path / vocab.memory["file"], vocab.memory, vocab.size)
+            backend = MemoryBackend(backend, memory)
         return cls(vocab, backend, path)
 
     def request(self, seed_text: str | None = None, length: int = 400,

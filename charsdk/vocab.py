@@ -78,6 +78,9 @@ class Vocab:
     int8_pair_limit: int = 0
     # a list corpus's training items (charsdk.items): {"file", "sha256", "count", "hash"}; None: not a list
     items: dict | None = None
+    # an n-gram memory of the training text (charsdk.memory): {"file", "sha256", "characters", "order",
+    # "beta", "weights"}; None: the model alone
+    memory: dict | None = None
 
     def __post_init__(self):
         if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
@@ -87,7 +90,8 @@ class Vocab:
     @property
     def files(self) -> tuple[str, ...]:
         """The files of the model directory that vocab.json names (besides itself)."""
-        return (self.onnx_file, *([self.items["file"]] if self.items else []))
+        return (self.onnx_file, *([self.items["file"]] if self.items else []),
+                *([self.memory["file"]] if self.memory else []))
 
     @property
     def size(self) -> int:
@@ -130,7 +134,8 @@ class Vocab:
                     "onnx": {"file": self.onnx_file, "sha256": self.onnx_sha256, "precision": self.precision,
                              "window": self.window.to_dict()},
                     "default_seed_text": self.default_seed_text, "training": self.training,
-                    **({"items": self.items} if self.items else {})}
+                    **({"items": self.items} if self.items else {}),
+                    **({"memory": self.memory} if self.memory else {})}
         V = self.size
         return {
             "format": FORMAT,
@@ -159,6 +164,7 @@ class Vocab:
             "default_seed_text": self.default_seed_text,
             "training": self.training,
             **({"items": self.items} if self.items else {}),
+            **({"memory": self.memory} if self.memory else {}),
         }
 
     @classmethod
@@ -201,6 +207,7 @@ class Vocab:
                 window=window,
                 int8_pair_limit=int(onnx.get("int8_pair_limit", 0)),
                 items=_items(data.get("items")),
+                memory=_memory(data.get("memory")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"vocab.json is invalid: {exc}") from None
@@ -226,6 +233,19 @@ def _items(value) -> dict | None:
     if not (isinstance(value, dict) and isinstance(value.get("file"), str) and Path(value["file"]).name ==
             value["file"] and isinstance(value.get("sha256"), str) and isinstance(value.get("count"), int)):
         raise TypeError("'items' must name a file in the model directory, its sha256 and its count")
+    return dict(value)
+
+
+def _memory(value) -> dict | None:
+    if value is None:
+        return None
+    numbers = isinstance(value, dict) and isinstance(value.get("weights"), list) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < 1 for w in value["weights"])
+    if not (numbers and isinstance(value.get("file"), str) and Path(value["file"]).name == value["file"]
+            and isinstance(value.get("sha256"), str) and isinstance(value.get("order"), int)
+            and isinstance(value.get("beta"), (int, float))):
+        raise TypeError("'memory' must name a file in the model directory, its sha256, its order, its beta "
+                        "and its weights (each in [0, 1))")
     return dict(value)
 
 

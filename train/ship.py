@@ -27,6 +27,9 @@ def exchange(a: Path, b: Path) -> None:
 
 def ship(run_dir: Path, model_dir: Path) -> None:
     vocab = Vocab.load(run_dir / "vocab.json")  # ModelError if the run has no export
+    if vocab.memory:  # the package is committed, and a corpus's text never is
+        raise CharsdkError("it has an n-gram memory, which holds its training text: export it again "
+                           "without one (make export, no make memory) to ship it in the package")
     staging = model_dir.with_name(f".{model_dir.name}.new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -49,8 +52,7 @@ def main(argv=None) -> int:
     try:
         ship(run_dir, model_dir)
     except CharsdkError as exc:
-        print(f"ship: error: {run_dir} has no usable export ({exc}): run make export NAME={run_dir.name} "
-              "first; nothing was changed", file=sys.stderr)
+        print(f"ship: error: {run_dir} cannot be shipped ({exc}); nothing was changed", file=sys.stderr)
         return 2
     print(f"shipped {run_dir} as {model_dir}")
     return 0

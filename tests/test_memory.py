@@ -1,0 +1,120 @@
+"""The n-gram memory (charsdk.memory): its counts are the text's, counted by hand; `make memory` on a real
+trained run codes the held-out part better and records it; the mixture that draws each character is the
+one that scores it; a memory that does not belong to its model is refused, and so is shipping one."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from charsdk import Generator, ModelError
+from charsdk.engine import Engine
+from charsdk.memory import BETA, ORDER, Memory, suffix_array
+from charsdk.memory_backend import MemoryBackend
+
+
+def counted_by_hand(text: np.ndarray, context: np.ndarray, size: int):
+    """charsdk.memory's distribution, from counting substrings of the text one by one."""
+    s, h = "".join(chr(65 + i) for i in text), "".join(chr(65 + i) for i in context)
+
+    def count(x):
+        return sum(s.startswith(x, i) for i in range(len(s) - len(x) + 1))
+
+    q, depth = np.full(size, 1.0 / size), 0
+    for k in range(min(ORDER, len(h)) + 1):
+        tail = h[len(h) - k:]
+        total = count(tail) - s.endswith(tail) if k else len(s)
+        if total <= 0:
+            break
+        q = (np.array([count(tail + chr(65 + c)) for c in range(size)]) + BETA * q) / (total + BETA)
+        depth = k
+    return q, depth
+
+
+def test_the_suffix_array_sorts_every_suffix():
+    rng = np.random.default_rng(1)
+    symbols = np.append(rng.integers(1, 4, 300), 0)
+    assert suffix_array(symbols).tolist() == sorted(range(len(symbols)), key=lambda i: symbols[i:].tolist())
+
+
+def test_the_memory_s_probabilities_are_the_text_s_counts():
+    rng = np.random.default_rng(0)
+    size, part = 5, rng.integers(0, 5, 300)
+    text = np.concatenate([part, part[50:120], rng.integers(0, size, 200), part[10:90]])  # long repeats
+    memory = Memory.build(text, size)
+    read = np.concatenate([text[100:160], rng.integers(0, size, 40)])
+    contexts = np.full((len(read), ORDER), -1)
+    for t in range(1, len(read)):
+        before = read[max(0, t - ORDER) : t]
+        contexts[t, ORDER - len(before):] = before
+    q, depth = memory.distributions(contexts)
+    one, one_depth = memory.char_probs(read, 0)
+    for t in range(len(read)):
+        want, want_depth = counted_by_hand(text, read[max(0, t - ORDER) : t], size)
+        assert depth[t] == one_depth[t] == want_depth
+        np.testing.assert_allclose(q[t], want, rtol=1e-12)
+        assert one[t] == pytest.approx(want[read[t]], rel=1e-12)
+    assert set(depth) >= {0, ORDER}  # the empty context and the longest one were both reached
+
+
+@pytest.fixture(scope="module")
+def remembering(trained_dir, tmp_path_factory):
+    """A copy of the tiny trained run, given its memory as `make memory` gives it."""
+    from train.memory import main
+
+    run = tmp_path_factory.mktemp("memory") / "tiny"
+    shutil.copytree(trained_dir, run)
+    assert main(["--name", "tiny", "--artifacts", str(run.parent)]) == 0
+    return run
+
+
+def test_make_memory_codes_the_held_out_part_better_and_records_what_it_did(remembering):
+    from train.export import training_corpus
+
+    generator = Generator.load(remembering)
+    entry = generator.vocab.memory
+    assert isinstance(generator.backend, MemoryBackend) and (remembering / entry["file"]).exists()
+    figures = entry["holdout_bits_per_char"]
+    assert figures["mixed"] < figures["model"] - 0.05 and figures["mixed_cross_fitted"] < figures["model"]
+    assert entry["characters"] == training_corpus(remembering)[1].split and entry["order"] == ORDER
+    _, corpus = training_corpus(remembering)
+    held = "".join(np.array(corpus.chars)[corpus.holdout_ids])
+    assert generator.evaluate(held)["bits_per_char"] == pytest.approx(figures["mixed"], abs=1e-4)
+
+
+def test_each_drawn_character_is_scored_by_the_mixture_that_scoring_a_text_gives(remembering):
+    generator = Generator.load(remembering)
+    seed_text = "The water "
+    sample = generator.generate(seed_text, 60, temperature=0.8, seed=3, logprobs=1)
+    ids = generator.vocab.encode(seed_text + sample.text)
+    scored = Engine(generator.backend, "stateful").log_probs(ids, len(seed_text))
+    drawn = np.array([s.logprob for s in sample.scores])
+    np.testing.assert_allclose(drawn, scored, atol=1e-4)
+    plain = Engine(generator.backend.model, "stateful").log_probs(ids, len(seed_text))
+    assert np.abs(plain - scored).max() > 0.1  # the memory changed them
+
+
+def test_greedy_text_follows_the_mixture_not_the_model_alone(remembering):
+    generator = Generator.load(remembering)
+    text = generator.generate("The ", 40, temperature=0)
+    ids = generator.vocab.encode("The " + text)
+    mixed = generator.backend.log_distributions(ids, "stateful", 4)
+    assert (mixed.argmax(1) == ids[4:]).all()
+
+
+def test_a_memory_that_does_not_belong_is_refused_and_make_ship_refuses_one(remembering, tmp_path):
+    from train.ship import main as ship
+
+    broken = tmp_path / "broken"
+    shutil.copytree(remembering, broken)
+    vocab = json.loads((broken / "vocab.json").read_text())
+    (broken / vocab["memory"]["file"]).write_bytes(b"\0\0")
+    with pytest.raises(ModelError, match="does not match the sha256"):
+        Generator.load(broken)
+    vocab["memory"]["weights"][3] = 1.5
+    (broken / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ModelError, match=r"'memory' must .* weights \(each in \[0, 1\)\)"):
+        Generator.load(broken)
+    assert ship([str(remembering), str(tmp_path / "models" / "mine")]) == 2
+    assert not (tmp_path / "models").exists()
