@@ -3,7 +3,7 @@ characters, mixed into the LSTM's distribution.
 
 Why: a 1 M-parameter LSTM trained for minutes does not learn a corpus's exact wording, while a count
 model of it does (that is what PPMd's lead on formulaic text is made of: bench.repeats). Mixed, each
-supplies what the other lacks: on Debian's licence texts the mixture codes the held-out part 0.12
+supplies what the other lacks: on Debian's licence texts the mixture codes the held-out part 0.15
 bits/char better than the LSTM alone. The memory is the training text itself, in a searchable form: a
 model shipped with one carries its corpus (vocab.json says so), which is why it is opt-in at export.
 

@@ -1,6 +1,7 @@
 """`python -m train.memory --name NAME`: give run NAME's export an n-gram memory of its training text
 (charsdk.memory), the mixture's weights fitted on the held-out part, and print the held-out figure without
-and with it. Run after `make export` (`make memory`); again after a new export (it replaces the memory).
+and with it (also written to the run's memory.json). Run after `make export` (`make memory`); again
+after a new export (it replaces the memory).
 
 The weights are fitted where the best epoch is chosen, on the held-out part; so that the figure shows
 what the mixture does on text it was not fitted to, the held-out figure with cross-fitted weights is
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -76,10 +78,12 @@ def add_memory(model_dir: Path) -> dict:
 
 
 def write(model_dir: Path, generator: Generator, memory: Memory, figures: dict) -> None:
-    """The memory's file, then vocab.json naming it (the old memory's file removed)."""
+    """The memory's file, then vocab.json naming it (the old memory's file removed), and its entry as
+    memory.json beside the run's log (what the docs cite: vocab.json is not kept with the logs)."""
     old = generator.vocab.memory
     entry = {**memory.save(model_dir), "holdout_bits_per_char": figures}
     dataclasses.replace(generator.vocab, memory=entry).save(model_dir / "vocab.json")
+    (model_dir / "memory.json").write_text(json.dumps({"run": model_dir.name, **entry}, indent=2) + "\n")
     if old and old["file"] != entry["file"]:
         (model_dir / old["file"]).unlink(missing_ok=True)
 
