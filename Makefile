@@ -61,7 +61,7 @@ export: $(DEV_VENV)/.installed
 
 # Give run $(NAME)'s export an n-gram memory of its training text, mixed into the model's distribution
 # (charsdk/memory.py; its weights fitted on the held-out part): it prints the held-out figure without
-# and with it. The memory holds the training text: the JavaScript package and make ship refuse it.
+# and with it. The memory holds the training text: make ship refuses it.
 memory: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m train.memory --name $(NAME) --artifacts $(ARTIFACTS)
 

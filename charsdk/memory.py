@@ -6,6 +6,7 @@ model of it does (that is what PPMd's lead on formulaic text is made of: bench.r
 supplies what the other lacks: on Debian's licence texts the mixture codes the held-out part 0.15
 bits/char better than the LSTM alone. The memory is the training text itself, in a searchable form: a
 model shipped with one carries its corpus (vocab.json says so), which is why it is opt-in at export.
+js/src/memory.js is the same in JavaScript.
 
 The counts come from an FM-index (the Burrows-Wheeler transform of the training ids, with occurrence
 counts every BLOCK positions), built at export and rebuilt here on load: it counts any string in

@@ -1,6 +1,7 @@
 """The n-gram memory (charsdk.memory): its counts are the text's, counted by hand; `make memory` on a real
 trained run codes the held-out part better and records it; the mixture that draws each character is the
-one that scores it; a memory that does not belong to its model is refused, and so is shipping one."""
+one that scores it; JavaScript draws, chooses, predicts and scores as Python does; a memory that does not
+belong to its model is refused, and so is shipping one."""
 
 import json
 import shutil
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 
 from charsdk import Generator, ModelError
-from charsdk.engine import Engine
+from charsdk.engine import Engine, stream_generators, uniforms
 from charsdk.memory import BETA, ORDER, Memory, suffix_array
 from charsdk.memory_backend import MemoryBackend
+from charsdk.sampling import gumbel_noise
+from tests.test_js import NEAR_TIE, needs_node, node
 
 
 def counted_by_hand(text: np.ndarray, context: np.ndarray, size: int):
@@ -118,3 +121,46 @@ def test_a_memory_that_does_not_belong_is_refused_and_make_ship_refuses_one(reme
         Generator.load(broken)
     assert ship([str(remembering), str(tmp_path / "models" / "mine")]) == 2
     assert not (tmp_path / "models").exists()
+
+
+def departure_gap(generator, seed_text: str, options: dict, ours: str, theirs: str) -> float:
+    """How much worse Python scores (log-probability plus Gumbel noise) the character the other runtime drew
+    where one stream's texts first differ (tests/test_js.py's rule, over the mixture)."""
+    k = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
+    backend = generator.backend
+    log_p = backend.next_log_probs(backend.start([generator.vocab.encode(seed_text + ours[:k])], "stateful"))
+    numbers = uniforms(stream_generators(options["seed"], 1), k + 1, generator.vocab.size)[:, k]
+    score = log_p[0] + gumbel_noise(numbers, [options["temperature"]])[0]
+    return float(score.max() - score[generator.vocab.chars.index(theirs[k])])
+
+
+@needs_node
+def test_javascript_draws_chooses_predicts_and_scores_as_python_does_with_a_memory(remembering):
+    from train.export import training_corpus
+
+    generator = Generator.load(remembering)
+    _, corpus = training_corpus(remembering)
+    held = "".join(np.array(corpus.chars)[corpus.holdout_ids])
+    drawn = [("The water ", {"length": 120, "temperature": t, "seed": s}) for s in range(3) for t in (0.5, 1)]
+    cases = [{"model": "tiny", "seedText": seed_text, "options": o} for seed_text, o in drawn] + [
+        {"model": "tiny", "seedText": "The ",
+         "options": {"choice": ["water", "time", "people"], "seed": 2, "temperature": 1.0, "logprobs": 1}},
+        {"model": "tiny", "seedText": "The wat", "predict": True, "options": {"topK": 4}},
+        {"model": "tiny", "seedText": held, "evaluate": True, "options": {}},
+    ]
+    got = node("node.mjs", str(remembering.parent), payload=cases)
+    for (seed_text, options), theirs in zip(drawn, got, strict=False):
+        ours, text = generator.generate(seed_text, **options), theirs["text"]
+        gap = 0 if ours == text else departure_gap(generator, seed_text, options, ours, text)
+        assert gap < NEAR_TIE, (options, ours, text)
+    assert sum(generator.generate(s, **o) == t["text"] for (s, o), t in zip(drawn, got, strict=False)) > 3
+    choice = generator.generate("The ", choice=["water", "time", "people"], seed=2, temperature=1, logprobs=1)
+    assert got[-3]["text"]["text"] == choice.text
+    assert got[-3]["text"]["scores"][0]["logprob"] == pytest.approx(choice.scores[0].logprob, abs=1e-4)
+    ours = generator.predict("The wat", top_k=4)
+    assert [c for c, _ in got[-2]["predict"]] == list(ours)
+    np.testing.assert_allclose([p for _, p in got[-2]["predict"]], list(ours.values()), atol=1e-4)
+    bits = generator.evaluate(held)["bits_per_char"]
+    assert got[-1]["evaluate"]["bits_per_char"] == pytest.approx(bits, abs=1e-3)
+    alone = Generator(generator.vocab, generator.backend.model, generator.path)
+    assert abs(alone.evaluate(held)["bits_per_char"] - bits) > 0.05  # JavaScript's is the mixture's figure

@@ -5,6 +5,7 @@
 
 import { choiceIds, Pattern } from "./constraints.js";
 import { ItemRecord } from "./items.js";
+import { Memory, ORDER } from "./memory.js";
 import { applyControls, checkControls, REPETITION_WINDOW } from "./controls.js";
 import { webcrypto } from "./crypto.js";
 import { streamGenerators } from "./random.js";
@@ -111,11 +112,12 @@ export class Generator {
   /** onnxruntime-web's module: index.js sets it; a Web Worker that imports ort by URL sets it itself. */
   static ort = null;
 
-  constructor(vocab, session, ort, trainingItems = null) {
+  constructor(vocab, session, ort, trainingItems = null, memory = null) {
     this.vocab = vocab;
     this.session = session;
     this.ort = ort;
     this.trainingItems = trainingItems; // a list model's ItemRecord, or null
+    this.memory = memory; // the model's n-gram memory of its training text (memory.js), or null
     // a graph built since 2026-12-03 masks a pattern's draws inside the call (charsdk/engine.py's _draw_masked)
     this.masksInCall = session.inputNames.includes("pattern_mask");
   }
@@ -137,7 +139,9 @@ export class Generator {
     const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...sessionOptions });
     const record = vocab.items && await ItemRecord.of(await readLocation(location, vocab.items.file, true),
                                                       vocab.items.sha256, sha256Hex);
-    return new Generator(vocab, session, ort, record || null);
+    const memory = vocab.memory && await Memory.of(await readLocation(location, vocab.memory.file, true),
+                                                   vocab.memory, vocab.size, sha256Hex);
+    return new Generator(vocab, session, ort, record || null, memory || null);
   }
 
   // -- the graph ----------------------------------------------------------------------------------
@@ -198,6 +202,18 @@ export class Generator {
     return { logits: repeatRows(logits, streams), state: repeated, read: 0 };
   }
 
+  /** The logits each of B streams draws from ([B * V]): the model's, or with a memory their mixture with the
+   * memory's counts after each stream's text (contexts: ids, the most recent last), as log-probabilities
+   * (charsdk/memory_backend.py's next_log_probs). */
+  drawnFrom(logits, contexts) {
+    if (!this.memory) return logits;
+    const size = this.vocab.size, out = new Float64Array(contexts.length * size);
+    contexts.forEach((context, b) => {
+      out.set(this.memory.mixed(logSoftmax(logits.subarray(b * size, (b + 1) * size)), context), b * size);
+    });
+    return out;
+  }
+
   // -- the public API -----------------------------------------------------------------------------
 
   async plan(seedText, { length = 400, temperature = 0.5, n = 1, topK = 0, topP = 1.0, stop = [], seed = null,
@@ -237,7 +253,7 @@ export class Generator {
 
   /**
    * The new text of every stream of a plan, chunk by chunk (one model call per chunk; a plan with
-   * penalties, biases or a pattern, one per character, drawn here as charsdk/engine.py draws it; a choice,
+   * penalties, biases, a pattern or a memory, one per character, drawn here as charsdk/engine.py draws it; a choice,
    * at once), each piece with its characters' scores when the plan asks for logprobs:
    * [{text, scores, finishReason}] per chunk.
    */
@@ -252,6 +268,7 @@ export class Generator {
     const scores = plan.options.map(() => []);
     const drawing = plan.options.map(() => ({ counts: new Float64Array(size), state: plan.pattern?.start ?? 0,
                                               recent: plan.ids.slice(-(plan.controls?.window ?? 0)), endsAt: null }));
+    const contexts = plan.options.map(() => plan.ids.slice(-ORDER)); // what a memory counts after
     let { logits, state, read } = await this.prime(plan.ids, streams, plan.mode);
     const window = plan.mode === "window" ? this.vocab.maxlen : 0;
     const noIds = Array.from({ length: streams }, () => []);
@@ -261,7 +278,7 @@ export class Generator {
       const drawn = Array.from({ length: streams }, () => []); // [B][k]
       const before = [];  // the logits each character was drawn from: [k][B * V]
       let first = 0; // where the characters drawn one per call start
-      if (plan.pattern && !plan.controls && this.masksInCall) {
+      if (plan.pattern && !plan.controls && this.masksInCall && !this.memory) {
         const out = await this.run(noIds, state, { logits, uniforms, draws: k, options: plan.options, window, start: read,
                                                    automaton: this.automaton(plan.pattern, drawing, decoders) });
         const ids = Array.from(out.drawn.data, Number); // [k, B]
@@ -278,14 +295,16 @@ export class Generator {
         else if (first) ({ logits, state } = await this.run(rows.map(r => r.slice(0, first)), state, { window, start: read }));
         read += first;
       }
-      if (plan.controls || plan.pattern) {
+      if (plan.controls || plan.pattern || this.memory) {
         for (let j = first; j < k; j++) {
-          before.push(logits);
+          const from = this.drawnFrom(logits, contexts);
+          before.push(from);
           const ids = plan.options.map((option, b) => {
             const row = (b * k + j) * size, d = decoders[b];
-            const id = this.drawOne(plan, logits.subarray(b * size, (b + 1) * size), uniforms.subarray(row, row + size),
+            const id = this.drawOne(plan, from.subarray(b * size, (b + 1) * size), uniforms.subarray(row, row + size),
                                     option, drawing[b], d.finishReason ? null : d.length - d.drawn - j, j);
             drawn[b].push(id);
+            contexts[b] = [...contexts[b], id].slice(-ORDER);
             return id;
           });
           ({ logits, state } = await this.run(ids.map(id => [id]), state, { window, start: read }));
@@ -382,9 +401,10 @@ export class Generator {
     for (const ids of plan.choices) {
       let { logits, state, read } = primed, total = 0;
       const seen = [];
-      for (const char of ids) {
-        seen.push(logits);
-        total += logSoftmax(logits)[char];
+      for (const [j, char] of ids.entries()) {
+        const from = this.drawnFrom(logits, [[...plan.ids, ...ids.slice(0, j)].slice(-ORDER)]);
+        seen.push(from);
+        total += logSoftmax(from)[char];
         ({ logits, state } = await this.run([[char]], state, { window, start: read }));
         read += 1;
       }
@@ -486,7 +506,8 @@ export class Generator {
   async predict(text = "", { topK = 0, mode = "stateful", onUnknown = "error" } = {}) {
     if (!MODES.includes(mode)) throw new CharsdkError(`mode must be one of ${MODES.join(", ")}, got ${JSON.stringify(mode)}`, "mode");
     if (!Number.isInteger(topK) || topK < 0) throw new CharsdkError(`topK must be an integer >= 0 (0 = every character), got ${topK}`, "topK");
-    const { logits } = await this.prime(this.vocab.encode(text, onUnknown), 1, mode);
+    const ids = this.vocab.encode(text, onUnknown);
+    const logits = this.drawnFrom((await this.prime(ids, 1, mode)).logits, [ids.slice(-ORDER)]);
     let top = -Infinity;
     for (const v of logits) top = Math.max(top, v);
     const weights = Array.from(logits, v => Math.exp(v - top));
@@ -509,7 +530,8 @@ export class Generator {
       for (let t = 0; t < chunk.length; t++) {
         const target = read + 1 + t;
         if (target < maxlen) continue;
-        const row = out.read.data.subarray(t * size, (t + 1) * size);
+        const row = this.drawnFrom(out.read.data.subarray(t * size, (t + 1) * size),
+                                   [ids.slice(Math.max(0, target - ORDER), target)]);
         let top = -Infinity;
         for (const v of row) top = Math.max(top, v);
         let sum = 0;

@@ -21,11 +21,6 @@ export class Vocab {
       throw new CharsdkError("this is a window model (a Keras model converted by tf2onnx): the JavaScript " +
                              "package runs charsdk's own graph models; run it with Python's charsdk");
     }
-    if (data.memory) {
-      throw new CharsdkError("this model has an n-gram memory of its training text (vocab.json 'memory'), which " +
-                             "the JavaScript package does not run yet: run it with Python's charsdk, or export " +
-                             "it again without one (make export, no make memory)");
-    }
     if (data.format_version !== FORMAT_VERSION) {
       throw new CharsdkError(`vocab.json has format_version ${data.format_version}; this charsdk reads ` +
                              `version ${FORMAT_VERSION}: re-export the model or upgrade charsdk`);
@@ -40,6 +35,7 @@ export class Vocab {
     this.defaultSeedText = data.default_seed_text || "";
     this.training = data.training || {};
     this.items = data.items || null; // a list model's record of its training items: {file, sha256, count, hash}
+    this.memory = data.memory || null; // an n-gram memory of the training text (memory.js): {file, sha256, weights, ...}
     this.index = new Map(this.chars.map((c, i) => [c, i]));
     this.codes = this.chars.map(c => c.codePointAt(0));
   }
