@@ -85,19 +85,20 @@ class Generator:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, threads: int = 1,
-             providers: Sequence[str] | None = None) -> Generator:
+             providers: Sequence[str] | None = None, memory: bool = True) -> Generator:
         """Load a model directory, or a shipped model by name ("nietzsche", the default, or
         "nietzsche-book", the book's recipe).
 
         `threads`: onnxruntime intra-op threads (one is fastest for one stream);
-        `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"] with onnxruntime-gpu.
+        `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"] with onnxruntime-gpu;
+        `memory`: False loads a model with an n-gram memory (`make memory`) without it, the network alone.
         """
         check_session_arguments(threads, providers)
         path = model_dir(path)
         vocab = Vocab.load(path / "vocab.json")
         session: ort.InferenceSession = open_session(path, vocab, threads, providers)
         backend = (WindowBackend if vocab.window else GraphBackend).checked(vocab, session)
-        if vocab.memory:
+        if vocab.memory and memory:
             memory = Memory.load(path / vocab.memory["file"], vocab.memory, vocab.size)
             backend = MemoryBackend(backend, memory)
         return cls(vocab, backend, path)

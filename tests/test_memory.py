@@ -115,6 +115,12 @@ def test_a_memory_that_does_not_belong_is_refused_and_make_ship_refuses_one(reme
     (broken / vocab["memory"]["file"]).write_bytes(b"\0\0")
     with pytest.raises(ModelError, match="does not match the sha256"):
         Generator.load(broken)
+    assert not isinstance(Generator.load(broken, memory=False).backend, MemoryBackend)  # the network alone
+    shutil.copy2(remembering / vocab["memory"]["file"], broken / vocab["memory"]["file"])
+    vocab["memory"]["order"] = ORDER + 8  # counted by another charsdk
+    (broken / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ModelError, match=r"build it again \(make memory\), or load the model without it"):
+        Generator.load(broken)
     vocab["memory"]["weights"][3] = 1.5
     (broken / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(ModelError, match=r"'memory' must .* weights \(each in \[0, 1\)\)"):
@@ -162,5 +168,5 @@ def test_javascript_draws_chooses_predicts_and_scores_as_python_does_with_a_memo
     np.testing.assert_allclose([p for _, p in got[-2]["predict"]], list(ours.values()), atol=1e-4)
     bits = generator.evaluate(held)["bits_per_char"]
     assert got[-1]["evaluate"]["bits_per_char"] == pytest.approx(bits, abs=1e-3)
-    alone = Generator(generator.vocab, generator.backend.model, generator.path)
+    alone = Generator.load(remembering, memory=False)
     assert abs(alone.evaluate(held)["bits_per_char"] - bits) > 0.05  # JavaScript's is the mixture's figure

@@ -21,7 +21,6 @@ import numpy as np
 from charsdk import Generator
 from charsdk.engine import Engine
 from charsdk.memory import ORDER, Memory
-from charsdk.memory_backend import MemoryBackend
 
 from .export import training_corpus
 from .install import ExportError
@@ -54,8 +53,8 @@ def bits(memory: Memory, log_p: np.ndarray, q: np.ndarray, depth: np.ndarray) ->
 def add_memory(model_dir: Path) -> dict:
     """Build, fit and write the memory of an exported run; returns the held-out figures."""
     _, corpus = training_corpus(model_dir)
-    generator = Generator.load(model_dir)
-    model = generator.backend.model if isinstance(generator.backend, MemoryBackend) else generator.backend
+    generator = Generator.load(model_dir, memory=False)  # the network alone: its memory is rebuilt
+    model = generator.backend
     chars = np.array(corpus.chars)
     train, held = (generator.vocab.encode("".join(chars[part]))
                    for part in (corpus.train_ids, corpus.holdout_ids))

@@ -44,7 +44,7 @@ export class Memory {
     }
     if (entry.order !== ORDER || entry.beta !== BETA || entry.weights.length !== ORDER + 1) {
       throw new CharsdkError(`vocab.json's memory was counted to order ${entry.order} with beta ${entry.beta}; this ` +
-                             `charsdk counts to ${ORDER} with ${BETA}: re-export it`);
+                             `charsdk counts to ${ORDER} with ${BETA}: build it again (make memory)`);
     }
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const bwt = Uint16Array.from({ length: bytes.byteLength / 2 }, (_, i) => view.getUint16(2 * i, true));
