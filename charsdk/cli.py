@@ -320,7 +320,20 @@ def summary(generator: Generator) -> str:
     if "corpus_chars" in training:
         lines.append(("corpus", f"{training['corpus_chars']:,} characters, sha256 "
                                 f"{training.get('corpus_sha256', '')[:16]}"))
+    if vocab.memory:
+        lines.append(("memory", memory_line(generator)))
     return "\n".join(f"{label:<11} {text}" for label, text in lines)
+
+
+def memory_line(generator: Generator) -> str:
+    """`charsdk info`'s line for a model's n-gram memory (charsdk.memory): what it holds and gives."""
+    memory = generator.vocab.memory
+    size = (Path(generator.path) / memory["file"]).stat().st_size / 1e6
+    figures = memory.get("holdout_bits_per_char", {})
+    mixed = (f"; held-out {figures['mixed']:.4f} stateful bits/char with it "
+             f"({figures['mixed_cross_fitted']:.4f} cross-fitted)" if "mixed" in figures else "")
+    return (f"n-gram counts of the training text ({memory['characters']:,} characters, {memory['file']}, "
+            f"{size:.2f} MB), contexts of up to {memory['order']}, mixed into every draw and score{mixed}")
 
 
 MODELS = typer.Option(None, "--model", "-m",

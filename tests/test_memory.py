@@ -86,6 +86,18 @@ def test_make_memory_codes_the_held_out_part_better_and_records_what_it_did(reme
     assert generator.evaluate(held)["bits_per_char"] == pytest.approx(figures["mixed"], abs=1e-4)
 
 
+def test_charsdk_info_says_the_model_has_a_memory_and_what_it_gives(remembering):
+    from typer.testing import CliRunner
+
+    from charsdk.cli import app
+
+    result = CliRunner().invoke(app, ["info", "--model", str(remembering)])
+    figures = Generator.load(remembering).vocab.memory["holdout_bits_per_char"]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("memory")]
+    assert result.exit_code == 0 and "n-gram counts of the training text" in line
+    assert f"held-out {figures['mixed']:.4f} stateful bits/char with it" in line
+
+
 def test_each_drawn_character_is_scored_by_the_mixture_that_scoring_a_text_gives(remembering):
     generator = Generator.load(remembering)
     seed_text = "The water "
