@@ -141,6 +141,18 @@ def test_a_memory_that_does_not_belong_is_refused_and_make_ship_refuses_one(reme
     assert not (tmp_path / "models").exists()
 
 
+def test_make_memory_says_what_is_missing(remembering, tmp_path, capsys):
+    from train.memory import main
+
+    run = tmp_path / "exported"
+    run.mkdir()
+    assert main(["--name", "exported", "--artifacts", str(tmp_path)]) == 2
+    assert "has no export: run make export NAME=exported" in capsys.readouterr().err
+    shutil.copy2(remembering / "vocab.json", run / "vocab.json")
+    assert main(["--name", "exported", "--artifacts", str(tmp_path)]) == 2
+    assert "has no log.json: a memory is built from the run's own corpus" in capsys.readouterr().err
+
+
 def departure_gap(generator, seed_text: str, options: dict, ours: str, theirs: str) -> float:
     """How much worse Python scores (log-probability plus Gumbel noise) the character the other runtime drew
     where one stream's texts first differ (tests/test_js.py's rule, over the mixture)."""

@@ -97,6 +97,10 @@ def main(argv=None) -> int:
     if not (model_dir / "vocab.json").exists():
         print(f"memory: error: {model_dir} has no export: run make export NAME={args.name}", file=sys.stderr)
         return 2
+    if not (model_dir / "log.json").exists():
+        print(f"memory: error: {model_dir} has no log.json: a memory is built from the run's own corpus and "
+              "split, which its log names (a model exported with KERAS= has none)", file=sys.stderr)
+        return 2
     try:
         figures = add_memory(model_dir)
     except ExportError as exc:
