@@ -21,7 +21,7 @@ LOWERCASE ?=# 1: a new run lower-cases its text (and generation its seeds); an e
 PRECISION ?= int8# export: int8 weights (one scale per output channel) or fp32
 GEN_ARGS ?= --length 400 --temperature 0.5
 
-.PHONY: gen test train export memory ship base bench bench-serve bench-train baselines plot lint clean check-js \
+.PHONY: gen test train export memory ship base bench bench-memory bench-serve bench-train baselines plot lint clean check-js \
 	eval-dynamic
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
@@ -100,6 +100,10 @@ bench: $(DEV_VENV)/.installed
 		--out $(ARTIFACTS)/bench/nietzsche-book.json
 	$(DEV_VENV)/bin/python -m bench.generation --model nietzsche --out $(ARTIFACTS)/bench/nietzsche.json
 	$(MAKE) bench-serve
+
+# What run $(NAME)'s n-gram memory costs in speed, beside its network alone (bench/memory.py).
+bench-memory: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m bench.memory $(ARTIFACTS)/$(NAME) --out-dir $(ARTIFACTS)/bench
 
 # charsdk serve under load on 127.0.0.1: 1-256 streaming clients, overload, a soak of SOAK seconds.
 SOAK ?= 300

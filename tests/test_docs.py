@@ -21,7 +21,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Commands not run here, each with the reason; any other command in the docs is run by these tests.
 NOT_RUN = {
     r"^make (train|export|memory|ship|base)\b": "trains or exports for minutes to hours",
-    r"^make (bench|bench-train|bench-serve|baselines|plot|check-js|eval-dynamic)\b": "measures for minutes",
+    r"^make (bench|bench-train|bench-serve|bench-memory|baselines|plot|check-js|eval-dynamic)\b":
+        "measures for minutes",
     r"^make test$": "is what CI runs, this test included",
     r"^make gen$": "sets up .venv-runtime from PyPI (tests/test_packaging.py installs the wheel in a clean "
                    "venv instead)",

@@ -194,3 +194,14 @@ def test_javascript_draws_chooses_predicts_and_scores_as_python_does_with_a_memo
     assert got[-1]["evaluate"]["bits_per_char"] == pytest.approx(bits, abs=1e-3)
     alone = Generator.load(remembering, memory=False)
     assert abs(alone.evaluate(held)["bits_per_char"] - bits) > 0.05  # JavaScript's is the mixture's figure
+
+
+def test_make_bench_memory_times_the_model_with_and_without_its_memory(remembering, tmp_path, capsys):
+    from bench.memory import main
+
+    assert main([str(remembering), "--out-dir", str(tmp_path), "--repeats", "1"]) == 0
+    (written,) = tmp_path.glob("memory-tiny-*.json")
+    rates = json.loads(written.read_text())["chars_per_s"]
+    assert len(rates) == 8 and "CPU flags" in capsys.readouterr().out
+    # one model call per character with the memory; the network alone draws many per call
+    assert rates["with its memory: one stream"] < rates["the network alone: one stream"] / 2
