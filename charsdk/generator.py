@@ -99,8 +99,8 @@ class Generator:
         session: ort.InferenceSession = open_session(path, vocab, threads, providers)
         backend = (WindowBackend if vocab.window else GraphBackend).checked(vocab, session)
         if vocab.memory and memory:
-            memory = Memory.load(path / vocab.memory["file"], vocab.memory, vocab.size)
-            backend = MemoryBackend(backend, memory)
+            counts = Memory.load(path / vocab.memory["file"], vocab.memory, vocab.size)
+            backend = MemoryBackend(backend, counts)
         return cls(vocab, backend, path)
 
     def request(self, seed_text: str | None = None, length: int = 400,
