@@ -19,6 +19,7 @@ d (at export, where the best epoch is chosen too).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,11 @@ class Memory:
         """The training text's length (the transform holds one more symbol: the sentinel)."""
         return int(self.starts[-1]) - 1
 
+    @functools.cached_property
+    def order0(self) -> np.ndarray:
+        """Order 0, the start of every distribution: each character's count, smoothed from uniform [V]."""
+        return (np.diff(self.starts)[1:] + BETA / self.vocab_size) / (self.characters + BETA)
+
     def fitted(self, weights) -> Memory:
         return Memory(self.bwt, self.starts, self.occurrences, np.asarray(weights, np.float64))
 
@@ -117,10 +123,9 @@ class Memory:
 
         Only the (row, character) strings the text holds are extended: a few per row after some orders."""
         rows, size = len(contexts), self.vocab_size
-        single = np.diff(self.starts)[1:]  # each character's count: order 0
-        q = np.broadcast_to((single + BETA / size) / (self.characters + BETA), (rows, size)).copy()
+        q = np.broadcast_to(self.order0, (rows, size)).copy()
         depth = np.zeros(rows, np.int64)
-        row, char = np.nonzero(np.broadcast_to(single > 0, (rows, size)))
+        row, char = np.nonzero(np.broadcast_to(np.diff(self.starts)[1:] > 0, (rows, size)))
         lo, hi = self.starts[char + 1], self.starts[char + 2]
         for k in range(1, ORDER + 1):
             symbol = contexts[:, -k] + 1
@@ -150,12 +155,12 @@ class Memory:
         return np.concatenate([p for p, _ in parts]), np.concatenate([d for _, d in parts])
 
     def _char_probs(self, ids: np.ndarray, targets: np.ndarray):
-        size, n = self.vocab_size, len(targets)
+        n = len(targets)
         char = ids[targets] + 1
         everything = np.zeros(n, np.int64), np.full(n, self.starts[-1])
         ending = np.zeros(n, np.int64), np.ones(n, np.int64)  # the sentinel: a context at the text's end
         pair = self.starts[char], self.starts[char + 1]
-        q = (pair[1] - pair[0] + BETA / size) / (self.characters + BETA)
+        q = self.order0[char - 1]
         depth = np.zeros(n, np.int64)
         for k in range(1, ORDER + 1):
             live = (targets - k >= 0) & (depth == k - 1)

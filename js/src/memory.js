@@ -29,6 +29,9 @@ export class Memory {
     for (const s of bwt) this.starts[s + 1] += 1;
     for (let s = 1; s <= symbols; s++) this.starts[s] += this.starts[s - 1];
     this.characters = bwt.length - 1;
+    // order 0, the start of every distribution: each character's count, smoothed from uniform
+    this.order0 = Float64Array.from({ length: vocabSize },
+                                    (_, c) => (this.starts[c + 2] - this.starts[c + 1] + BETA / vocabSize) / (this.characters + BETA));
     this.occurrences = new Int32Array((blocks + 1) * symbols); // symbol s in bwt[: b * BLOCK]
     for (let b = 0; b < blocks; b++) {
       const row = this.occurrences.subarray((b + 1) * symbols, (b + 2) * symbols);
@@ -62,12 +65,10 @@ export class Memory {
   /** The memory's next-character probabilities after `context` (ids, the most recent last) and the depth
    * of the longest context counted (charsdk/memory.py's distributions, one row). */
   distribution(context) {
-    const size = this.size, q = new Float64Array(size);
+    const size = this.size, q = Float64Array.from(this.order0);
     let lo = [], hi = [], chars = [];
     for (let c = 0; c < size; c++) {
-      const single = this.starts[c + 2] - this.starts[c + 1];
-      q[c] = (single + BETA / size) / (this.characters + BETA);
-      if (single > 0) { chars.push(c); lo.push(this.starts[c + 1]); hi.push(this.starts[c + 2]); }
+      if (this.starts[c + 2] > this.starts[c + 1]) { chars.push(c); lo.push(this.starts[c + 1]); hi.push(this.starts[c + 2]); }
     }
     let depth = 0;
     for (let k = 1; k <= Math.min(ORDER, context.length); k++) {
