@@ -170,15 +170,24 @@ def test_javascript_draws_chooses_predicts_and_scores_as_python_does_with_a_memo
 
     generator = Generator.load(remembering)
     _, corpus = training_corpus(remembering)
-    held = "".join(np.array(corpus.chars)[corpus.holdout_ids])
+    held, trained = ("".join(np.array(corpus.chars)[part]) for part in (corpus.holdout_ids, corpus.train_ids))
     drawn = [("The water ", {"length": 120, "temperature": t, "seed": s}) for s in range(3) for t in (0.5, 1)]
     cases = [{"model": "tiny", "seedText": seed_text, "options": o} for seed_text, o in drawn] + [
         {"model": "tiny", "seedText": "The ",
          "options": {"choice": ["water", "time", "people"], "seed": 2, "temperature": 1.0, "logprobs": 1}},
         {"model": "tiny", "seedText": "The wat", "predict": True, "options": {"topK": 4}},
         {"model": "tiny", "seedText": held, "evaluate": True, "options": {}},
+        {"model": "tiny", "contexts": [[], *(generator.vocab.encode(text[i : i + ORDER]).tolist()
+                                             for text in (held, trained) for i in range(0, 3000, 100))]},
     ]
     got = node("node.mjs", str(remembering.parent), payload=cases)
+    contexts = np.full((len(cases[-1]["contexts"]), ORDER), -1)
+    for row, context in zip(contexts, cases[-1]["contexts"], strict=True):
+        row[ORDER - len(context):] = context
+    q, depth = generator.backend.memory.distributions(contexts)
+    np.testing.assert_allclose([m["q"] for m in got[-1]["memory"]], q, rtol=1e-13)  # the same counts, exactly
+    assert [m["depth"] for m in got[-1]["memory"]] == depth.tolist()  # training text's contexts: 16 deep
+    got = got[:-1]
     for (seed_text, options), theirs in zip(drawn, got, strict=False):
         ours, text = generator.generate(seed_text, **options), theirs["text"]
         gap = 0 if ours == text else departure_gap(generator, seed_text, options, ours, text)
